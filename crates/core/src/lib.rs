@@ -1,1 +1,19 @@
-pub fn x(){}
+//! rcops-core: the library behind the `rcops` binary and its server.
+//!
+//! # Layout
+//! - [`node`]: addresses, credentials, TLS, connecting, and [`node::NodeError`].
+//! - [`fanout`]: the executor that runs one job per node concurrently with timeouts.
+//! - [`topology`]: discovery and the [`topology::ClusterView`] model.
+//! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
+//!   async function over an executor and a view, returning a serialisable report.
+//! - [`lab`]: starts and stops local clusters of real `redis-server` processes.
+
+pub mod fanout;
+pub mod lab;
+pub mod node;
+pub mod ops;
+pub mod topology;
+
+pub use fanout::{Executor, FanOut};
+pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
+pub use topology::{discover, ClusterView, NodeSnapshot};

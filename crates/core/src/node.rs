@@ -1,0 +1,385 @@
+//! One node: its address, how to reach it (credentials, TLS, timeout) and what went wrong.
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo};
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+/// A node address as dialled: `host:port`, IPv6 hosts in brackets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Addr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Addr {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Addr {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Parses a comma-separated seed list such as `10.0.0.1:7000,10.0.0.2:7000`.
+    pub fn parse_list(text: &str) -> Result<Vec<Addr>, AddrError> {
+        let addrs: Vec<Addr> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        if addrs.is_empty() {
+            return Err(AddrError(text.to_string(), "empty node list"));
+        }
+        Ok(addrs)
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for Addr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A malformed `HOST:PORT`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid node address {0:?}: {1}")]
+pub struct AddrError(pub String, pub &'static str);
+
+impl FromStr for Addr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why| AddrError(s.to_string(), why);
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;
+        let host = match host.strip_prefix('[') {
+            Some(h) => h.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?,
+            None if host.contains(':') => return Err(bad("IPv6 hosts need brackets: [::1]:7000")),
+            None => host,
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad("missing host"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("port must be 1-65535"))?;
+        if port == 0 {
+            return Err(bad("port must be 1-65535"));
+        }
+        Ok(Addr::new(host, port))
+    }
+}
+
+/// A secret (password) that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// TLS settings as the user gave them (paths are read once, when options are resolved).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Skip certificate verification entirely.
+    pub insecure: bool,
+}
+
+#[derive(Clone)]
+struct TlsMaterial {
+    root: Option<Vec<u8>>,
+    client: Option<ClientTlsConfig>,
+    insecure: bool,
+}
+
+/// How to reach any node of the cluster.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    tls: Option<TlsMaterial>,
+    /// Per-node budget for connecting and for each reply.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            user: None,
+            password: None,
+            tls: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Enables TLS, reading the PEM files now so a bad path fails before any node is dialled.
+    pub fn with_tls(mut self, tls: &TlsOptions) -> Result<Self, String> {
+        install_crypto_provider();
+        let read = |p: &Option<PathBuf>, what: &str| -> Result<Option<Vec<u8>>, String> {
+            p.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display())))
+                .transpose()
+        };
+        let root = read(&tls.cacert, "CA certificate")?;
+        let client = match (read(&tls.cert, "client certificate")?, read(&tls.key, "client key")?) {
+            (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            (None, None) => None,
+            _ => return Err("--cert and --key must be given together".to_string()),
+        };
+        self.tls = Some(TlsMaterial {
+            root,
+            client,
+            insecure: tls.insecure,
+        });
+        Ok(self)
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn client(&self, addr: &Addr) -> redis::RedisResult<redis::Client> {
+        let conn_addr = match &self.tls {
+            Some(t) => ConnectionAddr::TcpTls {
+                host: addr.host.clone(),
+                port: addr.port,
+                insecure: t.insecure,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp(addr.host.clone(), addr.port),
+        };
+        let mut settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(user) = &self.user {
+            settings = settings.set_username(user);
+        }
+        if let Some(pw) = &self.password {
+            settings = settings.set_password(pw.expose());
+        }
+        let info = conn_addr.into_connection_info()?.set_redis_settings(settings);
+        match &self.tls {
+            Some(t) if t.root.is_some() || t.client.is_some() => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: t.client.clone(),
+                    root_cert: t.root.clone(),
+                },
+            ),
+            _ => redis::Client::open(info),
+        }
+    }
+
+    /// Opens a multiplexed connection, authenticated, within the timeout.
+    pub async fn connect(&self, addr: &Addr) -> Result<MultiplexedConnection, NodeError> {
+        let client = self.client(addr).map_err(|e| NodeError::from_redis(addr, &e))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        match tokio::time::timeout(
+            self.timeout,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(NodeError::from_redis(addr, &e)),
+            Err(_) => Err(NodeError::Timeout {
+                addr: addr.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+/// rustls needs one process-wide crypto provider; ring avoids building aws-lc.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// What went wrong talking to one node. Every variant names the node.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("{addr}: unreachable: {reason}")]
+    Unreachable { addr: Addr, reason: String },
+    #[error("{addr}: no answer within {}", humanize(*.after))]
+    Timeout { addr: Addr, after: Duration },
+    #[error("{addr}: authentication failed: {reason}")]
+    Auth { addr: Addr, reason: String },
+    #[error("{addr}: TLS error: {reason}")]
+    Tls { addr: Addr, reason: String },
+    #[error("{addr}: not a cluster node (cluster support disabled)")]
+    NotCluster { addr: Addr },
+    #[error("{addr}: {reason}")]
+    Command { addr: Addr, reason: String },
+}
+
+impl Serialize for NodeError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl NodeError {
+    pub fn addr(&self) -> &Addr {
+        match self {
+            NodeError::Unreachable { addr, .. }
+            | NodeError::Timeout { addr, .. }
+            | NodeError::Auth { addr, .. }
+            | NodeError::Tls { addr, .. }
+            | NodeError::NotCluster { addr }
+            | NodeError::Command { addr, .. } => addr,
+        }
+    }
+
+    /// A short machine-friendly kind, stable for JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeError::Unreachable { .. } => "unreachable",
+            NodeError::Timeout { .. } => "timeout",
+            NodeError::Auth { .. } => "auth",
+            NodeError::Tls { .. } => "tls",
+            NodeError::NotCluster { .. } => "not_cluster",
+            NodeError::Command { .. } => "command",
+        }
+    }
+
+    /// Whether the node could not be talked to at all (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Unreachable { .. } | NodeError::Timeout { .. } | NodeError::Tls { .. }
+        )
+    }
+
+    /// Classifies a redis-rs error by what the operator has to fix.
+    pub fn from_redis(addr: &Addr, e: &redis::RedisError) -> NodeError {
+        let addr = addr.clone();
+        let text = one_line(&e.to_string());
+        let lower = text.to_ascii_lowercase();
+        let code = e.code().unwrap_or_default();
+        if code == "WRONGPASS"
+            || code == "NOAUTH"
+            || e.kind() == redis::ErrorKind::AuthenticationFailed
+            || lower.contains("wrongpass")
+            || lower.contains("noauth")
+            || lower.contains("invalid username-password")
+        {
+            return NodeError::Auth { addr, reason: text };
+        }
+        if lower.contains("cluster support disabled") {
+            return NodeError::NotCluster { addr };
+        }
+        if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+            || lower.contains("invalidcontenttype")
+            || lower.contains("corrupt message")
+            || lower.contains("peer is incompatible")
+        {
+            return NodeError::Tls { addr, reason: text };
+        }
+        if e.is_timeout() {
+            return NodeError::Unreachable {
+                addr,
+                reason: "timed out".into(),
+            };
+        }
+        if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() {
+            let mut reason = text;
+            if lower.contains("reset") || lower.contains("closed") || lower.contains("broken pipe") {
+                reason.push_str(" (a TLS-only port? try --tls)");
+            }
+            return NodeError::Unreachable { addr, reason };
+        }
+        NodeError::Command { addr, reason: text }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_port_forms() {
+        assert_eq!("127.0.0.1:7000".parse::<Addr>().unwrap(), Addr::new("127.0.0.1", 7000));
+        assert_eq!("[::1]:7000".parse::<Addr>().unwrap().to_string(), "[::1]:7000");
+        assert_eq!("redis-1.example:6379".parse::<Addr>().unwrap().host, "redis-1.example");
+        for bad in ["", "7000", "host:", "host:0", "host:99999", ":7000", "::1:7000", "[::1:7000"] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_seed_lists() {
+        let list = Addr::parse_list("a:1, b:2,").unwrap();
+        assert_eq!(list, vec![Addr::new("a", 1), Addr::new("b", 2)]);
+        assert!(Addr::parse_list(" , ").is_err());
+        assert!(Addr::parse_list("a:1,b").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let opts = ConnectOptions {
+            password: Some(Secret::new("hunter2")),
+            ..Default::default()
+        };
+        assert!(!format!("{opts:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Secret::new("hunter2")).contains("hunter2"));
+    }
+}

@@ -1,0 +1,17 @@
+//! One module per ops capability. Each takes an [`crate::Executor`] and/or a
+//! [`crate::ClusterView`] plus its options, and returns a serialisable report that the CLI
+//! renders and the server returns as JSON.
+
+pub mod check;
+pub mod info;
+pub mod nodes;
+pub mod slots;
+
+/// Percentage with one decimal, for human output.
+pub fn pct(part: f64, whole: f64) -> f64 {
+    if whole == 0.0 {
+        0.0
+    } else {
+        (part / whole * 1000.0).round() / 10.0
+    }
+}

@@ -1,0 +1,91 @@
+//! `slots`: how the 16384 slots are spread over masters — counts, ranges, share, keys,
+//! deviation from even — plus uncovered and open slots.
+
+use rcops_formats::slot::{format_ranges, SLOTS};
+use serde::Serialize;
+
+use super::pct;
+use crate::topology::ClusterView;
+
+/// One master's share of the slot space.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterSlots {
+    pub id: String,
+    pub addr: String,
+    pub slots: usize,
+    pub ranges: String,
+    /// Percent of all 16384 slots.
+    pub share_pct: f64,
+    /// Keys in the master's keyspace (`INFO keyspace`), when it answered.
+    pub keys: Option<u64>,
+    /// Deviation of the slot count from an even split over slot-owning masters, percent.
+    pub deviation_pct: f64,
+}
+
+/// A slot being moved, as the nodes involved report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSlotEntry {
+    pub slot: u16,
+    pub node: String,
+    /// `migrating` or `importing`.
+    pub state: &'static str,
+    pub peer: String,
+}
+
+/// JSON: `{"masters": [MasterSlots], "covered", "uncovered": "ranges", "open": [OpenSlotEntry],
+/// "total_keys"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotsReport {
+    pub masters: Vec<MasterSlots>,
+    pub covered: usize,
+    pub uncovered: String,
+    pub open: Vec<OpenSlotEntry>,
+    pub total_keys: u64,
+}
+
+pub fn slots(view: &ClusterView) -> SlotsReport {
+    let owners = view.masters().filter(|m| m.slot_count() > 0).count().max(1);
+    let expected = f64::from(SLOTS) / owners as f64;
+    let mut masters: Vec<MasterSlots> = view
+        .masters()
+        .map(|m| {
+            let n = m.slot_count();
+            MasterSlots {
+                id: m.id.clone(),
+                addr: m.addr(),
+                slots: n,
+                ranges: format_ranges(&m.slots),
+                share_pct: pct(n as f64, f64::from(SLOTS)),
+                keys: view.snapshot(&m.id).map(|s| s.info.total_keys()),
+                deviation_pct: if n == 0 {
+                    -100.0
+                } else {
+                    ((n as f64 - expected) / expected * 1000.0).round() / 10.0
+                },
+            }
+        })
+        .collect();
+    masters.sort_by_key(|m| (m.ranges == "-", m.ranges.split(['-', ',']).next().and_then(|s| s.parse::<u16>().ok()), m.addr.clone()));
+    let covered = view.covered();
+    let mut open = Vec::new();
+    for snap in view.snapshots.values() {
+        if let Some(me) = snap.myself() {
+            for o in &me.open_slots {
+                open.push(OpenSlotEntry {
+                    slot: o.slot,
+                    node: snap.addr.to_string(),
+                    state: if o.migrating { "migrating" } else { "importing" },
+                    peer: view.node(&o.peer).map(|l| l.addr()).unwrap_or_else(|| o.peer.clone()),
+                });
+            }
+        }
+    }
+    open.sort_by_key(|o| (o.slot, o.node.clone()));
+    SlotsReport {
+        total_keys: masters.iter().filter_map(|m| m.keys).sum(),
+        masters,
+        covered: covered.len(),
+        uncovered: format_ranges(&covered.complement().ranges()),
+        open,
+    }
+}

@@ -1,0 +1,344 @@
+//! Topology discovery and the cluster model every capability reads.
+//!
+//! [`discover`] asks the seeds for `CLUSTER NODES`, then fetches a [`NodeSnapshot`]
+//! (`CLUSTER NODES`, `CLUSTER INFO`, `INFO`) from every node concurrently in one pipeline
+//! each, following newly seen nodes until no more appear. [`ClusterView`] keeps every node's
+//! own view and picks the view most nodes agree on as the reference.
+
+use rcops_formats::cluster_nodes::{self, NodeLine};
+use rcops_formats::info::Info;
+use rcops_formats::slot::{SlotSet, SLOTS};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::fanout::Executor;
+use crate::node::{Addr, NodeError};
+
+/// What one node said about itself and the cluster, fetched in one round trip.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    /// The address we dialled.
+    pub addr: Addr,
+    /// This node's `CLUSTER NODES`.
+    pub lines: Vec<NodeLine>,
+    pub cluster_info: Info,
+    pub info: Info,
+}
+
+impl NodeSnapshot {
+    pub fn myself(&self) -> Option<&NodeLine> {
+        cluster_nodes::myself(&self.lines)
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.myself().map(|l| l.id.as_str())
+    }
+
+    /// This node's view reduced to what must agree cluster-wide: which master owns which
+    /// slots, and which master each replica follows (the idea of redis-cli's config signature,
+    /// extended to roles). Failure flags are local opinions and left out.
+    pub fn signature(&self) -> String {
+        let mut parts: Vec<String> = self
+            .lines
+            .iter()
+            .filter(|l| !l.flags.handshake && !l.flags.noaddr)
+            .map(|l| {
+                let role = match (&l.master_id, l.flags.master) {
+                    (Some(m), _) => format!("r>{m}"),
+                    (None, true) => "m".to_string(),
+                    (None, false) => "?".to_string(),
+                };
+                let slots: Vec<String> = l.slots.iter().map(ToString::to_string).collect();
+                format!("{}:{role}:{}", l.id, slots.join(","))
+            })
+            .collect();
+        parts.sort();
+        parts.join("|")
+    }
+}
+
+/// Fetches one node's snapshot in a single pipeline.
+pub async fn snapshot(exec: &Executor, addr: &Addr) -> Result<NodeSnapshot, NodeError> {
+    let mut conn = exec.conn(addr).await?;
+    fetch_snapshot(addr, &mut conn).await
+}
+
+async fn fetch_snapshot(
+    addr: &Addr,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<NodeSnapshot, NodeError> {
+    let (nodes, cinfo, info): (String, String, String) = redis::pipe()
+        .cmd("CLUSTER")
+        .arg("NODES")
+        .cmd("CLUSTER")
+        .arg("INFO")
+        .cmd("INFO")
+        .query_async(conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e))?;
+    let lines = cluster_nodes::parse(&nodes).map_err(|e| NodeError::Command {
+        addr: addr.clone(),
+        reason: format!("unparsable CLUSTER NODES reply: {e}"),
+    })?;
+    Ok(NodeSnapshot {
+        addr: addr.clone(),
+        lines,
+        cluster_info: Info::parse(&cinfo),
+        info: Info::parse(&info),
+    })
+}
+
+/// The cluster as rcops saw it at one moment.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// The reference view: the `CLUSTER NODES` lines most reachable nodes agree on.
+    pub nodes: Vec<NodeLine>,
+    /// Snapshots of every node that answered, by node id.
+    pub snapshots: BTreeMap<String, NodeSnapshot>,
+    /// Nodes that could not be read, by dialled address.
+    pub failed: BTreeMap<Addr, NodeError>,
+    /// Signature of the reference view and which node ids hold each signature.
+    pub signatures: BTreeMap<String, Vec<String>>,
+    pub reference_signature: String,
+    pub elapsed_ms: u128,
+}
+
+/// Why discovery could not produce any view at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// Every seed failed; each error names its node.
+    #[error("no seed node answered: {}", join_errors(.0))]
+    NoSeed(Vec<NodeError>),
+}
+
+impl DiscoverError {
+    /// The seed errors, for callers that classify them.
+    pub fn errors(&self) -> &[NodeError] {
+        match self {
+            DiscoverError::NoSeed(e) => e,
+        }
+    }
+}
+
+fn join_errors(errors: &[NodeError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Discovers the cluster from seed nodes: a seed that is down is skipped if another answers.
+pub async fn discover(exec: &Executor, seeds: &[Addr]) -> Result<ClusterView, DiscoverError> {
+    let started = Instant::now();
+    let seed_results = exec
+        .run(seeds.iter().cloned(), |addr, mut conn| async move {
+            fetch_snapshot(&addr, &mut conn).await
+        })
+        .await;
+    if seed_results.ok.is_empty() {
+        // Keep the user's seed order in the message.
+        let errors = seeds
+            .iter()
+            .filter_map(|s| seed_results.failed.get(s).cloned())
+            .collect();
+        return Err(DiscoverError::NoSeed(errors));
+    }
+    let mut snapshots: BTreeMap<String, NodeSnapshot> = BTreeMap::new();
+    let mut visited: BTreeSet<Addr> = seeds.iter().cloned().collect();
+    let mut failed = BTreeMap::new();
+    for (_, snap) in seed_results.ok {
+        insert_snapshot(&mut snapshots, &mut visited, snap);
+    }
+    // Seeds that failed matter only if the cluster knows them; decided below.
+    let seed_failures = seed_results.failed;
+
+    // Follow every address any view mentions until nothing new appears.
+    for _round in 0..4 {
+        let todo: Vec<Addr> = snapshots
+            .values()
+            .flat_map(|s| s.lines.iter())
+            .filter(|l| l.dialable())
+            .filter_map(|l| line_addr(l))
+            .filter(|a| !visited.contains(a))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        visited.extend(todo.iter().cloned());
+        let round = exec
+            .run(todo, |addr, mut conn| async move {
+                fetch_snapshot(&addr, &mut conn).await
+            })
+            .await;
+        failed.extend(round.failed);
+        for (_, snap) in round.ok {
+            insert_snapshot(&mut snapshots, &mut visited, snap);
+        }
+    }
+    let mut view = ClusterView::from_snapshots(snapshots, failed);
+    // A failed seed the cluster knows about is a failed node; an unknown one was a typo or
+    // a stale seed and is not the cluster's problem.
+    let known: BTreeSet<Addr> = view.nodes.iter().filter_map(line_addr).collect();
+    for (addr, e) in seed_failures {
+        if known.contains(&addr) {
+            view.failed.insert(addr, e);
+        }
+    }
+    view.elapsed_ms = started.elapsed().as_millis();
+    Ok(view)
+}
+
+fn insert_snapshot(
+    snapshots: &mut BTreeMap<String, NodeSnapshot>,
+    visited: &mut BTreeSet<Addr>,
+    snap: NodeSnapshot,
+) {
+    if let Some(me) = snap.myself() {
+        if let Some(a) = line_addr(me) {
+            visited.insert(a);
+        }
+        let id = me.id.clone();
+        snapshots.entry(id).or_insert(snap);
+    }
+}
+
+/// The address to dial for a node line.
+pub fn line_addr(line: &NodeLine) -> Option<Addr> {
+    (!line.ip.is_empty() && line.port != 0).then(|| Addr::new(line.ip.clone(), line.port))
+}
+
+impl ClusterView {
+    /// Builds the model from snapshots; pure, so checks can be tested on synthetic input.
+    pub fn from_snapshots(
+        snapshots: BTreeMap<String, NodeSnapshot>,
+        failed: BTreeMap<Addr, NodeError>,
+    ) -> ClusterView {
+        let mut signatures: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, snap) in &snapshots {
+            signatures.entry(snap.signature()).or_default().push(id.clone());
+        }
+        // Most holders wins; ties go to the lexicographically first signature for stability.
+        let reference_signature = signatures
+            .iter()
+            .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        let nodes = signatures
+            .get(&reference_signature)
+            .and_then(|ids| ids.first())
+            .and_then(|id| snapshots.get(id))
+            .map(|s| {
+                let mut lines: Vec<NodeLine> = s
+                    .lines
+                    .iter()
+                    .filter(|l| !l.flags.handshake)
+                    .cloned()
+                    .map(|mut l| {
+                        l.flags.myself = false;
+                        l
+                    })
+                    .collect();
+                lines.sort_by_key(|l| (line_addr(l), l.id.clone()));
+                lines
+            })
+            .unwrap_or_default();
+        ClusterView {
+            nodes,
+            snapshots,
+            failed,
+            signatures,
+            reference_signature,
+            elapsed_ms: 0,
+        }
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeLine> {
+        self.nodes.iter().find(|l| l.id == id)
+    }
+
+    pub fn snapshot(&self, id: &str) -> Option<&NodeSnapshot> {
+        self.snapshots.get(id)
+    }
+
+    /// Why a node of the reference view could not be read, if it could not.
+    pub fn error_for(&self, line: &NodeLine) -> Option<&NodeError> {
+        line_addr(line).and_then(|a| self.failed.get(&a))
+    }
+
+    /// Masters in the reference view, sorted by address.
+    pub fn masters(&self) -> impl Iterator<Item = &NodeLine> {
+        self.nodes
+            .iter()
+            .filter(|l| l.flags.master && l.master_id.is_none())
+    }
+
+    /// Replicas following `master_id` in the reference view.
+    pub fn replicas_of<'a>(&'a self, master_id: &'a str) -> impl Iterator<Item = &'a NodeLine> {
+        self.nodes
+            .iter()
+            .filter(move |l| l.master_id.as_deref() == Some(master_id))
+    }
+
+    /// Every slot some master owns in the reference view.
+    pub fn covered(&self) -> SlotSet {
+        let mut set = SlotSet::new();
+        for m in self.masters() {
+            set.union_with(&m.slot_set());
+        }
+        set
+    }
+
+    /// Master id owning each slot in the reference view.
+    pub fn slot_owner(&self) -> Vec<Option<&NodeLine>> {
+        let mut owners: Vec<Option<&NodeLine>> = vec![None; usize::from(SLOTS)];
+        for m in self.masters() {
+            for r in &m.slots {
+                for s in r.start..=r.end {
+                    owners[usize::from(s)] = Some(m);
+                }
+            }
+        }
+        owners
+    }
+
+    /// Addresses of every dialable node in the reference view.
+    pub fn addrs(&self) -> Vec<Addr> {
+        self.nodes
+            .iter()
+            .filter(|l| l.dialable())
+            .filter_map(line_addr)
+            .collect()
+    }
+
+    /// Replication offset gap of a replica behind its master, in bytes, when both answered.
+    pub fn replica_lag_bytes(&self, replica: &NodeLine) -> Option<u64> {
+        let master = self.snapshot(replica.master_id.as_deref()?)?;
+        let snap = self.snapshot(&replica.id)?;
+        let master_off = master.info.u64("master_repl_offset")?;
+        let replica_off = snap
+            .info
+            .u64("slave_repl_offset")
+            .or_else(|| snap.info.u64("master_repl_offset"))?;
+        Some(master_off.saturating_sub(replica_off))
+    }
+}
+
+/// A node as the JSON outputs show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeRef {
+    pub id: String,
+    pub addr: String,
+}
+
+impl From<&NodeLine> for NodeRef {
+    fn from(l: &NodeLine) -> Self {
+        NodeRef {
+            id: l.id.clone(),
+            addr: l.addr(),
+        }
+    }
+}
