@@ -1,1 +1,36 @@
-fn main(){}
+//! `rcops`: parse the command line, set up logging, dispatch, and turn the outcome into an
+//! exit code (0 ok, 1 warnings/findings, 2 critical/failed, 64 usage). Nothing else.
+
+mod cli;
+mod cmd;
+mod output;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(64),
+                _ => ExitCode::from(output::EXIT_USAGE),
+            };
+        }
+    };
+    output::init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rcops: error: cannot start the async runtime: {e}");
+            return ExitCode::from(output::EXIT_FAILED);
+        }
+    };
+    let code = runtime.block_on(cmd::run(cli));
+    // Don't wait for lingering connection tasks: every result is already printed.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    ExitCode::from(code)
+}

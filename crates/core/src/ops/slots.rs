@@ -60,7 +60,8 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
                 deviation_pct: if n == 0 {
                     -100.0
                 } else {
-                    ((n as f64 - expected) / expected * 1000.0).round() / 10.0
+                    // `+ 0.0` turns -0.0 into 0.0 so even splits print as +0.0%.
+                    ((n as f64 - expected) / expected * 1000.0).round() / 10.0 + 0.0
                 },
             }
         })

@@ -1,0 +1,219 @@
+//! Command-line definitions (clap derive). `///` comments are the help text.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Operate Redis Cluster and Valkey: inspect, check, and run local lab clusters.
+#[derive(Debug, Parser)]
+#[command(name = "rcops", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every cluster command takes. With `lab up`, `--tls` makes the lab serve TLS only,
+/// with a generated CA (files in DIR/tls).
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Seed nodes, HOST:PORT[,HOST:PORT…]; a seed that is down is skipped if another answers
+    #[arg(short = 'c', long = "cluster", env = "RCOPS_CLUSTER", global = true, value_name = "HOST:PORT,…")]
+    pub cluster: Option<String>,
+    /// ACL user name (password from RCOPS_PASSWORD, REDISCLI_AUTH or --password-file)
+    #[arg(long, env = "RCOPS_USER", global = true)]
+    pub user: Option<String>,
+    /// Read the password from this file (first line)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub password_file: Option<PathBuf>,
+    /// Password on the command line: unsafe, it lands in shell history (prefer RCOPS_PASSWORD)
+    #[arg(short = 'a', long = "pass", global = true, hide_short_help = true, value_name = "PASSWORD")]
+    pub pass: Option<String>,
+    /// Connect with TLS
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// CA certificate (PEM) to verify servers with (implies --tls)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (implies --tls)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// Skip TLS certificate verification
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Per-node timeout for connecting and each reply (e.g. 2s, 500ms)
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Most nodes talked to at once
+    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v info, -vv debug); RCOPS_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start, inspect, fill and stop local lab clusters of real redis-server processes
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Check cluster health: coverage, agreement, failures, replication, placement, balance
+    Check(CheckArgs),
+    /// Show the topology: masters with their replicas
+    Nodes,
+    /// Show slot distribution over masters, uncovered and open slots
+    Slots,
+    /// Per-node health summary from INFO
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Replication offset gap (bytes) above which a replica is lagging
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub lag_threshold: u64,
+    /// Slot count deviation from even (percent) above which masters are unbalanced
+    #[arg(long, default_value_t = 2.0, value_name = "PCT", value_parser = parse_pct)]
+    pub balance_threshold: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Show one raw INFO section (e.g. memory, commandstats, all) instead of the summary
+    #[arg(long)]
+    pub section: Option<String>,
+    /// Only these nodes (HOST:PORT or node id prefix); repeatable
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Include every parsed INFO field in --json output
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabLocation {
+    /// First port of the lab (nodes use consecutive ports)
+    #[arg(long, default_value_t = 7000)]
+    pub port: u16,
+    /// Lab directory [default: $TMPDIR/rcops-lab-PORT]
+    #[arg(long, env = "RCOPS_LAB_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl LabLocation {
+    pub fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("rcops-lab-{}", self.port)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Start a cluster on 127.0.0.1 and wait until it is healthy
+    Up(LabUpArgs),
+    /// Stop every node of a lab (by pid) and delete its directory
+    Down {
+        #[command(flatten)]
+        at: LabLocation,
+        /// Keep the lab directory (logs, configs)
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Show which lab nodes run and answer
+    Status {
+        #[command(flatten)]
+        at: LabLocation,
+    },
+    /// Write sample data of every type (some keys with TTLs) into the lab, or into -c
+    Load {
+        #[command(flatten)]
+        at: LabLocation,
+        /// Number of keys
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub at: LabLocation,
+    /// Number of masters
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub masters: u32,
+    /// Replicas per master
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub replicas: u32,
+    /// Server binary (redis-server or valkey-server)
+    #[arg(long, default_value = "redis-server", value_name = "PATH")]
+    pub server_bin: PathBuf,
+    /// Require a password: RCOPS_PASSWORD if set, else a random one written to DIR/password
+    #[arg(long)]
+    pub requirepass: bool,
+    /// cluster-node-timeout in milliseconds
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub node_timeout: u64,
+    /// Give up if the cluster has not converged after this long
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+/// `2s`, `500ms`, `1m` or a plain number of seconds; must be positive.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 2s, 500ms, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_pct(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage between 0 and 100")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "0", "-1s", "abc", "5x", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,116 @@
+//! Dispatch: resolves global options into an executor and seeds once, runs the subcommand,
+//! and maps failures to a one-line error and an exit code.
+
+mod check;
+mod info;
+mod lab;
+mod nodes;
+mod slots;
+
+use rcops_core::{discover, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions};
+
+use crate::cli::{Cli, Command, GlobalOpts};
+use crate::output::{self, EXIT_FAILED, EXIT_USAGE};
+
+/// A command that could not do its job: what to print and which exit code to return.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn failed(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+}
+
+pub type CmdResult = Result<u8, Failure>;
+
+pub async fn run(cli: Cli) -> u8 {
+    let json = cli.global.json;
+    let result = match &cli.command {
+        Command::Lab(c) => lab::run(&cli.global, c).await,
+        Command::Check(a) => check::run(&cli.global, a).await,
+        Command::Nodes => nodes::run(&cli.global).await,
+        Command::Slots => slots::run(&cli.global).await,
+        Command::Info(a) => info::run(&cli.global, a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            output::error(&f.message);
+            if json {
+                output::print_json(&serde_json::json!({ "error": f.message, "exit_code": f.code }));
+            }
+            f.code
+        }
+    }
+}
+
+/// Connection options from the global flags; secrets only from files and the environment
+/// (a `-a` value works but warns, like redis-cli).
+pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
+    let mut opts = ConnectOptions::default();
+    opts.timeout = g.timeout;
+    opts.user = g.user.clone().filter(|u| !u.is_empty());
+    opts.password = if let Some(path) = &g.password_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("cannot read password file {}: {e}", path.display())))?;
+        Some(Secret::new(text.lines().next().unwrap_or_default().to_string()))
+    } else if let Some(pw) = &g.pass {
+        output::warn("using a password with '-a' on the command line may not be safe (use RCOPS_PASSWORD or --password-file)");
+        Some(Secret::new(pw.clone()))
+    } else {
+        ["RCOPS_PASSWORD", "REDISCLI_AUTH"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()))
+            .map(Secret::new)
+    };
+    if g.tls || g.cacert.is_some() || g.cert.is_some() || g.insecure {
+        opts = opts
+            .with_tls(&TlsOptions {
+                cacert: g.cacert.clone(),
+                cert: g.cert.clone(),
+                key: g.key.clone(),
+                insecure: g.insecure,
+            })
+            .map_err(Failure::usage)?;
+    }
+    Ok(opts)
+}
+
+/// The seed list from `-c` / `RCOPS_CLUSTER`.
+pub fn seeds(g: &GlobalOpts) -> Result<Vec<Addr>, Failure> {
+    let Some(text) = &g.cluster else {
+        return Err(Failure::usage(
+            "no cluster given: pass -c HOST:PORT[,HOST:PORT…] or set RCOPS_CLUSTER",
+        ));
+    };
+    // A malformed address is a failed run naming the address (exit 2), not a usage error.
+    Addr::parse_list(text).map_err(Failure::failed)
+}
+
+/// Executor and seeds for a cluster command.
+pub fn executor(g: &GlobalOpts) -> Result<(Executor, Vec<Addr>), Failure> {
+    let seeds = seeds(g)?;
+    let exec = Executor::new(connect_options(g)?, g.concurrency as usize);
+    Ok((exec, seeds))
+}
+
+/// Discovers the cluster or fails with the seeds' errors in one line.
+pub async fn view(g: &GlobalOpts) -> Result<(Executor, ClusterView), Failure> {
+    let (exec, seeds) = executor(g)?;
+    let view = discover(&exec, &seeds).await.map_err(Failure::failed)?;
+    Ok((exec, view))
+}

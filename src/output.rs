@@ -1,0 +1,154 @@
+//! Rendering helpers shared by every command: exit codes, tables, colour (only on a TTY),
+//! JSON, progress bars (stderr, hidden when not a TTY or with --json) and error lines.
+
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use owo_colors::OwoColorize;
+use serde::Serialize;
+use std::io::IsTerminal;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FINDINGS: u8 = 1;
+pub const EXIT_FAILED: u8 = 2;
+pub const EXIT_USAGE: u8 = 64;
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RCOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Whether stdout gets colour: a terminal, and NO_COLOR unset.
+pub fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Colours a severity/status word when colour is on.
+pub fn paint(word: &str) -> String {
+    if !color() {
+        return word.to_string();
+    }
+    match word {
+        "critical" | "fail" | "down" | "no" => word.red().bold().to_string(),
+        "warning" | "pfail" => word.yellow().to_string(),
+        "ok" | "up" | "yes" => word.green().to_string(),
+        "info" => word.cyan().to_string(),
+        _ => word.to_string(),
+    }
+}
+
+/// A borderless, aligned table like `kubectl get`.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+    t
+}
+
+/// Right-aligns the given columns (numbers).
+pub fn align_right(t: &mut Table, columns: &[usize]) {
+    for &c in columns {
+        if let Some(col) = t.column_mut(c) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// Prints a table, trimming the padding the borderless style leaves at line ends.
+pub fn print_table(t: &Table) {
+    for line in t.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+pub fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
+    }
+}
+
+/// The one-line error every failure prints: `rcops: error: <cause naming the node>`.
+pub fn error(msg: impl std::fmt::Display) {
+    eprintln!("rcops: error: {msg}");
+}
+
+pub fn warn(msg: impl std::fmt::Display) {
+    eprintln!("rcops: warning: {msg}");
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal or output is JSON.
+pub fn progress(total: Option<u64>, json: bool, template: &str) -> ProgressBar {
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if json || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style);
+    }
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+/// `1.5 MiB` style sizes.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `3d4h`, `5m12s` style durations from seconds.
+pub fn age(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `-` for missing values.
+pub fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_naturally() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(3700), "1h1m");
+        assert_eq!(age(90000), "1d1h");
+    }
+}
