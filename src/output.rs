@@ -12,6 +12,24 @@ pub const EXIT_FINDINGS: u8 = 1;
 pub const EXIT_FAILED: u8 = 2;
 pub const EXIT_USAGE: u8 = 64;
 
+/// Writes one line to stdout; a closed pipe (`rcops nodes | head`) ends the process quietly
+/// with success, like ripgrep, instead of panicking.
+pub fn write_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// `println!` that survives a closed stdout; see [`write_line`].
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::write_line(format_args!($($t)*)) };
+}
+
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -67,13 +85,13 @@ pub fn align_right(t: &mut Table, columns: &[usize]) {
 /// Prints a table, trimming the padding the borderless style leaves at line ends.
 pub fn print_table(t: &Table) {
     for line in t.to_string().lines() {
-        println!("{}", line.trim_end());
+        crate::outln!("{}", line.trim_end());
     }
 }
 
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
     }
 }

@@ -21,7 +21,7 @@ pub async fn run(g: &GlobalOpts, a: &CheckArgs) -> CmdResult {
             Status::Warning => "warning",
             Status::Critical => "critical",
         };
-        println!(
+        crate::outln!(
             "{}: {} nodes, {} masters, {}/16384 slots covered, {} finding(s), {} ms",
             paint(status),
             report.nodes,

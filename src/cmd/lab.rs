@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
             if g.json {
                 output::print_json(&report);
             } else {
-                println!(
+                crate::outln!(
                     "stopped {} node(s) ({} already gone){}",
                     report.stopped,
                     report.already_gone,
@@ -36,7 +36,7 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
             if g.json {
                 output::print_json(&report);
             } else {
-                println!(
+                crate::outln!(
                     "lab {}: {}/{} running, {}/{} answering, seed {}{}",
                     report.dir.display(),
                     report.running,
@@ -82,7 +82,7 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
                 output::print_json(&report);
             } else {
                 let types: Vec<String> = report.per_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
-                println!(
+                crate::outln!(
                     "loaded {} keys ({}; {} with TTL) into {} masters in {} ms",
                     report.keys,
                     types.join(", "),
@@ -125,7 +125,7 @@ async fn up(g: &GlobalOpts, a: &LabUpArgs) -> CmdResult {
         return Ok(EXIT_OK);
     }
     let last = state.nodes.last().map(|n| n.port).unwrap_or(state.port);
-    println!(
+    crate::outln!(
         "lab up: {} nodes ({} masters, {} replica(s) each) on 127.0.0.1:{}-{} in {:.1}s",
         state.nodes.len(),
         state.masters,
@@ -134,15 +134,15 @@ async fn up(g: &GlobalOpts, a: &LabUpArgs) -> CmdResult {
         last,
         started.elapsed().as_secs_f64()
     );
-    println!("dir:  {}", state.dir.display());
-    println!("seed: {}", state.seed());
+    crate::outln!("dir:  {}", state.dir.display());
+    crate::outln!("seed: {}", state.seed());
     let mut hint = format!("rcops check -c {}", state.seed());
     if let Some(t) = &state.tls {
         hint.push_str(&format!(" --tls --cacert {}", t.ca.display()));
     }
     if let Some(p) = &state.password_file {
-        println!("password: in {} (export RCOPS_PASSWORD=\"$(cat {})\")", p.display(), p.display());
+        crate::outln!("password: in {} (export RCOPS_PASSWORD=\"$(cat {})\")", p.display(), p.display());
     }
-    println!("try:  {hint}");
+    crate::outln!("try:  {hint}");
     Ok(EXIT_OK)
 }

@@ -27,15 +27,15 @@ pub async fn run(g: &GlobalOpts) -> CmdResult {
         }
         output::align_right(&mut t, &[2, 3, 4, 5]);
         output::print_table(&t);
-        println!(
+        crate::outln!(
             "\ncovered: {}/16384   uncovered: {}   keys: {}",
             report.covered, report.uncovered, report.total_keys
         );
         if !report.open.is_empty() {
-            println!("open slots:");
+            crate::outln!("open slots:");
             for o in &report.open {
                 let dir = if o.state == "migrating" { "->" } else { "<-" };
-                println!("  {} {} {} {} ({})", o.slot, o.node, dir, o.peer, o.state);
+                crate::outln!("  {} {} {} {} ({})", o.slot, o.node, dir, o.peer, o.state);
             }
         }
     }

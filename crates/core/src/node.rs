@@ -316,7 +316,12 @@ impl NodeError {
             || lower.contains("noauth")
             || lower.contains("invalid username-password")
         {
-            return NodeError::Auth { addr, reason: text };
+            let reason = if lower.contains("noauth") {
+                "password required (NOAUTH): set RCOPS_PASSWORD or --password-file".to_string()
+            } else {
+                "invalid username-password pair or user is disabled (WRONGPASS)".to_string()
+            };
+            return NodeError::Auth { addr, reason };
         }
         if lower.contains("cluster support disabled") {
             return NodeError::NotCluster { addr };
@@ -328,7 +333,13 @@ impl NodeError {
             || lower.contains("corrupt message")
             || lower.contains("peer is incompatible")
         {
-            return NodeError::Tls { addr, reason: text };
+            let mut reason = text;
+            if lower.contains("unknownissuer") {
+                reason.push_str(" (pass the CA with --cacert, or --insecure)");
+            } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+                reason.push_str(" (a plaintext port? drop --tls)");
+            }
+            return NodeError::Tls { addr, reason };
         }
         if e.is_timeout() {
             return NodeError::Unreachable {
@@ -337,9 +348,13 @@ impl NodeError {
             };
         }
         if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() {
-            let mut reason = text;
-            if lower.contains("reset") || lower.contains("closed") || lower.contains("broken pipe") {
-                reason.push_str(" (a TLS-only port? try --tls)");
+            let mut reason = if lower.contains("broken pipe") {
+                "connection closed by the server".to_string()
+            } else {
+                text
+            };
+            if lower.contains("reset") || lower.contains("broken pipe") {
+                reason.push_str(" (a TLS-only port needs --tls; a wrong port or a proxy closes too)");
             }
             return NodeError::Unreachable { addr, reason };
         }

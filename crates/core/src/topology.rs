@@ -283,11 +283,16 @@ impl ClusterView {
             .filter(move |l| l.master_id.as_deref() == Some(master_id))
     }
 
-    /// Every slot some master owns in the reference view.
+    /// Every slot some master serves: a reachable master's own claim is authoritative (after
+    /// `CLUSTER DELSLOTS` on the owner only it knows the slot is gone); an unreachable one is
+    /// taken at the reference view's word.
     pub fn covered(&self) -> SlotSet {
         let mut set = SlotSet::new();
         for m in self.masters() {
-            set.union_with(&m.slot_set());
+            match self.snapshot(&m.id).and_then(NodeSnapshot::myself) {
+                Some(own) => set.union_with(&own.slot_set()),
+                None => set.union_with(&m.slot_set()),
+            }
         }
         set
     }
