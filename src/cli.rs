@@ -19,7 +19,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Seed nodes, HOST:PORT[,HOST:PORT…]; a seed that is down is skipped if another answers
-    #[arg(short = 'c', long = "cluster", env = "RCOPS_CLUSTER", global = true, value_name = "HOST:PORT,…")]
+    #[arg(
+        short = 'c',
+        long = "cluster",
+        env = "RCOPS_CLUSTER",
+        global = true,
+        value_name = "HOST:PORT,…"
+    )]
     pub cluster: Option<String>,
     /// ACL user name (password from RCOPS_PASSWORD, REDISCLI_AUTH or --password-file)
     #[arg(long, env = "RCOPS_USER", global = true)]
@@ -28,7 +34,13 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "PATH")]
     pub password_file: Option<PathBuf>,
     /// Password on the command line: unsafe, it lands in shell history (prefer RCOPS_PASSWORD)
-    #[arg(short = 'a', long = "pass", global = true, hide_short_help = true, value_name = "PASSWORD")]
+    #[arg(
+        short = 'a',
+        long = "pass",
+        global = true,
+        hide_short_help = true,
+        value_name = "PASSWORD"
+    )]
     pub pass: Option<String>,
     /// Connect with TLS
     #[arg(long, global = true)]
@@ -80,7 +92,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub lag_threshold: u64,
     /// Slot count deviation from even (percent) above which masters are unbalanced
-    #[arg(long, default_value_t = 2.0, value_name = "PCT", value_parser = parse_pct)]
+    #[arg(long, default_value_t = 2.0, value_name = "PCT", value_parser = parse_pct, allow_negative_numbers = true)]
     pub balance_threshold: f64,
 }
 

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
         }
     };
     output::init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcops: error: cannot start the async runtime: {e}");

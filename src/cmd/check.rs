@@ -38,7 +38,12 @@ pub async fn run(g: &GlobalOpts, a: &CheckArgs) -> CmdResult {
                     1..=2 => f.nodes.join(","),
                     n => format!("{},… ({n})", f.nodes[0]),
                 };
-                t.add_row(vec![paint(f.severity.as_str()), f.code.to_string(), nodes, f.message.clone()]);
+                t.add_row(vec![
+                    paint(f.severity.as_str()),
+                    f.code.to_string(),
+                    nodes,
+                    f.message.clone(),
+                ]);
             }
             output::print_table(&t);
         }

@@ -2,13 +2,14 @@
 //! section from every node.
 
 use rcops_core::ops::info::{section, summary};
+use rcops_core::topology::Detail;
 
 use super::{view, CmdResult, Failure};
 use crate::cli::{GlobalOpts, InfoArgs};
 use crate::output::{self, age, bytes, opt, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
-    let (exec, view) = view(g).await?;
+    let (exec, view) = view(g, Detail::Full).await?;
     if let Some(name) = &a.section {
         let report = section(&exec, &view, &a.nodes, name).await;
         if report.nodes.is_empty() && report.errors.is_empty() {
@@ -28,7 +29,11 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
                 output::error(e);
             }
         }
-        return Ok(if report.errors.is_empty() { EXIT_OK } else { EXIT_FINDINGS });
+        return Ok(if report.errors.is_empty() {
+            EXIT_OK
+        } else {
+            EXIT_FINDINGS
+        });
     }
     let rows = summary(&view, &a.nodes, a.raw);
     if rows.is_empty() {
@@ -40,17 +45,26 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
         return Ok(if failed { EXIT_FINDINGS } else { EXIT_OK });
     }
     let mut t = output::table(&[
-        "NODE", "ROLE", "VERSION", "UPTIME", "MEM", "PEAK", "MAXMEM", "FRAG", "CLIENTS", "BLOCKED", "OPS/S",
-        "CMDS", "HIT%", "KEYS", "EXPIRES", "EVICTED", "EXPIRED", "OFFSET", "LAG", "LINK", "RDB", "AOF",
+        "NODE", "ROLE", "VERSION", "UPTIME", "MEM", "PEAK", "MAXMEM", "FRAG", "CLIENTS", "BLOCKED",
+        "OPS/S", "CMDS", "HIT%", "KEYS", "EXPIRES", "EVICTED", "EXPIRED", "OFFSET", "LAG", "LINK",
+        "RDB", "AOF",
     ]);
     for r in &rows {
         if let Some(e) = &r.error {
-            t.add_row(vec![r.addr.clone(), r.role.clone(), format!("unreachable: {e}")]);
+            t.add_row(vec![
+                r.addr.clone(),
+                r.role.clone(),
+                format!("unreachable: {e}"),
+            ]);
             continue;
         }
         t.add_row(vec![
             r.addr.clone(),
-            if r.loading { format!("{} (loading)", r.role) } else { r.role.clone() },
+            if r.loading {
+                format!("{} (loading)", r.role)
+            } else {
+                r.role.clone()
+            },
             opt(r.version.as_deref()),
             opt(r.uptime_s.map(age)),
             opt(r.used_memory.map(bytes)),
@@ -80,7 +94,10 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
             },
         ]);
     }
-    output::align_right(&mut t, &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
+    output::align_right(
+        &mut t,
+        &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+    );
     output::print_table(&t);
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }

@@ -31,7 +31,9 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
             Ok(EXIT_OK)
         }
         LabCommand::Status { at } => {
-            let report = lab::status(&at.dir(), g.timeout).await.map_err(Failure::failed)?;
+            let report = lab::status(&at.dir(), g.timeout)
+                .await
+                .map_err(Failure::failed)?;
             let healthy = report.answering == report.nodes.len();
             if g.json {
                 output::print_json(&report);
@@ -46,7 +48,8 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
                     report.seed,
                     if report.tls { " (TLS)" } else { "" }
                 );
-                let mut t = output::table(&["PORT", "PID", "RUNNING", "ANSWERING", "ROLE", "ERROR"]);
+                let mut t =
+                    output::table(&["PORT", "PID", "RUNNING", "ANSWERING", "ROLE", "ERROR"]);
                 for n in &report.nodes {
                     t.add_row(vec![
                         n.port.to_string(),
@@ -64,11 +67,17 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
         LabCommand::Load { at, keys } => {
             // `-c` loads any cluster with the global options; otherwise the lab's own.
             let (exec, seeds) = if g.cluster.is_some() {
-                (Executor::new(connect_options(g)?, g.concurrency as usize), seeds(g)?)
+                (
+                    Executor::new(connect_options(g)?, g.concurrency as usize),
+                    seeds(g)?,
+                )
             } else {
                 let state = LabState::load(&at.dir()).map_err(Failure::failed)?;
                 let opts = state.connect_options(g.timeout).map_err(Failure::failed)?;
-                (Executor::new(opts, g.concurrency as usize), vec![state.seed()])
+                (
+                    Executor::new(opts, g.concurrency as usize),
+                    vec![state.seed()],
+                )
             };
             let pb = output::progress(
                 Some(*keys),
@@ -81,7 +90,11 @@ pub async fn run(g: &GlobalOpts, c: &LabCommand) -> CmdResult {
             if g.json {
                 output::print_json(&report);
             } else {
-                let types: Vec<String> = report.per_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                let types: Vec<String> = report
+                    .per_type
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
                 crate::outln!(
                     "loaded {} keys ({}; {} with TTL) into {} masters in {} ms",
                     report.keys,
@@ -141,7 +154,11 @@ async fn up(g: &GlobalOpts, a: &LabUpArgs) -> CmdResult {
         hint.push_str(&format!(" --tls --cacert {}", t.ca.display()));
     }
     if let Some(p) = &state.password_file {
-        crate::outln!("password: in {} (export RCOPS_PASSWORD=\"$(cat {})\")", p.display(), p.display());
+        crate::outln!(
+            "password: in {} (export RCOPS_PASSWORD=\"$(cat {})\")",
+            p.display(),
+            p.display()
+        );
     }
     crate::outln!("try:  {hint}");
     Ok(EXIT_OK)

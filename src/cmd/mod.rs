@@ -7,6 +7,7 @@ mod lab;
 mod nodes;
 mod slots;
 
+use rcops_core::topology::Detail;
 use rcops_core::{discover, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions};
 
 use crate::cli::{Cli, Command, GlobalOpts};
@@ -65,9 +66,12 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
     opts.timeout = g.timeout;
     opts.user = g.user.clone().filter(|u| !u.is_empty());
     opts.password = if let Some(path) = &g.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("cannot read password file {}: {e}", path.display())))?;
-        Some(Secret::new(text.lines().next().unwrap_or_default().to_string()))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!("cannot read password file {}: {e}", path.display()))
+        })?;
+        Some(Secret::new(
+            text.lines().next().unwrap_or_default().to_string(),
+        ))
     } else if let Some(pw) = &g.pass {
         output::warn("using a password with '-a' on the command line may not be safe (use RCOPS_PASSWORD or --password-file)");
         Some(Secret::new(pw.clone()))
@@ -109,8 +113,10 @@ pub fn executor(g: &GlobalOpts) -> Result<(Executor, Vec<Addr>), Failure> {
 }
 
 /// Discovers the cluster or fails with the seeds' errors in one line.
-pub async fn view(g: &GlobalOpts) -> Result<(Executor, ClusterView), Failure> {
+pub async fn view(g: &GlobalOpts, detail: Detail) -> Result<(Executor, ClusterView), Failure> {
     let (exec, seeds) = executor(g)?;
-    let view = discover(&exec, &seeds).await.map_err(Failure::failed)?;
+    let view = discover(&exec, &seeds, detail)
+        .await
+        .map_err(Failure::failed)?;
     Ok((exec, view))
 }

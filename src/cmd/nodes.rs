@@ -1,13 +1,14 @@
 //! `rcops nodes`: renders [`rcops_core::ops::nodes`] as a tree of masters and replicas.
 
 use rcops_core::ops::nodes::{nodes, NodeEntry};
+use rcops_core::topology::Detail;
 
 use super::{view, CmdResult};
 use crate::cli::GlobalOpts;
 use crate::output::{self, opt, paint, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts) -> CmdResult {
-    let (_exec, view) = view(g).await?;
+    let (_exec, view) = view(g, Detail::Health).await?;
     let report = nodes(&view);
     let unreachable = report
         .shards
@@ -18,7 +19,9 @@ pub async fn run(g: &GlobalOpts) -> CmdResult {
     if g.json {
         output::print_json(&report);
     } else {
-        let mut t = output::table(&["NODE", "ID", "ROLE", "FLAGS", "SLOTS", "RANGES", "LINK", "OFFSET", "LAG"]);
+        let mut t = output::table(&[
+            "NODE", "ID", "ROLE", "FLAGS", "SLOTS", "RANGES", "LINK", "OFFSET", "LAG",
+        ]);
         let row = |t: &mut comfy_table::Table, n: &NodeEntry, prefix: &str| {
             let link = match (&n.master_link, n.reachable) {
                 (_, false) => paint("down"),

@@ -1,19 +1,28 @@
 //! `rcops slots`: renders [`rcops_core::ops::slots`].
 
 use rcops_core::ops::slots::slots;
+use rcops_core::topology::Detail;
 
 use super::{view, CmdResult};
 use crate::cli::GlobalOpts;
 use crate::output::{self, opt, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts) -> CmdResult {
-    let (_exec, view) = view(g).await?;
+    let (_exec, view) = view(g, Detail::Keyspace).await?;
     let report = slots(&view);
     let problems = report.uncovered != "-" || !report.open.is_empty();
     if g.json {
         output::print_json(&report);
     } else {
-        let mut t = output::table(&["MASTER", "ID", "SLOTS", "SHARE", "DEVIATION", "KEYS", "RANGES"]);
+        let mut t = output::table(&[
+            "MASTER",
+            "ID",
+            "SLOTS",
+            "SHARE",
+            "DEVIATION",
+            "KEYS",
+            "RANGES",
+        ]);
         for m in &report.masters {
             t.add_row(vec![
                 m.addr.clone(),
@@ -29,7 +38,9 @@ pub async fn run(g: &GlobalOpts) -> CmdResult {
         output::print_table(&t);
         crate::outln!(
             "\ncovered: {}/16384   uncovered: {}   keys: {}",
-            report.covered, report.uncovered, report.total_keys
+            report.covered,
+            report.uncovered,
+            report.total_keys
         );
         if !report.open.is_empty() {
             crate::outln!("open slots:");

@@ -104,7 +104,10 @@ impl Executor {
         Fut: Future<Output = Result<T, NodeError>>,
     {
         let mut seen = std::collections::HashSet::new();
-        let addrs: Vec<Addr> = addrs.into_iter().filter(|a| seen.insert(a.clone())).collect();
+        let addrs: Vec<Addr> = addrs
+            .into_iter()
+            .filter(|a| seen.insert(a.clone()))
+            .collect();
         let job = &job;
         let results: Vec<(Addr, Result<T, NodeError>)> = stream::iter(addrs)
             .map(|addr| async move {
@@ -114,7 +117,8 @@ impl Executor {
                     job(addr.clone(), conn).await
                 };
                 let result = match tokio::time::timeout(timeout, work).instrument(span).await {
-                    Ok(r) => r,
+                    // redis-rs reports its own per-reply timeout, which is the connection budget.
+                    Ok(r) => r.map_err(|e| e.or_timeout(self.opts.timeout)),
                     Err(_) => Err(NodeError::Timeout {
                         addr: addr.clone(),
                         after: timeout,

@@ -65,7 +65,9 @@ impl FromStr for Addr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why| AddrError(s.to_string(), why);
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT"))?;
         let host = match host.strip_prefix('[') {
             Some(h) => h.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?,
             None if host.contains(':') => return Err(bad("IPv6 hosts need brackets: [::1]:7000")),
@@ -156,11 +158,16 @@ impl ConnectOptions {
         install_crypto_provider();
         let read = |p: &Option<PathBuf>, what: &str| -> Result<Option<Vec<u8>>, String> {
             p.as_ref()
-                .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display())))
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+                })
                 .transpose()
         };
         let root = read(&tls.cacert, "CA certificate")?;
-        let client = match (read(&tls.cert, "client certificate")?, read(&tls.key, "client key")?) {
+        let client = match (
+            read(&tls.cert, "client certificate")?,
+            read(&tls.key, "client key")?,
+        ) {
             (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
                 client_cert,
                 client_key,
@@ -197,7 +204,9 @@ impl ConnectOptions {
         if let Some(pw) = &self.password {
             settings = settings.set_password(pw.expose());
         }
-        let info = conn_addr.into_connection_info()?.set_redis_settings(settings);
+        let info = conn_addr
+            .into_connection_info()?
+            .set_redis_settings(settings);
         match &self.tls {
             Some(t) if t.root.is_some() || t.client.is_some() => redis::Client::build_with_tls(
                 info,
@@ -212,7 +221,9 @@ impl ConnectOptions {
 
     /// Opens a multiplexed connection, authenticated, within the timeout.
     pub async fn connect(&self, addr: &Addr) -> Result<MultiplexedConnection, NodeError> {
-        let client = self.client(addr).map_err(|e| NodeError::from_redis(addr, &e))?;
+        let client = self
+            .client(addr)
+            .map_err(|e| NodeError::from_redis(addr, &e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -223,7 +234,7 @@ impl ConnectOptions {
         .await
         {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(NodeError::from_redis(addr, &e)),
+            Ok(Err(e)) => Err(NodeError::from_redis(addr, &e).or_timeout(self.timeout)),
             Err(_) => Err(NodeError::Timeout {
                 addr: addr.clone(),
                 after: self.timeout,
@@ -303,6 +314,17 @@ impl NodeError {
         )
     }
 
+    /// Turns redis-rs's own timeout ("timed out") into [`NodeError::Timeout`] with the budget
+    /// that ran out, so every timeout reads the same.
+    pub fn or_timeout(self, after: Duration) -> NodeError {
+        match self {
+            NodeError::Unreachable { addr, reason } if reason == TIMED_OUT => {
+                NodeError::Timeout { addr, after }
+            }
+            other => other,
+        }
+    }
+
     /// Classifies a redis-rs error by what the operator has to fix.
     pub fn from_redis(addr: &Addr, e: &redis::RedisError) -> NodeError {
         let addr = addr.clone();
@@ -344,7 +366,7 @@ impl NodeError {
         if e.is_timeout() {
             return NodeError::Unreachable {
                 addr,
-                reason: "timed out".into(),
+                reason: TIMED_OUT.into(),
             };
         }
         if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() {
@@ -354,13 +376,16 @@ impl NodeError {
                 text
             };
             if lower.contains("reset") || lower.contains("broken pipe") {
-                reason.push_str(" (a TLS-only port needs --tls; a wrong port or a proxy closes too)");
+                reason
+                    .push_str(" (a TLS-only port needs --tls; a wrong port or a proxy closes too)");
             }
             return NodeError::Unreachable { addr, reason };
         }
         NodeError::Command { addr, reason: text }
     }
 }
+
+const TIMED_OUT: &str = "timed out";
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -372,10 +397,28 @@ mod tests {
 
     #[test]
     fn parses_host_port_forms() {
-        assert_eq!("127.0.0.1:7000".parse::<Addr>().unwrap(), Addr::new("127.0.0.1", 7000));
-        assert_eq!("[::1]:7000".parse::<Addr>().unwrap().to_string(), "[::1]:7000");
-        assert_eq!("redis-1.example:6379".parse::<Addr>().unwrap().host, "redis-1.example");
-        for bad in ["", "7000", "host:", "host:0", "host:99999", ":7000", "::1:7000", "[::1:7000"] {
+        assert_eq!(
+            "127.0.0.1:7000".parse::<Addr>().unwrap(),
+            Addr::new("127.0.0.1", 7000)
+        );
+        assert_eq!(
+            "[::1]:7000".parse::<Addr>().unwrap().to_string(),
+            "[::1]:7000"
+        );
+        assert_eq!(
+            "redis-1.example:6379".parse::<Addr>().unwrap().host,
+            "redis-1.example"
+        );
+        for bad in [
+            "",
+            "7000",
+            "host:",
+            "host:0",
+            "host:99999",
+            ":7000",
+            "::1:7000",
+            "[::1:7000",
+        ] {
             assert!(bad.parse::<Addr>().is_err(), "{bad:?} should be rejected");
         }
     }

@@ -37,55 +37,85 @@ impl NodeSnapshot {
 
     /// This node's view reduced to what must agree cluster-wide: which master owns which
     /// slots, and which master each replica follows (the idea of redis-cli's config signature,
-    /// extended to roles). Failure flags are local opinions and left out.
-    pub fn signature(&self) -> String {
-        let mut parts: Vec<String> = self
+    /// extended to roles), hashed. Failure flags are local opinions and left out.
+    pub fn signature(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut parts: Vec<(&str, Option<&str>, bool, &[rcops_formats::slot::SlotRange])> = self
             .lines
             .iter()
             .filter(|l| !l.flags.handshake && !l.flags.noaddr)
             .map(|l| {
-                let role = match (&l.master_id, l.flags.master) {
-                    (Some(m), _) => format!("r>{m}"),
-                    (None, true) => "m".to_string(),
-                    (None, false) => "?".to_string(),
-                };
-                let slots: Vec<String> = l.slots.iter().map(ToString::to_string).collect();
-                format!("{}:{role}:{}", l.id, slots.join(","))
+                (
+                    l.id.as_str(),
+                    l.master_id.as_deref(),
+                    l.flags.master,
+                    l.slots.as_slice(),
+                )
             })
             .collect();
-        parts.sort();
-        parts.join("|")
+        parts.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        parts.hash(&mut h);
+        h.finish()
     }
 }
 
-/// Fetches one node's snapshot in a single pipeline.
-pub async fn snapshot(exec: &Executor, addr: &Addr) -> Result<NodeSnapshot, NodeError> {
-    let mut conn = exec.conn(addr).await?;
-    fetch_snapshot(addr, &mut conn).await
+/// How much of `INFO` a snapshot carries. INFO is the costliest reply to produce and parse
+/// after `CLUSTER NODES`, so each capability asks only for what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// `replication` and `persistence`: roles, links, offsets, loading.
+    Health,
+    /// Health plus `keyspace`.
+    Keyspace,
+    /// The default `INFO` sections.
+    Full,
+}
+
+impl Detail {
+    fn sections(self) -> &'static [&'static str] {
+        match self {
+            // One section per command: multi-section INFO needs Redis 7.
+            Detail::Health => &["replication", "persistence"],
+            Detail::Keyspace => &["replication", "persistence", "keyspace"],
+            Detail::Full => &[],
+        }
+    }
 }
 
 async fn fetch_snapshot(
     addr: &Addr,
     conn: &mut redis::aio::MultiplexedConnection,
+    detail: Detail,
 ) -> Result<NodeSnapshot, NodeError> {
-    let (nodes, cinfo, info): (String, String, String) = redis::pipe()
-        .cmd("CLUSTER")
-        .arg("NODES")
-        .cmd("CLUSTER")
-        .arg("INFO")
-        .cmd("INFO")
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLUSTER").arg("NODES").cmd("CLUSTER").arg("INFO");
+    let sections = detail.sections();
+    if sections.is_empty() {
+        pipe.cmd("INFO");
+    }
+    for s in sections {
+        pipe.cmd("INFO").arg(*s);
+    }
+    let replies: Vec<String> = pipe
         .query_async(conn)
         .await
         .map_err(|e| NodeError::from_redis(addr, &e))?;
-    let lines = cluster_nodes::parse(&nodes).map_err(|e| NodeError::Command {
+    let [nodes, cinfo, infos @ ..] = replies.as_slice() else {
+        return Err(NodeError::Command {
+            addr: addr.clone(),
+            reason: "short reply to CLUSTER NODES/INFO pipeline".into(),
+        });
+    };
+    let lines = cluster_nodes::parse(nodes).map_err(|e| NodeError::Command {
         addr: addr.clone(),
         reason: format!("unparsable CLUSTER NODES reply: {e}"),
     })?;
     Ok(NodeSnapshot {
         addr: addr.clone(),
         lines,
-        cluster_info: Info::parse(&cinfo),
-        info: Info::parse(&info),
+        cluster_info: Info::parse(cinfo),
+        info: Info::parse(&infos.join("\r\n")),
     })
 }
 
@@ -99,8 +129,8 @@ pub struct ClusterView {
     /// Nodes that could not be read, by dialled address.
     pub failed: BTreeMap<Addr, NodeError>,
     /// Signature of the reference view and which node ids hold each signature.
-    pub signatures: BTreeMap<String, Vec<String>>,
-    pub reference_signature: String,
+    pub signatures: BTreeMap<u64, Vec<String>>,
+    pub reference_signature: u64,
     pub elapsed_ms: u128,
 }
 
@@ -130,11 +160,15 @@ fn join_errors(errors: &[NodeError]) -> String {
 }
 
 /// Discovers the cluster from seed nodes: a seed that is down is skipped if another answers.
-pub async fn discover(exec: &Executor, seeds: &[Addr]) -> Result<ClusterView, DiscoverError> {
+pub async fn discover(
+    exec: &Executor,
+    seeds: &[Addr],
+    detail: Detail,
+) -> Result<ClusterView, DiscoverError> {
     let started = Instant::now();
     let seed_results = exec
         .run(seeds.iter().cloned(), |addr, mut conn| async move {
-            fetch_snapshot(&addr, &mut conn).await
+            fetch_snapshot(&addr, &mut conn, detail).await
         })
         .await;
     if seed_results.ok.is_empty() {
@@ -145,6 +179,11 @@ pub async fn discover(exec: &Executor, seeds: &[Addr]) -> Result<ClusterView, Di
             .collect();
         return Err(DiscoverError::NoSeed(errors));
     }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        seeds = seeds.len(),
+        "seeds read"
+    );
     let mut snapshots: BTreeMap<String, NodeSnapshot> = BTreeMap::new();
     let mut visited: BTreeSet<Addr> = seeds.iter().cloned().collect();
     let mut failed = BTreeMap::new();
@@ -171,15 +210,25 @@ pub async fn discover(exec: &Executor, seeds: &[Addr]) -> Result<ClusterView, Di
         visited.extend(todo.iter().cloned());
         let round = exec
             .run(todo, |addr, mut conn| async move {
-                fetch_snapshot(&addr, &mut conn).await
+                fetch_snapshot(&addr, &mut conn, detail).await
             })
             .await;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = round.ok.len(),
+            failed = round.failed.len(),
+            "discovery round"
+        );
         failed.extend(round.failed);
         for (_, snap) in round.ok {
             insert_snapshot(&mut snapshots, &mut visited, snap);
         }
     }
     let mut view = ClusterView::from_snapshots(snapshots, failed);
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "view built"
+    );
     // A failed seed the cluster knows about is a failed node; an unknown one was a typo or
     // a stale seed and is not the cluster's problem.
     let known: BTreeSet<Addr> = view.nodes.iter().filter_map(line_addr).collect();
@@ -217,15 +266,18 @@ impl ClusterView {
         snapshots: BTreeMap<String, NodeSnapshot>,
         failed: BTreeMap<Addr, NodeError>,
     ) -> ClusterView {
-        let mut signatures: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut signatures: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (id, snap) in &snapshots {
-            signatures.entry(snap.signature()).or_default().push(id.clone());
+            signatures
+                .entry(snap.signature())
+                .or_default()
+                .push(id.clone());
         }
         // Most holders wins; ties go to the lexicographically first signature for stability.
         let reference_signature = signatures
             .iter()
             .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
-            .map(|(s, _)| s.clone())
+            .map(|(s, _)| *s)
             .unwrap_or_default();
         let nodes = signatures
             .get(&reference_signature)

@@ -202,7 +202,13 @@ fn parse_line(line: &str) -> Result<NodeLine, &'static str> {
     })
 }
 
-type Address = (String, u16, Option<u16>, Option<String>, Vec<(String, String)>);
+type Address = (
+    String,
+    u16,
+    Option<u16>,
+    Option<String>,
+    Vec<(String, String)>,
+);
 
 fn parse_address(text: &str) -> Result<Address, &'static str> {
     let mut parts = text.split(',');

@@ -137,7 +137,9 @@ pub struct ReplicaLine {
 }
 
 fn parse_kv_list(text: &str) -> BTreeMap<&str, &str> {
-    text.split(',').filter_map(|kv| kv.split_once('=')).collect()
+    text.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
 }
 
 #[cfg(test)]

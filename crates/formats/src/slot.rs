@@ -226,7 +226,10 @@ pub fn even_split(n: usize) -> Vec<SlotRange> {
             last = i64::from(SLOTS - 1);
         }
         let last = last.max(i64::from(first)) as u16;
-        out.push(SlotRange { start: first, end: last });
+        out.push(SlotRange {
+            start: first,
+            end: last,
+        });
         first = last.saturating_add(1);
         cursor += per_node;
     }

@@ -32,22 +32,29 @@ pub fn generate(dir: &Path) -> Result<LabTls, LabError> {
         .push(DnType::CommonName, "rcops lab CA");
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
 
-    let leaf = |cn: &str, purposes: Vec<ExtendedKeyUsagePurpose>| -> Result<(String, String), LabError> {
-        let key = KeyPair::generate().map_err(err)?;
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .map_err(err)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = purposes;
-        let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
+    let leaf =
+        |cn: &str, purposes: Vec<ExtendedKeyUsagePurpose>| -> Result<(String, String), LabError> {
+            let key = KeyPair::generate().map_err(err)?;
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                    .map_err(err)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = purposes;
+            let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
     let (server_cert, server_key) = leaf(
         "rcops lab server",
         // Nodes also dial each other on the cluster bus with this certificate.
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     )?;
-    let (client_cert, client_key) = leaf("rcops lab client", vec![ExtendedKeyUsagePurpose::ClientAuth])?;
+    let (client_cert, client_key) = leaf(
+        "rcops lab client",
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
     let out = LabTls {
         ca: tls_dir.join("ca.crt"),
         server_cert: tls_dir.join("server.crt"),

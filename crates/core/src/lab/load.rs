@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
-use crate::topology::{discover, line_addr, DiscoverError};
+use crate::topology::{discover, line_addr, Detail, DiscoverError};
 
 const TYPES: [&str; 6] = ["string", "hash", "list", "set", "zset", "stream"];
 /// Commands per pipeline: large enough to amortise round trips, small enough to stay far
@@ -120,7 +120,12 @@ fn write_key(pipe: &mut redis::Pipeline, i: u64) {
                     .ignore();
             }
             if i % 4 == 1 {
-                pipe.cmd("XGROUP").arg("CREATE").arg(&key).arg("workers").arg("0").ignore();
+                pipe.cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&key)
+                    .arg("workers")
+                    .arg("0")
+                    .ignore();
                 pipe.cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg("workers")
@@ -135,7 +140,10 @@ fn write_key(pipe: &mut redis::Pipeline, i: u64) {
         }
     }
     if has_ttl(i) {
-        pipe.cmd("EXPIRE").arg(&key).arg(86_400 + (i % 3600)).ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&key)
+            .arg(86_400 + (i % 3600))
+            .ignore();
     }
 }
 
@@ -148,7 +156,7 @@ pub async fn load(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
-    let view = discover(exec, seeds).await?;
+    let view = discover(exec, seeds, Detail::Health).await?;
     let owners = view.slot_owner();
     let mut per_addr: BTreeMap<Addr, Vec<u64>> = BTreeMap::new();
     for i in 0..keys {
@@ -161,20 +169,24 @@ pub async fn load(
     let per_addr = &per_addr;
     // Batches each wait on their own reply timeout; the whole job may take long.
     let result = exec
-        .run_with_timeout(per_addr.keys().cloned(), Duration::from_secs(24 * 3600), |addr, mut conn| async move {
-            let indices = &per_addr[&addr];
-            for chunk in indices.chunks(BATCH) {
-                let mut pipe = redis::pipe();
-                for &i in chunk {
-                    write_key(&mut pipe, i);
+        .run_with_timeout(
+            per_addr.keys().cloned(),
+            Duration::from_secs(24 * 3600),
+            |addr, mut conn| async move {
+                let indices = &per_addr[&addr];
+                for chunk in indices.chunks(BATCH) {
+                    let mut pipe = redis::pipe();
+                    for &i in chunk {
+                        write_key(&mut pipe, i);
+                    }
+                    pipe.exec_async(&mut conn)
+                        .await
+                        .map_err(|e| NodeError::from_redis(&addr, &e))?;
+                    progress(chunk.len() as u64);
                 }
-                pipe.exec_async(&mut conn)
-                    .await
-                    .map_err(|e| NodeError::from_redis(&addr, &e))?;
-                progress(chunk.len() as u64);
-            }
-            Ok(indices.len() as u64)
-        })
+                Ok(indices.len() as u64)
+            },
+        )
         .await;
     if !result.failed.is_empty() {
         return Err(LoadError::Nodes(result.failed.into_values().collect()));
@@ -187,7 +199,11 @@ pub async fn load(
         keys,
         with_ttl: (0..keys).filter(|&i| has_ttl(i)).count() as u64,
         per_type,
-        per_master: result.ok.into_iter().map(|(a, n)| (a.to_string(), n)).collect(),
+        per_master: result
+            .ok
+            .into_iter()
+            .map(|(a, n)| (a.to_string(), n))
+            .collect(),
         elapsed_ms: started.elapsed().as_millis(),
     })
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
-use crate::topology::discover;
+use crate::topology::{discover, Detail};
 pub use certs::LabTls;
 
 /// How to build a lab.
@@ -138,7 +138,10 @@ impl LabState {
     }
 
     pub fn addrs(&self) -> Vec<Addr> {
-        self.nodes.iter().map(|n| Addr::new("127.0.0.1", n.port)).collect()
+        self.nodes
+            .iter()
+            .map(|n| Addr::new("127.0.0.1", n.port))
+            .collect()
     }
 
     /// Options that reach this lab's nodes (its CA and client certificate, its password).
@@ -166,7 +169,10 @@ impl LabState {
 /// Whether a process we started has exited (gone, or a zombie waiting for us to reap it).
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -251,7 +257,9 @@ pub async fn up(opts: &LabOptions, stage: &(dyn Fn(&str) + Sync)) -> Result<LabS
         return Err(LabError::Setup("a lab needs at least one master".into()));
     }
     if total > 1000 {
-        return Err(LabError::Setup(format!("{total} nodes is more than a lab supports (1000)")));
+        return Err(LabError::Setup(format!(
+            "{total} nodes is more than a lab supports (1000)"
+        )));
     }
     let last_port = u32::from(opts.port) + total as u32 - 1;
     if opts.port < 1024 || last_port + 10000 > 65535 {
@@ -270,7 +278,10 @@ pub async fn up(opts: &LabOptions, stage: &(dyn Fn(&str) + Sync)) -> Result<LabS
         }
     }
     let ports: Vec<u16> = (0..total).map(|i| opts.port + i as u16).collect();
-    if let Some(p) = ports.iter().find(|&&p| !port_free(p) || !port_free(p + 10000)) {
+    if let Some(p) = ports
+        .iter()
+        .find(|&&p| !port_free(p) || !port_free(p + 10000))
+    {
         return Err(LabError::Busy(format!(
             "port {p} or its bus port {} is in use on 127.0.0.1",
             p + 10000
@@ -321,7 +332,10 @@ pub async fn up(opts: &LabOptions, stage: &(dyn Fn(&str) + Sync)) -> Result<LabS
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(|e| LabError::io(&node_dir, e))?;
         let conf = node_dir.join("redis.conf");
-        write_private(&conf, node_config(opts, port, &node_dir, tls.as_ref()).as_bytes())?;
+        write_private(
+            &conf,
+            node_config(opts, port, &node_dir, tls.as_ref()).as_bytes(),
+        )?;
         let spawned = spawn_server(&bin, &conf, &node_dir);
         let pid = match spawned {
             Ok(pid) => pid,
@@ -334,7 +348,12 @@ pub async fn up(opts: &LabOptions, stage: &(dyn Fn(&str) + Sync)) -> Result<LabS
         state.nodes.push(LabNode {
             port,
             pid,
-            planned_role: if i < opts.masters { "master" } else { "replica" }.to_string(),
+            planned_role: if i < opts.masters {
+                "master"
+            } else {
+                "replica"
+            }
+            .to_string(),
         });
     }
     state.save()?;
@@ -419,7 +438,10 @@ async fn create_cluster(
         }
         let (addr, e) = r.failed.iter().next()?;
         let tail = log_tail(&state.dir, addr.port);
-        Some(format!("{} of {n} not answering, e.g. {e} {tail}", r.failed.len()))
+        Some(format!(
+            "{} of {n} not answering, e.g. {e} {tail}",
+            r.failed.len()
+        ))
     })
     .await?;
 
@@ -436,22 +458,36 @@ async fn create_cluster(
     stage("assigning slots");
     let ranges = even_split(opts.masters);
     let masters: Vec<Addr> = addrs[..opts.masters].to_vec();
-    let plan: std::collections::BTreeMap<Addr, (usize, Option<rcops_formats::slot::SlotRange>)> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.clone(), (i, ranges.get(i).copied().filter(|_| i < opts.masters))))
-        .collect();
+    let plan: std::collections::BTreeMap<Addr, (usize, Option<rcops_formats::slot::SlotRange>)> =
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (
+                    a.clone(),
+                    (i, ranges.get(i).copied().filter(|_| i < opts.masters)),
+                )
+            })
+            .collect();
     let plan = &plan;
     let r = exec
         .run(addrs.clone(), |addr, mut conn| async move {
             let (i, range) = plan[&addr];
             // Distinct epochs avoid the collision-resolution dance on a fresh cluster.
-            query::<()>(&addr, &mut conn, redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1)).await?;
+            query::<()>(
+                &addr,
+                &mut conn,
+                redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1),
+            )
+            .await?;
             if let Some(r) = range {
                 let ok: Result<(), NodeError> = query(
                     &addr,
                     &mut conn,
-                    redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(r.start).arg(r.end),
+                    redis::cmd("CLUSTER")
+                        .arg("ADDSLOTSRANGE")
+                        .arg(r.start)
+                        .arg(r.end),
                 )
                 .await;
                 if ok.is_err() {
@@ -479,7 +515,10 @@ async fn create_cluster(
             query::<()>(
                 &addr,
                 &mut conn,
-                redis::cmd("CLUSTER").arg("MEET").arg(&first.host).arg(first.port),
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg(&first.host)
+                    .arg(first.port),
             )
             .await
         })
@@ -490,7 +529,8 @@ async fn create_cluster(
     wait_until(deadline, "nodes did not all meet", || async {
         let r = exec
             .run(addrs.clone(), |addr, mut conn| async move {
-                let text: String = query(&addr, &mut conn, redis::cmd("CLUSTER").arg("INFO")).await?;
+                let text: String =
+                    query(&addr, &mut conn, redis::cmd("CLUSTER").arg("INFO")).await?;
                 Ok(Info::parse(&text).u64("cluster_known_nodes").unwrap_or(0))
             })
             .await;
@@ -510,7 +550,14 @@ async fn create_cluster(
         wait_until(deadline, "replicas could not attach", || async {
             let r = exec
                 .run(replica_of.keys().cloned(), |addr, mut conn| async move {
-                    query::<()>(&addr, &mut conn, redis::cmd("CLUSTER").arg("REPLICATE").arg(&replica_of[&addr])).await
+                    query::<()>(
+                        &addr,
+                        &mut conn,
+                        redis::cmd("CLUSTER")
+                            .arg("REPLICATE")
+                            .arg(&replica_of[&addr]),
+                    )
+                    .await
                 })
                 .await;
             r.first_error().map(ToString::to_string)
@@ -521,7 +568,7 @@ async fn create_cluster(
     stage("waiting for cluster_state:ok and agreement");
     let seeds = addrs.clone();
     wait_until(deadline, "cluster did not settle", || async {
-        let view = match discover(&exec, &seeds).await {
+        let view = match discover(&exec, &seeds, Detail::Health).await {
             Ok(v) => v,
             Err(e) => return Some(e.to_string()),
         };
@@ -537,12 +584,18 @@ async fn create_cluster(
             return Some(format!("{not_ok} nodes not yet cluster_state:ok"));
         }
         if view.signatures.len() > 1 {
-            return Some(format!("{} different views of the configuration", view.signatures.len()));
+            return Some(format!(
+                "{} different views of the configuration",
+                view.signatures.len()
+            ));
         }
         let unsynced = view
             .snapshots
             .values()
-            .filter(|s| s.info.get("role") == Some("slave") && s.info.get("master_link_status") != Some("up"))
+            .filter(|s| {
+                s.info.get("role") == Some("slave")
+                    && s.info.get("master_link_status") != Some("up")
+            })
             .count();
         (unsynced > 0).then(|| format!("{unsynced} replicas not yet in sync"))
     })
@@ -551,7 +604,11 @@ async fn create_cluster(
 
 /// Sends SIGTERM to every node still running, waits up to 5 s, then SIGKILLs stragglers.
 fn stop_nodes(state: &LabState) -> (usize, usize) {
-    let running: Vec<&LabNode> = state.nodes.iter().filter(|n| pid_is_node(n.pid, n.port)).collect();
+    let running: Vec<&LabNode> = state
+        .nodes
+        .iter()
+        .filter(|n| pid_is_node(n.pid, n.port))
+        .collect();
     for n in &running {
         let _ = kill(Pid::from_raw(n.pid as i32), Signal::SIGTERM);
     }
@@ -615,8 +672,15 @@ pub async fn status(dir: &Path, timeout: Duration) -> Result<StatusReport, LabEr
     let exec = Executor::new(state.connect_options(timeout)?, 128);
     let roles = exec
         .run(state.addrs(), |addr, mut conn| async move {
-            let text: String = query(&addr, &mut conn, redis::cmd("INFO").arg("replication")).await?;
-            Ok(Info::parse(&text).get("role").map(|r| if r == "slave" { "replica".to_string() } else { r.to_string() }))
+            let text: String =
+                query(&addr, &mut conn, redis::cmd("INFO").arg("replication")).await?;
+            Ok(Info::parse(&text).get("role").map(|r| {
+                if r == "slave" {
+                    "replica".to_string()
+                } else {
+                    r.to_string()
+                }
+            }))
         })
         .await;
     let nodes: Vec<NodeStatus> = state

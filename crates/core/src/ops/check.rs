@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fanout::Executor;
 use crate::node::Addr;
-use crate::topology::{discover, ClusterView, DiscoverError};
+use crate::topology::{discover, ClusterView, Detail, DiscoverError};
 
 /// How bad a finding is. Ordered so that `max()` is the worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -122,7 +122,7 @@ pub async fn check(
     opts: &CheckOptions,
 ) -> Result<CheckReport, DiscoverError> {
     let started = std::time::Instant::now();
-    let view = discover(exec, seeds).await?;
+    let view = discover(exec, seeds, Detail::Health).await?;
     let mut report = evaluate(&view, opts);
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
@@ -159,7 +159,11 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     for line in &view.nodes {
         if line.flags.fail {
             let serving = line.slot_count() > 0;
-            let role = if line.master_id.is_some() { "replica" } else { "master" };
+            let role = if line.master_id.is_some() {
+                "replica"
+            } else {
+                "master"
+            };
             let msg = if serving {
                 format!(
                     "{role} {} ({}) is marked fail and still owns {} slots: they are not served",
@@ -168,7 +172,11 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
                     line.slot_count()
                 )
             } else {
-                format!("{role} {} ({}) is marked fail", line.addr(), short(&line.id))
+                format!(
+                    "{role} {} ({}) is marked fail",
+                    line.addr(),
+                    short(&line.id)
+                )
             };
             f.push(Finding::new(
                 if serving { Critical } else { Warning },
@@ -208,7 +216,11 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     let failing: Vec<String> = view
         .snapshots
         .values()
-        .filter(|s| s.cluster_info.get("cluster_state").is_some_and(|v| v != "ok"))
+        .filter(|s| {
+            s.cluster_info
+                .get("cluster_state")
+                .is_some_and(|v| v != "ok")
+        })
         .map(|s| s.addr.to_string())
         .collect();
     if !failing.is_empty() {
@@ -240,7 +252,9 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     }
 
     // Several masters claiming the same slot, either in one view or in their own claims.
-    let mut claims: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    // First claimant per slot in a flat table; only conflicts allocate.
+    let mut first: Vec<Option<&str>> = vec![None; usize::from(SLOTS)];
+    let mut claims: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
     let claimants = view
         .snapshots
         .values()
@@ -249,12 +263,20 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     for line in claimants {
         for r in &line.slots {
             for s in r.start..=r.end {
-                claims.entry(s).or_default().insert(line.id.clone());
+                match first[usize::from(s)] {
+                    None => first[usize::from(s)] = Some(&line.id),
+                    Some(id) if id == line.id => {}
+                    Some(id) => {
+                        let set = claims.entry(s).or_default();
+                        set.insert(id);
+                        set.insert(&line.id);
+                    }
+                }
             }
         }
     }
-    let mut multi: BTreeMap<BTreeSet<String>, SlotSet> = BTreeMap::new();
-    for (slot, owners) in claims.into_iter().filter(|(_, o)| o.len() > 1) {
+    let mut multi: BTreeMap<BTreeSet<&str>, SlotSet> = BTreeMap::new();
+    for (slot, owners) in claims {
         multi.entry(owners).or_default().insert(slot);
     }
     for (owners, slots) in multi {
@@ -288,14 +310,21 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
                 format!("{} importing from {peer}", snap.addr)
             };
             open.entry(o.slot).or_default().push(text);
-            open_nodes.entry(o.slot).or_default().insert(snap.addr.to_string());
+            open_nodes
+                .entry(o.slot)
+                .or_default()
+                .insert(snap.addr.to_string());
         }
     }
     for (slot, texts) in open {
         let mut finding = Finding::new(
             Warning,
             "open_slot",
-            open_nodes.remove(&slot).unwrap_or_default().into_iter().collect(),
+            open_nodes
+                .remove(&slot)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             format!("slot {slot} is open: {}", texts.join("; ")),
         );
         finding.slots = Some(slot.to_string());
@@ -333,7 +362,10 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
             ));
         }
         if snap.info.get("role") == Some("slave")
-            && snap.info.get("master_link_status").is_some_and(|s| s != "up")
+            && snap
+                .info
+                .get("master_link_status")
+                .is_some_and(|s| s != "up")
         {
             let master = format!(
                 "{}:{}",
@@ -358,9 +390,17 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     }
 
     // Redundancy and placement.
-    let hosts: BTreeSet<&str> = view.nodes.iter().filter(|l| l.dialable()).map(|l| l.ip.as_str()).collect();
+    let hosts: BTreeSet<&str> = view
+        .nodes
+        .iter()
+        .filter(|l| l.dialable())
+        .map(|l| l.ip.as_str())
+        .collect();
     let single_host = hosts.len() == 1;
-    for master in view.masters().filter(|m| m.slot_count() > 0 && !m.flags.fail) {
+    for master in view
+        .masters()
+        .filter(|m| m.slot_count() > 0 && !m.flags.fail)
+    {
         let replicas: Vec<_> = view
             .replicas_of(&master.id)
             .filter(|r| !r.flags.fail)
@@ -431,7 +471,12 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
         let expected = f64::from(SLOTS) / owners.len() as f64;
         let off: Vec<(String, f64)> = owners
             .iter()
-            .map(|m| (m.addr(), (m.slot_count() as f64 - expected) / expected * 100.0))
+            .map(|m| {
+                (
+                    m.addr(),
+                    (m.slot_count() as f64 - expected) / expected * 100.0,
+                )
+            })
             .filter(|(_, dev)| dev.abs() > opts.balance_threshold_pct)
             .collect();
         if let Some(worst) = off.iter().map(|(_, d)| d.abs()).reduce(f64::max) {
@@ -451,7 +496,12 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
         }
     }
 
-    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.code.cmp(b.code)).then(a.nodes.cmp(&b.nodes)));
+    f.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.code.cmp(b.code))
+            .then(a.nodes.cmp(&b.nodes))
+    });
     let status = match f.iter().map(|x| x.severity).max() {
         Some(Critical) => Status::Critical,
         Some(Warning) => Status::Warning,
@@ -473,7 +523,12 @@ fn abbreviate(s: &str) -> String {
     if s.len() <= MAX {
         return s.to_string();
     }
-    let cut = s.char_indices().map(|(i, _)| i).take_while(|&i| i <= MAX).last().unwrap_or(0);
+    let cut = s
+        .char_indices()
+        .map(|(i, _)| i)
+        .take_while(|&i| i <= MAX)
+        .last()
+        .unwrap_or(0);
     format!("{}…", &s[..cut])
 }
 
@@ -493,7 +548,11 @@ mod tests {
         text.lines()
             .map(|l| {
                 if l.starts_with(me) {
-                    l.replacen(" master ", " myself,master ", 1).replacen(" slave ", " myself,slave ", 1)
+                    l.replacen(" master ", " myself,master ", 1).replacen(
+                        " slave ",
+                        " myself,slave ",
+                        1,
+                    )
                 } else {
                     l.to_string()
                 }
@@ -545,7 +604,10 @@ mod tests {
 
     #[test]
     fn a_replicated_covered_cluster_only_warns_about_the_bare_master() {
-        let r = evaluate(&view_of(&healthy_text(), [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
+        let r = evaluate(
+            &view_of(&healthy_text(), [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
         assert_eq!(codes(&r), vec!["master_without_replica"]);
         assert_eq!(r.findings[0].nodes, vec!["10.0.0.2:7001"]);
         assert_eq!(r.status, Status::Warning);
@@ -555,8 +617,15 @@ mod tests {
     #[test]
     fn uncovered_slots_are_critical_with_their_ranges() {
         let text = healthy_text().replace("0-8191", "0-99 200-8191");
-        let r = evaluate(&view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
-        let f = r.findings.iter().find(|f| f.code == "slots_uncovered").unwrap();
+        let r = evaluate(
+            &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "slots_uncovered")
+            .unwrap();
         assert_eq!(f.slots.as_deref(), Some("100-199"));
         assert_eq!(r.status, Status::Critical);
         assert_eq!(r.slots_covered, 16284);
@@ -565,7 +634,9 @@ mod tests {
     #[test]
     fn a_dissenting_view_is_config_disagreement_and_double_claims_are_multiple_owners() {
         let text = healthy_text();
-        let dissent = text.replace("8192-16383", "8192-16382").replace("0-8191", "0-8191 16383");
+        let dissent = text
+            .replace("8192-16383", "8192-16382")
+            .replace("0-8191", "0-8191 16383");
         let view = ClusterView::from_snapshots(
             [
                 snap(A, 7000, &text, MASTER_INFO),
@@ -577,7 +648,11 @@ mod tests {
             Default::default(),
         );
         let r = evaluate(&view, &CheckOptions::default());
-        let f = r.findings.iter().find(|f| f.code == "config_disagreement").unwrap();
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "config_disagreement")
+            .unwrap();
         assert_eq!(f.nodes, vec!["10.0.0.2:7001"]);
         // B's own line claims 8192-16382 while the majority says A has 16383: no double claim;
         // make B claim 0 as well to create one.
@@ -594,14 +669,20 @@ mod tests {
             Default::default(),
         );
         let r = evaluate(&view, &CheckOptions::default());
-        let f = r.findings.iter().find(|f| f.code == "slot_multiple_owners").unwrap();
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "slot_multiple_owners")
+            .unwrap();
         assert_eq!(f.slots.as_deref(), Some("0"));
     }
 
     #[test]
     fn failure_flags_link_state_lag_and_loading_are_reported() {
         let text = healthy_text().replace(" slave ", " slave,fail? ");
-        let lagging = REPLICA_INFO.replace("slave_repl_offset:1000", "slave_repl_offset:10").replace("up", "down");
+        let lagging = REPLICA_INFO
+            .replace("slave_repl_offset:1000", "slave_repl_offset:10")
+            .replace("up", "down");
         let loading = format!("{MASTER_INFO}loading:1\n");
         let view = view_of(&text, [MASTER_INFO, &loading, &lagging]);
         let opts = CheckOptions {
@@ -619,8 +700,14 @@ mod tests {
 
     #[test]
     fn a_failed_master_with_slots_is_critical() {
-        let text = healthy_text().replace("10.0.0.2:7001@17001 master", "10.0.0.2:7001@17001 master,fail");
-        let r = evaluate(&view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
+        let text = healthy_text().replace(
+            "10.0.0.2:7001@17001 master",
+            "10.0.0.2:7001@17001 master,fail",
+        );
+        let r = evaluate(
+            &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
         let f = r.findings.iter().find(|f| f.code == "node_fail").unwrap();
         assert_eq!(f.severity, Severity::Critical);
     }
@@ -628,26 +715,48 @@ mod tests {
     #[test]
     fn replica_on_its_masters_host_is_flagged_only_across_hosts() {
         let text = healthy_text().replace("10.0.0.2:7002", "10.0.0.1:7002");
-        let r = evaluate(&view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
+        let r = evaluate(
+            &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
         assert!(codes(&r).contains(&"replica_same_host_as_master"));
         let one_host = healthy_text().replace("10.0.0.2", "10.0.0.1");
-        let r = evaluate(&view_of(&one_host, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
-        let f = r.findings.iter().find(|f| f.code == "replica_same_host_as_master").unwrap();
+        let r = evaluate(
+            &view_of(&one_host, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "replica_same_host_as_master")
+            .unwrap();
         assert_eq!(f.severity, Severity::Info);
     }
 
     #[test]
     fn unbalanced_slots_use_the_threshold() {
-        let text = healthy_text().replace("0-8191", "0-9000").replace("8192-16383", "9001-16383");
-        let r = evaluate(&view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &CheckOptions::default());
-        let f = r.findings.iter().find(|f| f.code == "slots_unbalanced").unwrap();
+        let text = healthy_text()
+            .replace("0-8191", "0-9000")
+            .replace("8192-16383", "9001-16383");
+        let r = evaluate(
+            &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &CheckOptions::default(),
+        );
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "slots_unbalanced")
+            .unwrap();
         assert_eq!(f.nodes.len(), 2);
         assert!(f.value.unwrap() > 9.0);
         let lenient = CheckOptions {
             balance_threshold_pct: 20.0,
             ..Default::default()
         };
-        let r = evaluate(&view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]), &lenient);
+        let r = evaluate(
+            &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
+            &lenient,
+        );
         assert!(!codes(&r).contains(&"slots_unbalanced"));
     }
 }

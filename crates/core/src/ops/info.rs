@@ -75,7 +75,11 @@ impl NodeInfo {
             addr,
             id,
             role: role.to_string(),
-            version: i.get("redis_version").or_else(|| i.get("valkey_version")).map(str::to_string),
+            // Valkey also reports a `redis_version` (the protocol level it mimics); its own wins.
+            version: i
+                .get("valkey_version")
+                .or_else(|| i.get("redis_version"))
+                .map(str::to_string),
             uptime_s: i.u64("uptime_in_seconds"),
             used_memory: i.u64("used_memory"),
             used_memory_peak: i.u64("used_memory_peak"),
@@ -113,7 +117,10 @@ impl NodeInfo {
 
 /// Node selection: addresses or (prefixes of) node ids; empty means every node.
 fn selected(filter: &[String], addr: &str, id: &str) -> bool {
-    filter.is_empty() || filter.iter().any(|f| f == addr || (f.len() >= 4 && id.starts_with(f.as_str())))
+    filter.is_empty()
+        || filter
+            .iter()
+            .any(|f| f == addr || (f.len() >= 4 && id.starts_with(f.as_str())))
 }
 
 /// Summaries for every node of the view (or those matching `filter`), from the snapshots
@@ -124,7 +131,11 @@ pub fn summary(view: &ClusterView, filter: &[String], raw: bool) -> Vec<NodeInfo
         .iter()
         .filter(|l| !l.flags.noaddr && selected(filter, &l.addr(), &l.id))
         .map(|l| {
-            let role = if l.master_id.is_some() { "replica" } else { "master" };
+            let role = if l.master_id.is_some() {
+                "replica"
+            } else {
+                "master"
+            };
             match view.snapshot(&l.id) {
                 Some(s) => NodeInfo::from_info(
                     l.addr(),

@@ -62,7 +62,11 @@ fn entry(view: &ClusterView, line: &NodeLine) -> NodeEntry {
         flags: line.flags.render(),
         slots: line.slot_count(),
         ranges: format_ranges(&line.slots),
-        link: if line.connected { "connected" } else { "disconnected" },
+        link: if line.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
         reachable: snap.is_some(),
         error: view.error_for(line).map(ToString::to_string),
         repl_offset: snap.and_then(|s| {
@@ -71,7 +75,11 @@ fn entry(view: &ClusterView, line: &NodeLine) -> NodeEntry {
                 .filter(|_| replica)
                 .or_else(|| s.info.u64("master_repl_offset"))
         }),
-        lag_bytes: if replica { view.replica_lag_bytes(line) } else { None },
+        lag_bytes: if replica {
+            view.replica_lag_bytes(line)
+        } else {
+            None
+        },
         master_link: snap
             .filter(|_| replica)
             .and_then(|s| s.info.get("master_link_status"))
@@ -82,7 +90,12 @@ fn entry(view: &ClusterView, line: &NodeLine) -> NodeEntry {
 /// Builds the tree from a view; masters sorted by first slot, then address.
 pub fn nodes(view: &ClusterView) -> NodesReport {
     let mut masters: Vec<&NodeLine> = view.masters().collect();
-    masters.sort_by_key(|m| (m.slots.first().map(|r| r.start).unwrap_or(u16::MAX), m.addr()));
+    masters.sort_by_key(|m| {
+        (
+            m.slots.first().map(|r| r.start).unwrap_or(u16::MAX),
+            m.addr(),
+        )
+    });
     let shards = masters
         .iter()
         .map(|m| Shard {
@@ -95,7 +108,9 @@ pub fn nodes(view: &ClusterView) -> NodesReport {
         .iter()
         .filter(|l| {
             !(l.flags.master && l.master_id.is_none())
-                && l.master_id.as_deref().is_none_or(|m| view.node(m).is_none())
+                && l.master_id
+                    .as_deref()
+                    .is_none_or(|m| view.node(m).is_none())
         })
         .map(|l| entry(view, l))
         .collect();

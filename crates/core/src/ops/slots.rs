@@ -66,7 +66,16 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
             }
         })
         .collect();
-    masters.sort_by_key(|m| (m.ranges == "-", m.ranges.split(['-', ',']).next().and_then(|s| s.parse::<u16>().ok()), m.addr.clone()));
+    masters.sort_by_key(|m| {
+        (
+            m.ranges == "-",
+            m.ranges
+                .split(['-', ','])
+                .next()
+                .and_then(|s| s.parse::<u16>().ok()),
+            m.addr.clone(),
+        )
+    });
     let covered = view.covered();
     let mut open = Vec::new();
     for snap in view.snapshots.values() {
@@ -75,8 +84,15 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
                 open.push(OpenSlotEntry {
                     slot: o.slot,
                     node: snap.addr.to_string(),
-                    state: if o.migrating { "migrating" } else { "importing" },
-                    peer: view.node(&o.peer).map(|l| l.addr()).unwrap_or_else(|| o.peer.clone()),
+                    state: if o.migrating {
+                        "migrating"
+                    } else {
+                        "importing"
+                    },
+                    peer: view
+                        .node(&o.peer)
+                        .map(|l| l.addr())
+                        .unwrap_or_else(|| o.peer.clone()),
                 });
             }
         }

@@ -1,0 +1,203 @@
+//! Everything that only reads a cluster, against one shared lab with sample data: check,
+//! nodes, slots, info, lab status/load, and output contracts (JSON schemas, exit codes).
+
+use crate::common::*;
+
+#[test]
+fn read_only_commands_on_a_shared_lab() {
+    let lab = Lab::start(LabSpec::default());
+
+    // Sample data of every type lands on the masters that own the keys.
+    let r = run(&mut rcops(&[
+        "lab",
+        "load",
+        "--keys",
+        "3000",
+        "--json",
+        "--dir",
+        &lab.path().display().to_string(),
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let load = r.json();
+    assert_eq!(load["keys"], 3000);
+    assert_eq!(load["per_type"]["stream"], 500);
+    assert_eq!(load["per_master"].as_object().unwrap().len(), 3);
+    assert_eq!(
+        lab.redis_cli(lab.port, &["-c", "TYPE", "lab:hash:00000001"]),
+        "hash"
+    );
+    assert_eq!(
+        lab.redis_cli(lab.port, &["-c", "TYPE", "lab:stream:00000005"]),
+        "stream"
+    );
+    let ttl: i64 = lab
+        .redis_cli(lab.port, &["-c", "TTL", "lab:set:00000003"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 86_000, "sample key 3 carries a TTL, got {ttl}");
+
+    healthy_check(&lab);
+    nodes_tree(&lab);
+    slot_distribution(&lab);
+    info_summary(&lab);
+    lab_status(&lab);
+    seeds_that_are_down_are_skipped(&lab);
+    human_output_is_a_table(&lab);
+}
+
+fn healthy_check(lab: &Lab) {
+    let (code, report) = lab.check();
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["status"], "ok");
+    assert_eq!(report["nodes"], 6);
+    assert_eq!(report["masters"], 3);
+    assert_eq!(report["slots_covered"], 16384);
+    assert!(report["elapsed_ms"].is_u64());
+    // On one host the anti-affinity rule reports a single note, not a warning per replica.
+    assert_eq!(codes(&report), vec!["replica_same_host_as_master"]);
+    assert_eq!(report["findings"][0]["severity"], "info");
+}
+
+fn nodes_tree(lab: &Lab) {
+    let r = lab.run(&["nodes", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    let shards = v["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    let mut total = 0;
+    for s in shards {
+        assert_eq!(s["master"]["role"], "master");
+        assert!(s["master"]["reachable"].as_bool().unwrap());
+        total += s["master"]["slots"].as_u64().unwrap();
+        let replicas = s["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0]["role"], "replica");
+        assert_eq!(replicas[0]["master_link"], "up");
+        assert!(replicas[0]["repl_offset"].as_u64().unwrap() > 0);
+        assert!(replicas[0]["lag_bytes"].is_u64());
+    }
+    assert_eq!(total, 16384);
+    // First shard starts at slot 0, as redis-cli would assign it.
+    assert_eq!(shards[0]["master"]["ranges"], "0-5460");
+    assert_eq!(shards[0]["master"]["addr"], lab.seed());
+}
+
+fn slot_distribution(lab: &Lab) {
+    let r = lab.run(&["slots", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["covered"], 16384);
+    assert_eq!(v["uncovered"], "-");
+    assert_eq!(v["total_keys"], 3000);
+    let counts: Vec<u64> = v["masters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["slots"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![5461, 5462, 5461]);
+    for m in v["masters"].as_array().unwrap() {
+        assert!(m["deviation_pct"].as_f64().unwrap().abs() < 0.1);
+        assert!(
+            m["keys"].as_u64().unwrap() > 800,
+            "keys spread over masters: {m}"
+        );
+    }
+}
+
+fn info_summary(lab: &Lab) {
+    let r = lab.run(&["info", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = r.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let master_keys: u64 = rows
+        .iter()
+        .filter(|n| n["role"] == "master")
+        .map(|n| n["keys"].as_u64().unwrap())
+        .sum();
+    assert_eq!(master_keys, 3000);
+    for n in rows {
+        assert!(n["version"].as_str().unwrap().starts_with(char::is_numeric));
+        assert!(n["used_memory"].as_u64().unwrap() > 0);
+        assert!(n["error"].is_null());
+        assert!(n.get("raw").is_none());
+    }
+    // One node, raw fields included.
+    let node = format!("127.0.0.1:{}", lab.port + 1);
+    let r = lab.run(&["info", "--json", "--raw", "--node", &node]);
+    let rows = r.json();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(
+        rows[0]["raw"]["server"]["tcp_port"],
+        (lab.port + 1).to_string()
+    );
+    // A raw section from every node.
+    let r = lab.run(&["info", "--json", "--section", "memory"]);
+    assert_eq!(r.code, 0);
+    let v = r.json();
+    assert_eq!(v["nodes"].as_object().unwrap().len(), 6);
+    assert!(v["nodes"][&node]["used_memory_human"].is_string());
+    // Unknown node filter is a usage error.
+    let r = lab.run(&["info", "--node", "10.1.1.1:1"]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+}
+
+fn lab_status(lab: &Lab) {
+    let r = run(&mut rcops(&[
+        "lab",
+        "status",
+        "--json",
+        "--dir",
+        &lab.path().display().to_string(),
+    ]));
+    assert_eq!(r.code, 0);
+    let v = r.json();
+    assert_eq!(v["running"], 6);
+    assert_eq!(v["answering"], 6);
+    let roles: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "master").count(), 3);
+}
+
+fn seeds_that_are_down_are_skipped(lab: &Lab) {
+    let dead = free_port_block();
+    let seeds = format!("127.0.0.1:{dead},{}", lab.seed());
+    let r = run(rcops(&["check", "--json", "-c", &seeds]).env("NO_COLOR", "1"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The dead seed is not part of the cluster, so it is not a finding either.
+    assert_eq!(r.json()["nodes"], 6);
+}
+
+fn human_output_is_a_table(lab: &Lab) {
+    let r = lab.run(&["check"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout
+            .starts_with("ok: 6 nodes, 3 masters, 16384/16384 slots covered"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains('\u{1b}'),
+        "no colour when stdout is not a terminal"
+    );
+    let r = lab.run(&["nodes"]);
+    assert!(r
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .starts_with(&["NODE", "ID", "ROLE"]));
+    assert_eq!(r.stdout.matches("└─").count(), 3);
+    let r = lab.run(&["slots"]);
+    assert!(r.stdout.contains("covered: 16384/16384"));
+    let r = lab.run(&["info"]);
+    assert_eq!(r.stdout.lines().count(), 7, "{}", r.stdout);
+}

@@ -1,0 +1,138 @@
+//! AUTH and TLS: a lab started with `--tls --requirepass`, reached with a CA, a client
+//! certificate, a password from the environment or a file, and an ACL user; every mismatch
+//! ends in a one-line error naming the node, exit 2, within the timeout.
+
+use crate::common::*;
+
+#[test]
+fn tls_and_passwords_and_acl_users() {
+    let lab = Lab::start(LabSpec {
+        replicas: 0,
+        tls: true,
+        requirepass: true,
+        ..Default::default()
+    });
+    let seed = lab.seed();
+    let ca = lab.conn_args[2].clone();
+    let tls_dir = std::path::Path::new(&ca).parent().unwrap().to_path_buf();
+    let password = lab.env[0].1.clone();
+
+    // Right CA and password: works; no replicas is a warning per master.
+    let (code, report) = lab.check();
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["slots_covered"], 16384);
+    assert_eq!(
+        codes(&report)
+            .iter()
+            .filter(|c| *c == "master_without_replica")
+            .count(),
+        3
+    );
+
+    // Mutual TLS and the password from a file.
+    let pwfile = lab.path().join("password");
+    let r = run(&mut rcops(&[
+        "check",
+        "--json",
+        "-c",
+        &seed,
+        "--cacert",
+        &ca,
+        "--cert",
+        &tls_dir.join("client.crt").display().to_string(),
+        "--key",
+        &tls_dir.join("client.key").display().to_string(),
+        "--password-file",
+        &pwfile.display().to_string(),
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+
+    // An ACL user with its own password.
+    for port in lab.port..lab.port + 3 {
+        assert_eq!(
+            lab.redis_cli(
+                port,
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "auditor",
+                    "on",
+                    ">audit-pw",
+                    "~*",
+                    "&*",
+                    "+@all"
+                ]
+            ),
+            "OK"
+        );
+    }
+    let r = run(rcops(&[
+        "nodes", "--json", "-c", &seed, "--tls", "--cacert", &ca, "--user", "auditor",
+    ])
+    .env("RCOPS_PASSWORD", "audit-pw"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["shards"].as_array().unwrap().len(), 3);
+    // REDISCLI_AUTH works like with redis-cli.
+    let r = run(
+        rcops(&["slots", "--json", "-c", &seed, "--tls", "--cacert", &ca])
+            .env("REDISCLI_AUTH", &password),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // Mismatches: one line naming the node, exit 2.
+    let failures: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (
+            vec!["--tls", "--cacert", &ca],
+            Some("wrong"),
+            "authentication failed",
+        ),
+        (vec!["--tls", "--cacert", &ca], None, "NOAUTH"),
+        (vec![], Some(&password), "unreachable"),
+        (vec!["--tls"], Some(&password), "UnknownIssuer"),
+        (
+            vec!["--tls", "--cacert", &ca, "--user", "auditor"],
+            Some("nope"),
+            "authentication failed",
+        ),
+    ];
+    for (extra, pw, expect) in failures {
+        let mut args = vec!["check", "-c", &seed, "--timeout", "1s"];
+        args.extend(extra.iter().copied());
+        let mut c = rcops(&args);
+        if let Some(pw) = pw {
+            c.env("RCOPS_PASSWORD", pw);
+        }
+        let started = std::time::Instant::now();
+        let r = run(&mut c);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&seed) && r.stderr.contains(expect),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The password never shows up in output or in the lab state.
+    let r = lab.run(&["info", "--json", "--raw"]);
+    assert!(!r.stdout.contains(&password) && !r.stderr.contains(&password));
+    let state = std::fs::read_to_string(lab.path().join("lab.json")).unwrap();
+    assert!(!state.contains(&password));
+
+    // `-a` works but warns like redis-cli.
+    let r = run(&mut rcops(&[
+        "check", "-c", &seed, "--tls", "--cacert", &ca, "-a", &password,
+    ]));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("may not be safe"), "{}", r.stderr);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary (see `common` for the lab fixture). Every test runs the
+//! built `rcops` against real redis-server processes started by `rcops lab`.
+
+mod common;
+
+mod breakage;
+mod errors;
+mod readonly;
+mod security;
