@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
     };
     output::init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

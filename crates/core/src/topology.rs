@@ -9,7 +9,7 @@ use rcops_formats::cluster_nodes::{self, NodeLine};
 use rcops_formats::info::Info;
 use rcops_formats::slot::{SlotSet, SLOTS};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Instant;
 
 use crate::fanout::Executor;
@@ -188,26 +188,32 @@ pub async fn discover(
     let mut visited: BTreeSet<Addr> = seeds.iter().cloned().collect();
     let mut failed = BTreeMap::new();
     for (_, snap) in seed_results.ok {
-        insert_snapshot(&mut snapshots, &mut visited, snap);
+        let _ = insert_snapshot(&mut snapshots, &mut visited, snap);
     }
     // Seeds that failed matter only if the cluster knows them; decided below.
     let seed_failures = seed_results.failed;
 
-    // Follow every address any view mentions until nothing new appears.
+    // Follow every node any view mentions until nothing new appears. Only the views that
+    // arrived in the last round can mention new nodes; ids already handled are skipped
+    // without allocating.
+    let mut handled: HashSet<String> = snapshots.keys().cloned().collect();
+    let mut fresh: Vec<String> = snapshots.keys().cloned().collect();
     for _round in 0..4 {
-        let todo: Vec<Addr> = snapshots
-            .values()
-            .flat_map(|s| s.lines.iter())
-            .filter(|l| l.dialable())
-            .filter_map(|l| line_addr(l))
-            .filter(|a| !visited.contains(a))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut todo: Vec<Addr> = Vec::new();
+        for id in &fresh {
+            for l in snapshots[id].lines.iter().filter(|l| l.dialable()) {
+                if handled.contains(l.id.as_str()) {
+                    continue;
+                }
+                handled.insert(l.id.clone());
+                if let Some(a) = line_addr(l).filter(|a| visited.insert(a.clone())) {
+                    todo.push(a);
+                }
+            }
+        }
         if todo.is_empty() {
             break;
         }
-        visited.extend(todo.iter().cloned());
         let round = exec
             .run(todo, |addr, mut conn| async move {
                 fetch_snapshot(&addr, &mut conn, detail).await
@@ -220,8 +226,12 @@ pub async fn discover(
             "discovery round"
         );
         failed.extend(round.failed);
+        fresh.clear();
         for (_, snap) in round.ok {
-            insert_snapshot(&mut snapshots, &mut visited, snap);
+            if let Some(id) = insert_snapshot(&mut snapshots, &mut visited, snap) {
+                handled.insert(id.clone());
+                fresh.push(id);
+            }
         }
     }
     let mut view = ClusterView::from_snapshots(snapshots, failed);
@@ -241,18 +251,22 @@ pub async fn discover(
     Ok(view)
 }
 
+/// Keeps a snapshot under its node id; returns the id when it is new.
 fn insert_snapshot(
     snapshots: &mut BTreeMap<String, NodeSnapshot>,
     visited: &mut BTreeSet<Addr>,
     snap: NodeSnapshot,
-) {
-    if let Some(me) = snap.myself() {
-        if let Some(a) = line_addr(me) {
-            visited.insert(a);
-        }
-        let id = me.id.clone();
-        snapshots.entry(id).or_insert(snap);
+) -> Option<String> {
+    let me = snap.myself()?;
+    if let Some(a) = line_addr(me) {
+        visited.insert(a);
     }
+    let id = me.id.clone();
+    if snapshots.contains_key(&id) {
+        return None;
+    }
+    snapshots.insert(id.clone(), snap);
+    Some(id)
 }
 
 /// The address to dial for a node line.
