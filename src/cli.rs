@@ -14,8 +14,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every cluster command takes. With `lab up`, `--tls` makes the lab serve TLS only,
-/// with a generated CA (files in DIR/tls).
+/// Options every cluster command takes.
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Seed nodes, HOST:PORT[,HOST:PORT…]; a seed that is down is skipped if another answers
@@ -42,7 +41,7 @@ pub struct GlobalOpts {
         value_name = "PASSWORD"
     )]
     pub pass: Option<String>,
-    /// Connect with TLS
+    /// Connect with TLS (with `lab up`: start a TLS-only lab with a generated CA)
     #[arg(long, global = true)]
     pub tls: bool,
     /// CA certificate (PEM) to verify servers with (implies --tls)
