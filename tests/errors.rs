@@ -152,37 +152,28 @@ fn lab_commands_explain_missing_labs_and_busy_ports() {
     fails_with(&["lab", "status", "--dir", &d], 2, "no lab in");
     fails_with(&["lab", "down", "--dir", &d], 2, "no lab in");
     // A port in use is named before any process starts.
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy.local_addr().unwrap().port();
-    if port <= 55000 {
-        fails_with(
-            &[
-                "lab",
-                "up",
-                "--dir",
-                &d,
-                "--port",
-                &port.to_string(),
-                "--masters",
-                "1",
-                "--replicas",
-                "0",
-            ],
-            2,
-            &format!("port {port}"),
-        );
-    }
+    let port = free_port_block();
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let p = port.to_string();
+    let up = [
+        "lab",
+        "up",
+        "--dir",
+        &d,
+        "--masters",
+        "1",
+        "--replicas",
+        "0",
+        "--port",
+    ];
+    fails_with(&[&up[..], &[&p]].concat(), 2, &format!("port {port}"));
+    let free = free_port_block().to_string();
     fails_with(
         &[
-            "lab",
-            "up",
-            "--dir",
-            &d,
-            "--port",
-            "22000",
-            "--server-bin",
-            "/nonexistent/redis-server",
-        ],
+            &up[..],
+            &[&free, "--server-bin", "/nonexistent/redis-server"],
+        ]
+        .concat(),
         2,
         "not found",
     );

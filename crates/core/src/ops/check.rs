@@ -582,17 +582,29 @@ mod tests {
         )
     }
 
-    fn view_of(text: &str, infos: [&str; 3]) -> ClusterView {
+    /// A three-node view where each node may see its own `CLUSTER NODES` text.
+    fn view_of_each(texts: [&str; 3], infos: [&str; 3]) -> ClusterView {
         ClusterView::from_snapshots(
             [
-                snap(A, 7000, text, infos[0]),
-                snap(B, 7001, text, infos[1]),
-                snap(C, 7002, text, infos[2]),
+                snap(A, 7000, texts[0], infos[0]),
+                snap(B, 7001, texts[1], infos[1]),
+                snap(C, 7002, texts[2], infos[2]),
             ]
             .into_iter()
             .collect(),
             Default::default(),
         )
+    }
+
+    fn view_of(text: &str, infos: [&str; 3]) -> ClusterView {
+        view_of_each([text; 3], infos)
+    }
+
+    fn find<'a>(r: &'a CheckReport, code: &str) -> &'a Finding {
+        r.findings
+            .iter()
+            .find(|f| f.code == code)
+            .unwrap_or_else(|| panic!("no {code} in {:?}", codes(r)))
     }
 
     fn codes(r: &CheckReport) -> Vec<&'static str> {
@@ -621,11 +633,7 @@ mod tests {
             &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
             &CheckOptions::default(),
         );
-        let f = r
-            .findings
-            .iter()
-            .find(|f| f.code == "slots_uncovered")
-            .unwrap();
+        let f = find(&r, "slots_uncovered");
         assert_eq!(f.slots.as_deref(), Some("100-199"));
         assert_eq!(r.status, Status::Critical);
         assert_eq!(r.slots_covered, 16284);
@@ -637,43 +645,21 @@ mod tests {
         let dissent = text
             .replace("8192-16383", "8192-16382")
             .replace("0-8191", "0-8191 16383");
-        let view = ClusterView::from_snapshots(
-            [
-                snap(A, 7000, &text, MASTER_INFO),
-                snap(B, 7001, &dissent, MASTER_INFO),
-                snap(C, 7002, &text, REPLICA_INFO),
-            ]
-            .into_iter()
-            .collect(),
-            Default::default(),
+        let infos = [MASTER_INFO, MASTER_INFO, REPLICA_INFO];
+        let r = evaluate(
+            &view_of_each([&text, &dissent, &text], infos),
+            &CheckOptions::default(),
         );
-        let r = evaluate(&view, &CheckOptions::default());
-        let f = r
-            .findings
-            .iter()
-            .find(|f| f.code == "config_disagreement")
-            .unwrap();
-        assert_eq!(f.nodes, vec!["10.0.0.2:7001"]);
+        assert_eq!(find(&r, "config_disagreement").nodes, vec!["10.0.0.2:7001"]);
         // B's own line claims 8192-16382 while the majority says A has 16383: no double claim;
         // make B claim 0 as well to create one.
         assert!(!codes(&r).contains(&"slot_multiple_owners"));
         let greedy = text.replace("8192-16383", "0 8192-16383");
-        let view = ClusterView::from_snapshots(
-            [
-                snap(A, 7000, &text, MASTER_INFO),
-                snap(B, 7001, &greedy, MASTER_INFO),
-                snap(C, 7002, &text, REPLICA_INFO),
-            ]
-            .into_iter()
-            .collect(),
-            Default::default(),
+        let r = evaluate(
+            &view_of_each([&text, &greedy, &text], infos),
+            &CheckOptions::default(),
         );
-        let r = evaluate(&view, &CheckOptions::default());
-        let f = r
-            .findings
-            .iter()
-            .find(|f| f.code == "slot_multiple_owners")
-            .unwrap();
+        let f = find(&r, "slot_multiple_owners");
         assert_eq!(f.slots.as_deref(), Some("0"));
     }
 
@@ -694,7 +680,7 @@ mod tests {
         for code in ["node_pfail", "link_down", "replica_lag", "node_loading"] {
             assert!(c.contains(&code), "{code} missing from {c:?}");
         }
-        let lag = r.findings.iter().find(|f| f.code == "replica_lag").unwrap();
+        let lag = find(&r, "replica_lag");
         assert_eq!(lag.value, Some(990.0));
     }
 
@@ -708,7 +694,7 @@ mod tests {
             &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
             &CheckOptions::default(),
         );
-        let f = r.findings.iter().find(|f| f.code == "node_fail").unwrap();
+        let f = find(&r, "node_fail");
         assert_eq!(f.severity, Severity::Critical);
     }
 
@@ -725,11 +711,7 @@ mod tests {
             &view_of(&one_host, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
             &CheckOptions::default(),
         );
-        let f = r
-            .findings
-            .iter()
-            .find(|f| f.code == "replica_same_host_as_master")
-            .unwrap();
+        let f = find(&r, "replica_same_host_as_master");
         assert_eq!(f.severity, Severity::Info);
     }
 
@@ -742,11 +724,7 @@ mod tests {
             &view_of(&text, [MASTER_INFO, MASTER_INFO, REPLICA_INFO]),
             &CheckOptions::default(),
         );
-        let f = r
-            .findings
-            .iter()
-            .find(|f| f.code == "slots_unbalanced")
-            .unwrap();
+        let f = find(&r, "slots_unbalanced");
         assert_eq!(f.nodes.len(), 2);
         assert!(f.value.unwrap() > 9.0);
         let lenient = CheckOptions {
