@@ -230,23 +230,36 @@ fn node_config(opts: &LabOptions, port: u16, node_dir: &Path, tls: Option<&LabTl
     c
 }
 
-/// Polls `probe` every 100 ms until it says done or the deadline passes. The probe returns
-/// `Ok(None)` when done, `Ok(Some(status))` with a description of what is still pending.
+/// What a convergence probe found.
+enum Probe {
+    Done,
+    /// Not yet; what is still pending.
+    Pending(String),
+    /// Will never converge (a node died): stop waiting.
+    Failed(String),
+}
+
+/// Polls `probe` every 100 ms until it is done, fails, or the deadline passes.
 async fn wait_until<F, Fut>(deadline: Instant, what: &str, mut probe: F) -> Result<(), LabError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Option<String>>,
+    Fut: Future<Output = Probe>,
 {
     loop {
-        let pending = probe().await;
-        match pending {
-            None => return Ok(()),
-            Some(status) if Instant::now() >= deadline => {
+        match probe().await {
+            Probe::Done => return Ok(()),
+            Probe::Failed(why) => return Err(LabError::Setup(format!("{what}: {why}"))),
+            Probe::Pending(status) if Instant::now() >= deadline => {
                 return Err(LabError::Timeout(format!("{what}: {status}")))
             }
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Probe::Pending(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Turns "what is still pending, if anything" into a probe result.
+fn pending(status: Option<String>) -> Probe {
+    status.map_or(Probe::Done, Probe::Pending)
 }
 
 /// Starts a lab cluster and waits until every node reports `cluster_state:ok` and all nodes
@@ -422,7 +435,7 @@ async fn create_cluster(
     stage("waiting for every node to answer");
     wait_until(deadline, "nodes did not start", || async {
         if let Some(dead) = state.nodes.iter().find(|n| exited(n.pid)) {
-            return Some(format!(
+            return Probe::Failed(format!(
                 "node {} exited: {}",
                 dead.port,
                 log_tail(&state.dir, dead.port)
@@ -433,15 +446,13 @@ async fn create_cluster(
                 query::<String>(&addr, &mut conn, &redis::cmd("PING")).await
             })
             .await;
-        if r.failed.is_empty() {
-            return None;
-        }
-        let (addr, e) = r.failed.iter().next()?;
-        let tail = log_tail(&state.dir, addr.port);
-        Some(format!(
-            "{} of {n} not answering, e.g. {e} {tail}",
-            r.failed.len()
-        ))
+        pending(r.failed.iter().next().map(|(addr, e)| {
+            format!(
+                "{} of {n} not answering, e.g. {e} {}",
+                r.failed.len(),
+                log_tail(&state.dir, addr.port)
+            )
+        }))
     })
     .await?;
 
@@ -535,7 +546,9 @@ async fn create_cluster(
             })
             .await;
         let behind = r.ok.values().filter(|&&k| k < n as u64).count() + r.failed.len();
-        (behind > 0).then(|| format!("{behind} of {n} nodes do not know all {n} nodes yet"))
+        pending(
+            (behind > 0).then(|| format!("{behind} of {n} nodes do not know all {n} nodes yet")),
+        )
     })
     .await?;
 
@@ -560,7 +573,7 @@ async fn create_cluster(
                     .await
                 })
                 .await;
-            r.first_error().map(ToString::to_string)
+            pending(r.first_error().map(ToString::to_string))
         })
         .await?;
     }
@@ -568,38 +581,39 @@ async fn create_cluster(
     stage("waiting for cluster_state:ok and agreement");
     let seeds = addrs.clone();
     wait_until(deadline, "cluster did not settle", || async {
-        let view = match discover(&exec, &seeds, Detail::Health).await {
-            Ok(v) => v,
-            Err(e) => return Some(e.to_string()),
-        };
-        if view.snapshots.len() < n {
-            return Some(format!("{} of {n} nodes answered", view.snapshots.len()));
+        match discover(&exec, &seeds, Detail::Health).await {
+            Ok(view) => pending(unsettled(&view, n)),
+            Err(e) => Probe::Pending(e.to_string()),
         }
-        let not_ok = view
-            .snapshots
-            .values()
-            .filter(|s| s.cluster_info.get("cluster_state") != Some("ok"))
-            .count();
-        if not_ok > 0 {
-            return Some(format!("{not_ok} nodes not yet cluster_state:ok"));
-        }
-        if view.signatures.len() > 1 {
-            return Some(format!(
-                "{} different views of the configuration",
-                view.signatures.len()
-            ));
-        }
-        let unsynced = view
-            .snapshots
-            .values()
-            .filter(|s| {
-                s.info.get("role") == Some("slave")
-                    && s.info.get("master_link_status") != Some("up")
-            })
-            .count();
-        (unsynced > 0).then(|| format!("{unsynced} replicas not yet in sync"))
     })
     .await
+}
+
+/// What keeps a fresh lab from being ready, if anything: nodes not answering, not
+/// `cluster_state:ok`, disagreeing, or replicas not in sync.
+fn unsettled(view: &crate::topology::ClusterView, n: usize) -> Option<String> {
+    if view.snapshots.len() < n {
+        return Some(format!("{} of {n} nodes answered", view.snapshots.len()));
+    }
+    let snaps = || view.snapshots.values();
+    let not_ok = snaps()
+        .filter(|s| s.cluster_info.get("cluster_state") != Some("ok"))
+        .count();
+    if not_ok > 0 {
+        return Some(format!("{not_ok} nodes not yet cluster_state:ok"));
+    }
+    if view.signatures.len() > 1 {
+        return Some(format!(
+            "{} different views of the configuration",
+            view.signatures.len()
+        ));
+    }
+    let unsynced = snaps()
+        .filter(|s| {
+            s.info.get("role") == Some("slave") && s.info.get("master_link_status") != Some("up")
+        })
+        .count();
+    (unsynced > 0).then(|| format!("{unsynced} replicas not yet in sync"))
 }
 
 /// Sends SIGTERM to every node still running, waits up to 5 s, then SIGKILLs stragglers.
