@@ -70,7 +70,7 @@ pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(header.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+        .set_header(header.iter().map(Cell::new).collect::<Vec<_>>());
     t
 }
 

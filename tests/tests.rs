@@ -1,6 +1,8 @@
 //! Integration tests: one binary (see `common` for the lab fixture). Every test runs the
 //! built `rcops` against real redis-server processes started by `rcops lab`.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 mod common;
 
 mod breakage;

@@ -1,5 +1,7 @@
 //! Parsers fed with outputs captured from real Redis 7.0.15 lab clusters (see `testdata/`).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use rcops_formats::cluster_nodes::{self, myself};
 use rcops_formats::info::Info;
 use rcops_formats::slot::{SlotSet, SLOTS};

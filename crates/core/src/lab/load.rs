@@ -41,7 +41,7 @@ pub enum LoadError {
 /// The key name of sample key `i`; every 12th string carries a hash tag.
 pub fn key_name(i: u64) -> String {
     let ty = TYPES[(i % 6) as usize];
-    if ty == "string" && i % 12 == 0 {
+    if ty == "string" && i.is_multiple_of(12) {
         format!("lab:{{user:{}}}:string:{i:08}", i % 97)
     } else {
         format!("lab:{ty}:{i:08}")
@@ -91,7 +91,7 @@ fn write_key(pipe: &mut redis::Pipeline, i: u64) {
             cmd.arg(&key);
             for m in 0..n {
                 // Even keys hold integers (intset), odd ones strings.
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     cmd.arg(m * 7);
                 } else {
                     cmd.arg(format!("member-{m}"));
