@@ -83,6 +83,18 @@ pub enum Command {
     Slots,
     /// Per-node health summary from INFO
     Info(InfoArgs),
+    /// One metrics snapshot of every node plus cluster totals; --watch refreshes in place
+    Metrics(MetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Refresh every SECONDS, with ops/s measured from counter deltas
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
+    /// With --watch: stop after this many refreshes (default: until Ctrl-C)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,50 @@ fn read_only_commands_on_a_shared_lab() {
     lab_status(&lab);
     seeds_that_are_down_are_skipped(&lab);
     human_output_is_a_table(&lab);
+    metrics_snapshot_and_watch(&lab);
+}
+
+fn metrics_snapshot_and_watch(lab: &Lab) {
+    let r = lab.run(&["metrics", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = r.json();
+    assert_eq!(m["nodes"].as_array().unwrap().len(), 6);
+    let c = &m["cluster"];
+    assert_eq!((c["nodes"].as_u64(), c["up"].as_u64()), (Some(6), Some(6)));
+    // Keys are counted once (masters), not once per copy.
+    assert_eq!(c["keys"], 3000);
+    assert_eq!(c["expires"], 300);
+    let per_node: u64 = m["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["used_memory"].as_u64().unwrap())
+        .sum();
+    assert_eq!(c["used_memory"].as_u64().unwrap(), per_node);
+    // Reads between two refreshes show up as a measured rate and as hits.
+    let hits_before = c["hits"].as_u64().unwrap();
+    for i in 0..50 {
+        lab.redis_cli(
+            lab.port,
+            &["-c", "GET", &format!("lab:string:{:08}", (2 * i + 1) * 6)],
+        );
+    }
+    let r = lab.run(&["metrics", "--json", "--watch", "500ms", "--count", "2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one JSON document per refresh");
+    assert!(lines[0]["cluster"]["ops_per_sec_measured"].is_null());
+    assert!(
+        lines[1]["cluster"]["ops_per_sec_measured"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(lines[1]["cluster"]["hits"].as_u64().unwrap() >= hits_before + 50);
 }
 
 fn healthy_check(lab: &Lab) {

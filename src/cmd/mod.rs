@@ -4,6 +4,7 @@
 mod check;
 mod info;
 mod lab;
+mod metrics;
 mod nodes;
 mod slots;
 
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Nodes => nodes::run(&cli.global).await,
         Command::Slots => slots::run(&cli.global).await,
         Command::Info(a) => info::run(&cli.global, a).await,
+        Command::Metrics(a) => metrics::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

@@ -43,6 +43,11 @@ pub struct NodeInfo {
     pub aof_enabled: Option<bool>,
     pub aof_last_write: Option<String>,
     pub loading: bool,
+    pub rejected_connections: Option<u64>,
+    pub net_input_bytes: Option<u64>,
+    pub net_output_bytes: Option<u64>,
+    /// Duration of the last fork (BGSAVE/AOF rewrite), microseconds.
+    pub latest_fork_usec: Option<u64>,
     /// Set when the node could not be read; every other field is then empty.
     pub error: Option<String>,
     /// Every parsed INFO field, when asked for (`--raw`).
@@ -55,7 +60,7 @@ impl NodeInfo {
         NodeInfo::from_info(addr, id, role, &Info::default(), None, false, Some(error))
     }
 
-    fn from_info(
+    pub(crate) fn from_info(
         addr: String,
         id: String,
         role: &str,
@@ -109,6 +114,10 @@ impl NodeInfo {
             aof_enabled: i.u64("aof_enabled").map(|v| v == 1),
             aof_last_write: i.get("aof_last_write_status").map(str::to_string),
             loading: i.u64("loading") == Some(1),
+            rejected_connections: i.u64("rejected_connections"),
+            net_input_bytes: i.u64("total_net_input_bytes"),
+            net_output_bytes: i.u64("total_net_output_bytes"),
+            latest_fork_usec: i.u64("latest_fork_usec"),
             error,
             raw: raw.then(|| i.clone()),
         }

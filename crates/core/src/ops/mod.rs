@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod info;
+pub mod metrics;
 pub mod nodes;
 pub mod slots;
 
