@@ -85,6 +85,27 @@ pub enum Command {
     Info(InfoArgs),
     /// One metrics snapshot of every node plus cluster totals; --watch refreshes in place
     Metrics(MetricsArgs),
+    /// Slow logs of every node, merged and sorted (secrets redacted)
+    Slowlog(SlowlogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SlowlogArgs {
+    /// Entries fetched per node
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub count: u64,
+    /// Only entries newer than this (e.g. 10m, 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Show the N slowest instead of the newest first
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: Option<u64>,
+    /// Clear the slow log on every node (needs --yes)
+    #[arg(long)]
+    pub reset: bool,
+    /// Confirm a destructive step
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

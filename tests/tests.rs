@@ -7,5 +7,6 @@ mod common;
 
 mod breakage;
 mod errors;
+mod observability;
 mod readonly;
 mod security;

@@ -7,6 +7,7 @@ mod lab;
 mod metrics;
 mod nodes;
 mod slots;
+mod slowlog;
 
 use rcops_core::topology::Detail;
 use rcops_core::{discover, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions};
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Slots => slots::run(&cli.global).await,
         Command::Info(a) => info::run(&cli.global, a).await,
         Command::Metrics(a) => metrics::run(&cli.global, a).await,
+        Command::Slowlog(a) => slowlog::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

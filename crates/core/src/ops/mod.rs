@@ -7,6 +7,7 @@ pub mod info;
 pub mod metrics;
 pub mod nodes;
 pub mod slots;
+pub mod slowlog;
 
 /// Percentage with one decimal, for human output.
 pub fn pct(part: f64, whole: f64) -> f64 {
