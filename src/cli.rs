@@ -87,6 +87,15 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Slow logs of every node, merged and sorted (secrets redacted)
     Slowlog(SlowlogArgs),
+    /// Prometheus exporter: /metrics scrapes every node of the cluster in one pass
+    Exporter(ExporterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Address to serve /metrics and /health on
+    #[arg(long, default_value = "127.0.0.1:9121", value_name = "HOST:PORT")]
+    pub listen: String,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! and maps failures to a one-line error and an exit code.
 
 mod check;
+mod exporter;
 mod info;
 mod lab;
 mod metrics;
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Info(a) => info::run(&cli.global, a).await,
         Command::Metrics(a) => metrics::run(&cli.global, a).await,
         Command::Slowlog(a) => slowlog::run(&cli.global, a).await,
+        Command::Exporter(a) => exporter::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

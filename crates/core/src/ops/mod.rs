@@ -3,6 +3,7 @@
 //! renders and the server returns as JSON.
 
 pub mod check;
+pub mod exporter;
 pub mod info;
 pub mod metrics;
 pub mod nodes;
