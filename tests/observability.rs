@@ -191,6 +191,26 @@ fn exporter_scrapes_every_node_and_reports_a_dead_one_in_time() {
         .sum();
     assert_eq!(keys, 2000.0);
 
+    // Every series the shipped Grafana dashboard queries exists (now that there are keys).
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/rcops-cluster.json"
+    ))
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| (w.starts_with("redis_") || w.starts_with("rcops_")) && w.len() > 6)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            body.lines().any(|l| l.starts_with(name)),
+            "dashboard queries {name}, exporter lacks it"
+        );
+    }
+
     // A dead node is redis_up 0, and the scrape still answers well within its budget.
     let victim = lab.port + 5;
     lab.kill_node(victim);
