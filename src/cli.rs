@@ -89,6 +89,18 @@ pub enum Command {
     Slowlog(SlowlogArgs),
     /// Prometheus exporter: /metrics scrapes every node of the cluster in one pass
     Exporter(ExporterArgs),
+    /// Per-node round-trip latency (p50/p95/p99/p99.9/max) from SET/GET probes
+    Latency(LatencyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// Only these nodes (HOST:PORT or node id prefix); repeatable; default all
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// How long to measure
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,67 @@ fn read_only_commands_on_a_shared_lab() {
     seeds_that_are_down_are_skipped(&lab);
     human_output_is_a_table(&lab);
     metrics_snapshot_and_watch(&lab);
+    latency_probes_leave_no_keys(&lab);
+}
+
+fn probe_keys_left(lab: &Lab) -> usize {
+    (lab.port..lab.port + 6)
+        .map(|p| {
+            lab.redis_cli(p, &["--scan", "--pattern", "__rcops*"])
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+fn latency_probes_leave_no_keys(lab: &Lab) {
+    let r = lab.run(&["latency", "--json", "--duration", "1s"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6);
+    for n in nodes {
+        assert!(n["samples"].as_u64().unwrap() > 50, "{n}");
+        assert_eq!(n["errors"], 0, "{n}");
+        let (p50, p99, max) = (
+            n["p50_ms"].as_f64().unwrap(),
+            n["p99_ms"].as_f64().unwrap(),
+            n["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{n}");
+    }
+    assert_eq!(v["keys_left"], 0);
+    assert_eq!(probe_keys_left(lab), 0);
+    // One node only.
+    let node = format!("127.0.0.1:{}", lab.port + 4);
+    let r = lab.run(&["latency", "--json", "--duration", "300ms", "--node", &node]);
+    assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 1);
+
+    // Ctrl-C: stops early, still cleans up, exits 130.
+    let mut child = lab
+        .cmd(&["latency", "--duration", "60s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // One probe key per master, plus its copy on the replica.
+    assert_eq!(probe_keys_left(lab), 6, "probe keys exist while measuring");
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(probe_keys_left(lab), 0);
+
+    for bad in [
+        &["latency", "--duration", "0s"][..],
+        &["latency", "--node", "10.9.9.9:1"][..],
+    ] {
+        assert_eq!(lab.run(bad).code, 64, "{bad:?}");
+    }
 }
 
 fn metrics_snapshot_and_watch(lab: &Lab) {

@@ -5,6 +5,7 @@ mod check;
 mod exporter;
 mod info;
 mod lab;
+mod latency;
 mod metrics;
 mod nodes;
 mod slots;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Metrics(a) => metrics::run(&cli.global, a).await,
         Command::Slowlog(a) => slowlog::run(&cli.global, a).await,
         Command::Exporter(a) => exporter::run(&cli.global, a).await,
+        Command::Latency(a) => latency::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

@@ -376,6 +376,18 @@ impl ClusterView {
         owners
     }
 
+    /// Nodes matching a `--node` filter — addresses, or node id prefixes of at least four
+    /// characters; every node when the filter is empty.
+    pub fn select<'a>(&'a self, filter: &'a [String]) -> impl Iterator<Item = &'a NodeLine> + 'a {
+        self.nodes.iter().filter(move |l| {
+            !l.flags.noaddr
+                && (filter.is_empty()
+                    || filter
+                        .iter()
+                        .any(|f| *f == l.addr() || (f.len() >= 4 && l.id.starts_with(f.as_str()))))
+        })
+    }
+
     /// Addresses of every dialable node in the reference view.
     pub fn addrs(&self) -> Vec<Addr> {
         self.nodes

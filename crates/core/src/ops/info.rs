@@ -124,21 +124,11 @@ impl NodeInfo {
     }
 }
 
-/// Node selection: addresses or (prefixes of) node ids; empty means every node.
-fn selected(filter: &[String], addr: &str, id: &str) -> bool {
-    filter.is_empty()
-        || filter
-            .iter()
-            .any(|f| f == addr || (f.len() >= 4 && id.starts_with(f.as_str())))
-}
-
 /// Summaries for every node of the view (or those matching `filter`), from the snapshots
 /// discovery already fetched: no extra round trip.
 pub fn summary(view: &ClusterView, filter: &[String], raw: bool) -> Vec<NodeInfo> {
     let mut out: Vec<NodeInfo> = view
-        .nodes
-        .iter()
-        .filter(|l| !l.flags.noaddr && selected(filter, &l.addr(), &l.id))
+        .select(filter)
         .map(|l| {
             let role = if l.master_id.is_some() {
                 "replica"
@@ -186,9 +176,8 @@ pub async fn section(
     section: &str,
 ) -> SectionReport {
     let addrs: Vec<Addr> = view
-        .nodes
-        .iter()
-        .filter(|l| l.dialable() && selected(filter, &l.addr(), &l.id))
+        .select(filter)
+        .filter(|l| l.dialable())
         .filter_map(line_addr)
         .collect();
     let name = section.to_string();
