@@ -91,6 +91,32 @@ pub enum Command {
     Exporter(ExporterArgs),
     /// Per-node round-trip latency (p50/p95/p99/p99.9/max) from SET/GET probes
     Latency(LatencyArgs),
+    /// Biggest keys per type by element count, and totals per type and prefix (SCAN of every shard)
+    Bigkeys(ScanArgs),
+    /// Biggest keys per type by MEMORY USAGE, and totals per type and prefix
+    Memkeys(ScanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Keys per SCAN call
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub count: u64,
+    /// At most this many keys per second per shard (0: unlimited)
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Scan a healthy replica of each shard instead of its master
+    #[arg(long)]
+    pub from_replicas: bool,
+    /// Biggest keys shown per type
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub top: u64,
+    /// Key prefix delimiter (the prefix is the key up to its last delimiter)
+    #[arg(long, default_value = ":")]
+    pub delimiter: String,
+    /// Only keys matching this SCAN pattern
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,70 @@ fn read_only_commands_on_a_shared_lab() {
     human_output_is_a_table(&lab);
     metrics_snapshot_and_watch(&lab);
     latency_probes_leave_no_keys(&lab);
+    bigkeys_and_memkeys_find_a_planted_hash(&lab);
+}
+
+fn bigkeys_and_memkeys_find_a_planted_hash(lab: &Lab) {
+    let planted = "planted:big:hash";
+    let script = "for i=1,5000 do redis.call('HSET', KEYS[1], 'field'..i, i) end return 1";
+    assert_eq!(
+        lab.redis_cli(lab.port, &["-c", "EVAL", script, "1", planted]),
+        "1"
+    );
+    let r = lab.run(&["bigkeys", "--json", "--top", "3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["shards"], 3);
+    assert_eq!(v["keys_scanned"], 3001);
+    assert_eq!(v["biggest"]["hash"][0]["key"], planted);
+    assert_eq!(v["biggest"]["hash"][0]["elements"], 5000);
+    assert_eq!(
+        v["biggest"]["list"][0]["elements"], 500,
+        "sample data has big lists"
+    );
+    assert_eq!(v["by_type"]["stream"]["keys"], 500);
+    let prefix = v["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["prefix"] == "planted:big")
+        .unwrap()
+        .clone();
+    assert_eq!(prefix["keys"], 1);
+
+    // memkeys ranks by MEMORY USAGE, read from replicas, paced by --rate.
+    let started = std::time::Instant::now();
+    let r = lab.run(&[
+        "memkeys",
+        "--json",
+        "--from-replicas",
+        "--rate",
+        "2000",
+        "--count",
+        "100",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    let top = &v["biggest"]["hash"][0];
+    assert_eq!(top["key"], planted);
+    assert!(top["memory_bytes"].as_u64().unwrap() > 50_000, "{top}");
+    let replicas: Vec<String> = (3..6)
+        .map(|i| format!("127.0.0.1:{}", lab.port + i))
+        .collect();
+    assert!(
+        replicas.contains(&top["node"].as_str().unwrap().to_string()),
+        "read from a replica: {top}"
+    );
+    // ~1000 keys per shard at 2000 keys/s cannot finish in much under half a second.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let r = lab.run(&["bigkeys", "--json", "--match", "planted:*"]);
+    assert_eq!(r.json()["keys_scanned"], 1);
+    lab.redis_cli(lab.port, &["-c", "DEL", planted]);
 }
 
 fn probe_keys_left(lab: &Lab) -> usize {

@@ -4,6 +4,7 @@
 mod check;
 mod exporter;
 mod info;
+mod keyspace;
 mod lab;
 mod latency;
 mod metrics;
@@ -54,6 +55,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Slowlog(a) => slowlog::run(&cli.global, a).await,
         Command::Exporter(a) => exporter::run(&cli.global, a).await,
         Command::Latency(a) => latency::run(&cli.global, a).await,
+        Command::Bigkeys(a) => keyspace::run(&cli.global, a, false).await,
+        Command::Memkeys(a) => keyspace::run(&cli.global, a, true).await,
     };
     match result {
         Ok(code) => code,

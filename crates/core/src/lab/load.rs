@@ -55,7 +55,8 @@ fn has_ttl(i: u64) -> bool {
 /// Appends the commands that write sample key `i` to `pipe`.
 fn write_key(pipe: &mut redis::Pipeline, i: u64) {
     let key = key_name(i);
-    let big = i % 50 == 1;
+    // Every 50th key of each type is big enough for the non-compact encodings.
+    let big = (i / 6) % 50 == 1;
     pipe.cmd("DEL").arg(&key).ignore();
     match i % 6 {
         0 => {

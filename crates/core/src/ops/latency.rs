@@ -178,7 +178,7 @@ pub async fn latency(
                 // Masters alternate SET and GET; replicas GET; nodes without a key PING.
                 let cmd = match (*role, &set, &get) {
                     ("master", Some(s), Some(g)) => {
-                        if turn % 2 == 0 {
+                        if turn.is_multiple_of(2) {
                             s
                         } else {
                             g

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod exporter;
 pub mod info;
+pub mod keyspace;
 pub mod latency;
 pub mod metrics;
 pub mod nodes;
