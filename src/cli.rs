@@ -95,6 +95,52 @@ pub enum Command {
     Bigkeys(ScanArgs),
     /// Biggest keys per type by MEMORY USAGE, and totals per type and prefix
     Memkeys(ScanArgs),
+    /// Cluster-aware load generator: throughput and latency per command and per node
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent connections (spread evenly over masters)
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub clients: u64,
+    /// Commands per round trip
+    #[arg(long, short = 'P', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub pipeline: u64,
+    /// Run this long (instead of --requests)
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+    /// Total requests [default: 100000 unless --duration]
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Distinct keys
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub keyspace: u64,
+    /// Bytes per SET value
+    #[arg(long, short = 'd', default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=512 * 1024 * 1024))]
+    pub value_size: u64,
+    /// SET:GET proportion, e.g. 1:1, 1:0 (only SET), 1:9
+    #[arg(long, default_value = "1:1", value_parser = parse_ratio)]
+    pub ratio: (u32, u32),
+    /// Cap on requests per second, cluster-wide (latency then counts from the intended send time)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Leave the benchmark keys in place
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn parse_ratio(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid ratio {s:?}: expected SET:GET such as 1:1 or 1:9");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 && b == 0 || a > 1000 || b > 1000 {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 #[derive(Debug, Args)]

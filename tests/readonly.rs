@@ -46,6 +46,121 @@ fn read_only_commands_on_a_shared_lab() {
     metrics_snapshot_and_watch(&lab);
     latency_probes_leave_no_keys(&lab);
     bigkeys_and_memkeys_find_a_planted_hash(&lab);
+    bench_drives_every_master_and_cleans_up(&lab);
+}
+
+fn master_commands(lab: &Lab) -> u64 {
+    let m = lab.run(&["metrics", "--json"]).json();
+    m["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "master")
+        .map(|n| n["total_commands"].as_u64().unwrap())
+        .sum()
+}
+
+fn bench_keys_left(lab: &Lab) -> usize {
+    (lab.port..lab.port + 3)
+        .map(|p| {
+            lab.redis_cli(p, &["--scan", "--pattern", "__rcops:bench:*"])
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
+    let before = master_commands(lab);
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "-n",
+        "20000",
+        "--clients",
+        "8",
+        "-P",
+        "16",
+        "--keyspace",
+        "1000",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["total"], 20000);
+    assert_eq!(v["errors"], 0);
+    let (sets, gets) = (
+        v["commands"]["SET"]["count"].as_u64().unwrap(),
+        v["commands"]["GET"]["count"].as_u64().unwrap(),
+    );
+    assert_eq!(sets + gets, 20000);
+    assert!(
+        sets.abs_diff(gets) <= 16,
+        "1:1 ratio: {sets} SET vs {gets} GET"
+    );
+    let per_node = v["per_node"].as_object().unwrap();
+    assert_eq!(per_node.len(), 3, "every master gets clients");
+    assert_eq!(
+        per_node.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        20000
+    );
+    let p = &v["commands"]["GET"];
+    assert!(p["p50_ms"].as_f64().unwrap() <= p["p99_ms"].as_f64().unwrap());
+    assert!(v["keys_deleted"].as_u64().unwrap() > 500);
+    assert_eq!(bench_keys_left(lab), 0);
+    // The servers saw at least every request.
+    assert!(master_commands(lab) >= before + 20000);
+
+    // --keep leaves the keys; a later run over the same keyspace removes them.
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "-n",
+        "2000",
+        "--keyspace",
+        "100",
+        "--ratio",
+        "1:0",
+        "--keep",
+    ]);
+    assert_eq!(r.json()["keys_deleted"], 0);
+    assert_eq!(bench_keys_left(lab), 100);
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "-n",
+        "10",
+        "--keyspace",
+        "100",
+        "--ratio",
+        "1:0",
+    ]);
+    assert_eq!(r.json()["keys_deleted"], 100);
+    assert_eq!(bench_keys_left(lab), 0);
+
+    // A rate cap holds.
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "--duration",
+        "1s",
+        "--rate",
+        "2000",
+        "--clients",
+        "4",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let total = r.json()["total"].as_u64().unwrap();
+    assert!((1000..=2600).contains(&total), "2000/s for 1s gave {total}");
+
+    for bad in [
+        &["bench", "--clients", "0"][..],
+        &["bench", "--ratio", "1:x"][..],
+        &["bench", "--rate", "-5"][..],
+        &["bench", "--duration", "0s"][..],
+        &["bench", "--duration", "1s", "-n", "5"][..],
+    ] {
+        assert_eq!(lab.run(bad).code, 64, "{bad:?}");
+    }
 }
 
 fn bigkeys_and_memkeys_find_a_planted_hash(lab: &Lab) {

@@ -1,6 +1,7 @@
 //! Dispatch: resolves global options into an executor and seeds once, runs the subcommand,
 //! and maps failures to a one-line error and an exit code.
 
+mod bench;
 mod check;
 mod exporter;
 mod info;
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Latency(a) => latency::run(&cli.global, a).await,
         Command::Bigkeys(a) => keyspace::run(&cli.global, a, false).await,
         Command::Memkeys(a) => keyspace::run(&cli.global, a, true).await,
+        Command::Bench(a) => bench::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

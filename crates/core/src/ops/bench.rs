@@ -1,0 +1,340 @@
+//! `bench`: a cluster-aware load generator. Each client owns a connection to one master and
+//! only uses keys that master owns, so no request is redirected; clients are spread evenly
+//! over masters. Latency is recorded per command in HDR histograms; with a rate cap it is
+//! measured from each batch's *intended* send time, so stalls are not hidden by the
+//! generator waiting (coordinated omission). Keys live under [`KEY_PREFIX`] and are deleted
+//! afterwards unless kept.
+
+use hdrhistogram::Histogram;
+use rcops_formats::slot::key_slot;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::fanout::Executor;
+use crate::node::{Addr, NodeError};
+use crate::topology::{line_addr, ClusterView};
+
+/// Every key `bench` writes starts with this.
+pub const KEY_PREFIX: &str = "__rcops:bench:";
+
+/// The load to generate.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub clients: usize,
+    pub pipeline: usize,
+    /// Stop after this long…
+    pub duration: Option<Duration>,
+    /// …or after this many requests.
+    pub requests: Option<u64>,
+    /// Distinct keys used.
+    pub keyspace: u64,
+    pub value_size: usize,
+    /// SETs and GETs in this proportion, e.g. (1, 1).
+    pub ratio: (u32, u32),
+    /// Cluster-wide cap in requests per second.
+    pub rate: Option<u64>,
+    /// Leave the keys in place.
+    pub keep: bool,
+}
+
+/// Percentiles of one command, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandStats {
+    pub count: u64,
+    pub errors: u64,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// JSON: `{"total", "ops_per_sec", "elapsed_ms", "errors", "commands": {"SET": CommandStats,
+/// "GET": …}, "per_node": {addr: requests}, "keys_deleted", "stopped_early", "error_samples"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub total: u64,
+    pub ops_per_sec: f64,
+    pub elapsed_ms: u128,
+    pub errors: u64,
+    pub commands: BTreeMap<&'static str, CommandStats>,
+    pub per_node: BTreeMap<String, u64>,
+    pub keys_deleted: u64,
+    pub stopped_early: bool,
+    /// A few distinct error messages, for diagnosis.
+    pub error_samples: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("no master owns slots: nothing to benchmark")]
+    NoMasters,
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Key index → key name.
+pub fn key_name(i: u64) -> String {
+    format!("{KEY_PREFIX}{i}")
+}
+
+struct ClientResult {
+    node: Addr,
+    set: Histogram<u64>,
+    get: Histogram<u64>,
+    set_errors: u64,
+    get_errors: u64,
+    errors: Vec<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits; these bounds are valid, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("hdr"))
+}
+
+/// Runs the load against the masters of `view`. `stop` ends it early (Ctrl-C); `progress`
+/// gets the number of requests each batch completed.
+pub async fn bench(
+    exec: &Executor,
+    view: &ClusterView,
+    opts: &BenchOptions,
+    stop: &AtomicBool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<BenchReport, BenchError> {
+    // Keys per master, by the slot table.
+    let owners = view.slot_owner();
+    let masters: Vec<Addr> = view
+        .masters()
+        .filter(|m| m.slot_count() > 0)
+        .filter_map(line_addr)
+        .collect();
+    if masters.is_empty() {
+        return Err(BenchError::NoMasters);
+    }
+    let mut keys_of: BTreeMap<Addr, Vec<u64>> = BTreeMap::new();
+    for i in 0..opts.keyspace {
+        if let Some(a) = owners[usize::from(key_slot(key_name(i).as_bytes()))].and_then(line_addr) {
+            keys_of.entry(a).or_default().push(i);
+        }
+    }
+    let value = vec![b'x'; opts.value_size];
+    let issued = AtomicU64::new(0);
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| started + d);
+    // Each client's share of the rate, as an interval between its batches.
+    let interval = opts.rate.map(|r| {
+        let per_client = (r as f64 / opts.clients as f64).max(0.001);
+        Duration::from_secs_f64(opts.pipeline as f64 / per_client)
+    });
+    let cycle = u64::from(opts.ratio.0 + opts.ratio.1).max(1);
+    let sets = u64::from(opts.ratio.0);
+
+    let clients = (0..opts.clients).map(|c| {
+        let node = masters[c % masters.len()].clone();
+        let keys = keys_of.get(&node).cloned().unwrap_or_default();
+        let value = &value;
+        let issued = &issued;
+        async move {
+            let mut r = ClientResult {
+                node: node.clone(),
+                set: histogram(),
+                get: histogram(),
+                set_errors: 0,
+                get_errors: 0,
+                errors: Vec::new(),
+            };
+            if keys.is_empty() {
+                return Ok(r);
+            }
+            let mut conn = exec.options().connect(&node).await?;
+            let mut seq: u64 = c as u64;
+            let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
+            let mut batch_no: u64 = 0;
+            loop {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let want = opts.pipeline as u64;
+                let n = match opts.requests {
+                    Some(total) => {
+                        let before = issued.fetch_add(want, Ordering::Relaxed);
+                        if before >= total {
+                            break;
+                        }
+                        want.min(total - before)
+                    }
+                    None => {
+                        issued.fetch_add(want, Ordering::Relaxed);
+                        want
+                    }
+                };
+                // With a rate cap, wait for this batch's slot; latency counts from it.
+                let intended = match interval {
+                    Some(iv) => {
+                        let at = started + iv.mul_f64(batch_no as f64);
+                        let now = Instant::now();
+                        if at > now {
+                            tokio::time::sleep(at - now).await;
+                        }
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                batch_no += 1;
+                let mut pipe = redis::pipe();
+                let mut kinds = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    // xorshift: cheap, deterministic per client.
+                    rng_state ^= rng_state << 13;
+                    rng_state ^= rng_state >> 7;
+                    rng_state ^= rng_state << 17;
+                    let key = key_name(keys[(rng_state % keys.len() as u64) as usize]);
+                    let is_set = seq % cycle < sets;
+                    seq += 1;
+                    if is_set {
+                        pipe.cmd("SET").arg(&key).arg(value.as_slice());
+                    } else {
+                        pipe.cmd("GET").arg(&key);
+                    }
+                    kinds.push(is_set);
+                }
+                let reply: redis::RedisResult<Vec<redis::Value>> =
+                    pipe.query_async(&mut conn).await;
+                let us = intended.elapsed().as_micros().max(1) as u64;
+                match reply {
+                    Ok(values) => {
+                        for (is_set, v) in kinds.iter().zip(values) {
+                            let (h, e) = if *is_set {
+                                (&mut r.set, &mut r.set_errors)
+                            } else {
+                                (&mut r.get, &mut r.get_errors)
+                            };
+                            match v {
+                                redis::Value::ServerError(err) => {
+                                    *e += 1;
+                                    if r.errors.len() < 3 {
+                                        r.errors.push(format!("{node}: {err:?}"));
+                                    }
+                                }
+                                _ => {
+                                    let _ = h.record(us.min(60_000_000));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for is_set in &kinds {
+                            if *is_set {
+                                r.set_errors += 1
+                            } else {
+                                r.get_errors += 1
+                            }
+                        }
+                        if r.errors.len() < 3 {
+                            r.errors.push(NodeError::from_redis(&node, &e).to_string());
+                        }
+                        if e.is_unrecoverable_error() {
+                            break;
+                        }
+                    }
+                }
+                progress(n);
+            }
+            Ok::<_, NodeError>(r)
+        }
+    });
+    let results = futures::future::join_all(clients).await;
+    let elapsed = started.elapsed();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+
+    let mut set = histogram();
+    let mut get = histogram();
+    let (mut set_errors, mut get_errors) = (0u64, 0u64);
+    let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error_samples: Vec<String> = Vec::new();
+    for r in results {
+        let r = r?;
+        let _ = set.add(&r.set);
+        let _ = get.add(&r.get);
+        set_errors += r.set_errors;
+        get_errors += r.get_errors;
+        *per_node.entry(r.node.to_string()).or_default() +=
+            r.set.len() + r.get.len() + r.set_errors + r.get_errors;
+        for e in r.errors {
+            if error_samples.len() < 5 && !error_samples.contains(&e) {
+                error_samples.push(e);
+            }
+        }
+    }
+    let stats = |h: &Histogram<u64>, errors: u64| {
+        let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+        CommandStats {
+            count: h.len(),
+            errors,
+            ops_per_sec: (h.len() as f64 / secs).round(),
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    };
+    let mut commands = BTreeMap::new();
+    if opts.ratio.0 > 0 {
+        commands.insert("SET", stats(&set, set_errors));
+    }
+    if opts.ratio.1 > 0 {
+        commands.insert("GET", stats(&get, get_errors));
+    }
+    let total = set.len() + get.len() + set_errors + get_errors;
+    let keys_deleted = if opts.keep || opts.ratio.0 == 0 {
+        0
+    } else {
+        cleanup(exec, &keys_of).await
+    };
+    Ok(BenchReport {
+        total,
+        ops_per_sec: (total as f64 / secs).round(),
+        elapsed_ms: elapsed.as_millis(),
+        errors: set_errors + get_errors,
+        commands,
+        per_node,
+        keys_deleted,
+        stopped_early: stop.load(Ordering::Relaxed),
+        error_samples,
+    })
+}
+
+/// Deletes every key of the keyspace — one UNLINK per key (keys of one master still span
+/// many slots, so a multi-key UNLINK would be refused with CROSSSLOT), pipelined per master,
+/// all masters at once. Returns how many existed.
+async fn cleanup(exec: &Executor, keys_of: &BTreeMap<Addr, Vec<u64>>) -> u64 {
+    let result = exec
+        .run_with_timeout(
+            keys_of.keys().cloned(),
+            Duration::from_secs(3600),
+            |addr, mut conn| async move {
+                let mut deleted = 0u64;
+                for chunk in keys_of[&addr].chunks(1000) {
+                    let mut pipe = redis::pipe();
+                    for &i in chunk {
+                        pipe.cmd("UNLINK").arg(key_name(i));
+                    }
+                    let n: Vec<u64> = pipe
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| NodeError::from_redis(&addr, &e))?;
+                    deleted += n.iter().sum::<u64>();
+                }
+                Ok(deleted)
+            },
+        )
+        .await;
+    for e in result.failed.values() {
+        tracing::warn!(error = %e, "benchmark key cleanup failed");
+    }
+    result.ok.values().sum()
+}

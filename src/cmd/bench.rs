@@ -1,0 +1,108 @@
+//! `rcops bench`: runs [`rcops_core::ops::bench`] and renders throughput and latency.
+
+use rcops_core::ops::bench::{bench, BenchOptions};
+use rcops_core::topology::Detail;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{view, CmdResult, Failure};
+use crate::cli::{BenchArgs, GlobalOpts};
+use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
+
+pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
+    let (exec, view) = view(g, Detail::Health).await?;
+    let requests = match (a.duration, a.requests) {
+        (None, None) => Some(100_000),
+        (_, r) => r,
+    };
+    let opts = BenchOptions {
+        clients: a.clients as usize,
+        pipeline: a.pipeline as usize,
+        duration: a.duration,
+        requests,
+        keyspace: a.keyspace,
+        value_size: a.value_size as usize,
+        ratio: a.ratio,
+        rate: a.rate,
+        keep: a.keep,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    let pb = match requests {
+        Some(n) => output::progress(
+            Some(n),
+            g.json,
+            "{spinner} {pos}/{len} requests [{bar:30}] {per_sec} eta {eta}",
+        ),
+        None => output::progress(
+            None,
+            g.json,
+            "{spinner} {pos} requests {per_sec} ({elapsed})",
+        ),
+    };
+    let report = bench(&exec, &view, &opts, &stop, &|n| pb.inc(n)).await;
+    pb.finish_and_clear();
+    let report = report.map_err(Failure::failed)?;
+    if g.json {
+        output::print_json(&report);
+    } else {
+        crate::outln!(
+            "{} requests in {:.2}s: {:.0} requests/s ({} clients, pipeline {}, {} errors)",
+            report.total,
+            report.elapsed_ms as f64 / 1000.0,
+            report.ops_per_sec,
+            a.clients,
+            a.pipeline,
+            report.errors
+        );
+        let mut t = output::table(&[
+            "COMMAND", "COUNT", "ERRORS", "OPS/S", "P50", "P95", "P99", "P99.9", "MAX",
+        ]);
+        for (name, c) in &report.commands {
+            let f = |v: f64| format!("{v:.3}");
+            t.add_row(vec![
+                name.to_string(),
+                c.count.to_string(),
+                c.errors.to_string(),
+                format!("{:.0}", c.ops_per_sec),
+                f(c.p50_ms),
+                f(c.p95_ms),
+                f(c.p99_ms),
+                f(c.p999_ms),
+                f(c.max_ms),
+            ]);
+        }
+        output::align_right(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        output::print_table(&t);
+        crate::outln!(
+            "latencies in ms{}",
+            if a.rate.is_some() {
+                ", from each batch's intended send time"
+            } else {
+                ""
+            }
+        );
+        let per_node: Vec<String> = report
+            .per_node
+            .iter()
+            .map(|(n, c)| format!("{n} {c}"))
+            .collect();
+        crate::outln!("per node: {}", per_node.join(", "));
+        if !a.keep {
+            crate::outln!("deleted {} benchmark keys", report.keys_deleted);
+        }
+        for e in &report.error_samples {
+            output::error(e);
+        }
+    }
+    Ok(if report.errors > 0 {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
