@@ -2,10 +2,8 @@
 
 use rcops_core::ops::bench::{bench, BenchOptions};
 use rcops_core::topology::Detail;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use super::{view, CmdResult, Failure};
+use super::{stop_on_ctrl_c, view, CmdResult, Failure};
 use crate::cli::{BenchArgs, GlobalOpts};
 use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
 
@@ -26,13 +24,7 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
         rate: a.rate,
         keep: a.keep,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
+    let stop = stop_on_ctrl_c();
     let pb = match requests {
         Some(n) => output::progress(
             Some(n),
@@ -70,11 +62,11 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
                 c.count.to_string(),
                 c.errors.to_string(),
                 format!("{:.0}", c.ops_per_sec),
-                f(c.p50_ms),
-                f(c.p95_ms),
-                f(c.p99_ms),
-                f(c.p999_ms),
-                f(c.max_ms),
+                f(c.latency.p50_ms),
+                f(c.latency.p95_ms),
+                f(c.latency.p99_ms),
+                f(c.latency.p999_ms),
+                f(c.latency.max_ms),
             ]);
         }
         output::align_right(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8]);

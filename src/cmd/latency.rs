@@ -2,10 +2,8 @@
 
 use rcops_core::ops::latency::latency;
 use rcops_core::topology::{line_addr, Detail};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use super::{view, CmdResult, Failure};
+use super::{stop_on_ctrl_c, view, CmdResult, Failure};
 use crate::cli::{GlobalOpts, LatencyArgs};
 use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
 
@@ -22,13 +20,7 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
     if targets.is_empty() {
         return Err(Failure::usage(format!("no node matches {:?}", a.nodes)));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
+    let stop = stop_on_ctrl_c();
     let pb = output::progress(
         None,
         g.json,
@@ -62,11 +54,11 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
                 n.samples.to_string(),
                 n.errors.to_string(),
                 f(n.min_ms),
-                f(n.p50_ms),
-                f(n.p95_ms),
-                f(n.p99_ms),
-                f(n.p999_ms),
-                f(n.max_ms),
+                f(n.latency.p50_ms),
+                f(n.latency.p95_ms),
+                f(n.latency.p99_ms),
+                f(n.latency.p999_ms),
+                f(n.latency.max_ms),
             ]);
         }
         output::align_right(&mut t, &[2, 3, 4, 5, 6, 7, 8, 9]);

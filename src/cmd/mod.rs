@@ -133,3 +133,15 @@ pub async fn view(g: &GlobalOpts, detail: Detail) -> Result<(Executor, ClusterVi
         .map_err(Failure::failed)?;
     Ok((exec, view))
 }
+
+/// A flag that turns true on Ctrl-C, for long runs that stop early but still clean up.
+pub fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    stop
+}

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::{rtt_histogram, Percentiles};
 use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
@@ -39,17 +40,14 @@ pub struct BenchOptions {
     pub keep: bool,
 }
 
-/// Percentiles of one command, in milliseconds.
+/// Throughput and latency of one command.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandStats {
     pub count: u64,
     pub errors: u64,
     pub ops_per_sec: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Percentiles,
 }
 
 /// JSON: `{"total", "ops_per_sec", "elapsed_ms", "errors", "commands": {"SET": CommandStats,
@@ -88,11 +86,6 @@ struct ClientResult {
     set_errors: u64,
     get_errors: u64,
     errors: Vec<String>,
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 60 s at 3 significant digits; these bounds are valid, so this cannot fail.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("hdr"))
 }
 
 /// Runs the load against the masters of `view`. `stop` ends it early (Ctrl-C); `progress`
@@ -134,14 +127,18 @@ pub async fn bench(
 
     let clients = (0..opts.clients).map(|c| {
         let node = masters[c % masters.len()].clone();
-        let keys = keys_of.get(&node).cloned().unwrap_or_default();
+        // Names built once: formatting per request would cost more than the request.
+        let keys: Vec<String> = keys_of
+            .get(&node)
+            .map(|k| k.iter().map(|&i| key_name(i)).collect())
+            .unwrap_or_default();
         let value = &value;
         let issued = &issued;
         async move {
             let mut r = ClientResult {
                 node: node.clone(),
-                set: histogram(),
-                get: histogram(),
+                set: rtt_histogram(),
+                get: rtt_histogram(),
                 set_errors: 0,
                 get_errors: 0,
                 errors: Vec::new(),
@@ -175,9 +172,15 @@ pub async fn bench(
                 let intended = match interval {
                     Some(iv) => {
                         let at = started + iv.mul_f64(batch_no as f64);
-                        let now = Instant::now();
-                        if at > now {
-                            tokio::time::sleep(at - now).await;
+                        // Timers fire up to a millisecond late, which would count as latency:
+                        // sleep to just before the slot, then yield until it arrives.
+                        if let Some(ahead) = at.checked_duration_since(Instant::now()) {
+                            if ahead > Duration::from_millis(2) {
+                                tokio::time::sleep(ahead - Duration::from_millis(2)).await;
+                            }
+                            while Instant::now() < at {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         at
                     }
@@ -191,13 +194,13 @@ pub async fn bench(
                     rng_state ^= rng_state << 13;
                     rng_state ^= rng_state >> 7;
                     rng_state ^= rng_state << 17;
-                    let key = key_name(keys[(rng_state % keys.len() as u64) as usize]);
+                    let key = &keys[(rng_state % keys.len() as u64) as usize];
                     let is_set = seq % cycle < sets;
                     seq += 1;
                     if is_set {
-                        pipe.cmd("SET").arg(&key).arg(value.as_slice());
+                        pipe.cmd("SET").arg(key).arg(value.as_slice());
                     } else {
-                        pipe.cmd("GET").arg(&key);
+                        pipe.cmd("GET").arg(key);
                     }
                     kinds.push(is_set);
                 }
@@ -250,8 +253,8 @@ pub async fn bench(
     let elapsed = started.elapsed();
     let secs = elapsed.as_secs_f64().max(1e-9);
 
-    let mut set = histogram();
-    let mut get = histogram();
+    let mut set = rtt_histogram();
+    let mut get = rtt_histogram();
     let (mut set_errors, mut get_errors) = (0u64, 0u64);
     let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_samples: Vec<String> = Vec::new();
@@ -269,18 +272,11 @@ pub async fn bench(
             }
         }
     }
-    let stats = |h: &Histogram<u64>, errors: u64| {
-        let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-        CommandStats {
-            count: h.len(),
-            errors,
-            ops_per_sec: (h.len() as f64 / secs).round(),
-            p50_ms: q(0.5),
-            p95_ms: q(0.95),
-            p99_ms: q(0.99),
-            p999_ms: q(0.999),
-            max_ms: h.max() as f64 / 1000.0,
-        }
+    let stats = |h: &Histogram<u64>, errors: u64| CommandStats {
+        count: h.len(),
+        errors,
+        ops_per_sec: (h.len() as f64 / secs).round(),
+        latency: Percentiles::of(h),
     };
     let mut commands = BTreeMap::new();
     if opts.ratio.0 > 0 {

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::{rtt_histogram, Percentiles};
 use crate::fanout::{query, Executor};
-use crate::node::{Addr, NodeError};
+use crate::node::Addr;
 use crate::topology::{line_addr, ClusterView};
 
 /// Every key rcops writes for measurements starts with this.
@@ -29,7 +30,7 @@ pub fn probe_key(view: &ClusterView, master_id: &str) -> Option<String> {
         .find(|k| owned.contains(key_slot(k.as_bytes())))
 }
 
-/// One node's latency distribution, in milliseconds with microsecond precision.
+/// One node's latency distribution.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeLatency {
     pub node: String,
@@ -37,12 +38,9 @@ pub struct NodeLatency {
     pub samples: u64,
     pub errors: u64,
     pub min_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
     pub mean_ms: f64,
+    #[serde(flatten)]
+    pub latency: Percentiles,
     /// Set when the node could not be measured at all.
     pub error: Option<String>,
 }
@@ -58,42 +56,27 @@ pub struct LatencyReport {
     pub keys_left: usize,
 }
 
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
-}
-
 fn summarise(node: String, role: &'static str, h: &Histogram<u64>, errors: u64) -> NodeLatency {
-    let q = |p: f64| ms(h.value_at_quantile(p));
     NodeLatency {
         node,
         role,
         samples: h.len(),
         errors,
-        min_ms: if h.is_empty() { 0.0 } else { ms(h.min()) },
-        p50_ms: q(0.5),
-        p95_ms: q(0.95),
-        p99_ms: q(0.99),
-        p999_ms: q(0.999),
-        max_ms: ms(h.max()),
+        min_ms: if h.is_empty() {
+            0.0
+        } else {
+            h.min() as f64 / 1000.0
+        },
         mean_ms: h.mean().round() / 1000.0,
+        latency: Percentiles::of(h),
         error: None,
     }
 }
 
 fn failed(node: String, role: &'static str, error: String) -> NodeLatency {
     NodeLatency {
-        node,
-        role,
-        samples: 0,
-        errors: 0,
-        min_ms: 0.0,
-        p50_ms: 0.0,
-        p95_ms: 0.0,
-        p99_ms: 0.0,
-        p999_ms: 0.0,
-        max_ms: 0.0,
-        mean_ms: 0.0,
         error: Some(error),
+        ..summarise(node, role, &rtt_histogram(), 0)
     }
 }
 
@@ -152,12 +135,7 @@ pub async fn latency(
     let result = exec
         .run_with_timeout(plan.keys().cloned(), budget, |addr, mut conn| async move {
             let (role, key) = &plan[&addr];
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| {
-                NodeError::Command {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let mut h = rtt_histogram();
             let mut errors = 0u64;
             if *role == "replica" {
                 query::<()>(&addr, &mut conn, &redis::cmd("READONLY")).await?;

@@ -21,3 +21,33 @@ pub fn pct(part: f64, whole: f64) -> f64 {
         (part / whole * 1000.0).round() / 10.0
     }
 }
+
+/// A histogram of round-trip times in microseconds: 1 µs to 60 s, 3 significant digits.
+pub fn rtt_histogram() -> hdrhistogram::Histogram<u64> {
+    // Constant, valid bounds (low ≥ 1, high ≥ 2·low, sigfig ≤ 5): construction cannot fail.
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency percentiles in milliseconds (µs precision), as every latency report shows them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+        Percentiles {
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
