@@ -152,6 +152,11 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// p50, p95, p99, p99.9 and max cells, in ms with µs precision.
+pub fn percentile_cells(p: &rcops_core::ops::Percentiles) -> [String; 5] {
+    [p.p50_ms, p.p95_ms, p.p99_ms, p.p999_ms, p.max_ms].map(|v| format!("{v:.3}"))
+}
+
 /// `-` for missing values.
 pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".to_string())

@@ -56,18 +56,14 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
             "COMMAND", "COUNT", "ERRORS", "OPS/S", "P50", "P95", "P99", "P99.9", "MAX",
         ]);
         for (name, c) in &report.commands {
-            let f = |v: f64| format!("{v:.3}");
-            t.add_row(vec![
+            let mut row = vec![
                 name.to_string(),
                 c.count.to_string(),
                 c.errors.to_string(),
                 format!("{:.0}", c.ops_per_sec),
-                f(c.latency.p50_ms),
-                f(c.latency.p95_ms),
-                f(c.latency.p99_ms),
-                f(c.latency.p999_ms),
-                f(c.latency.max_ms),
-            ]);
+            ];
+            row.extend(output::percentile_cells(&c.latency));
+            t.add_row(row);
         }
         output::align_right(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8]);
         output::print_table(&t);

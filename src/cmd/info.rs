@@ -1,7 +1,7 @@
 //! `rcops info`: renders [`rcops_core::ops::info`] — one summary row per node, or one raw
 //! section from every node.
 
-use rcops_core::ops::info::{section, summary};
+use rcops_core::ops::info::{section, summary, NodeInfo};
 use rcops_core::topology::Detail;
 
 use super::{view, CmdResult, Failure};
@@ -69,10 +69,7 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
             opt(r.uptime_s.map(age)),
             opt(r.used_memory.map(bytes)),
             opt(r.used_memory_peak.map(bytes)),
-            match r.maxmemory {
-                Some(0) => "none".to_string(),
-                m => opt(m.map(bytes)),
-            },
+            maxmemory_cell(r.maxmemory),
             opt(r.fragmentation.map(|f| format!("{f:.2}"))),
             opt(r.clients),
             opt(r.blocked_clients),
@@ -87,11 +84,7 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
             opt(r.lag_bytes),
             opt(r.master_link.as_deref()),
             opt(r.rdb_last_bgsave.as_deref()),
-            match (r.aof_enabled, &r.aof_last_write) {
-                (Some(true), Some(s)) => s.clone(),
-                (Some(false), _) => "off".to_string(),
-                _ => "-".to_string(),
-            },
+            aof_cell(r),
         ]);
     }
     output::align_right(
@@ -100,4 +93,21 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
     );
     output::print_table(&t);
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+/// `maxmemory` as operators read it: `none` for 0 (unlimited).
+pub fn maxmemory_cell(m: Option<u64>) -> String {
+    match m {
+        Some(0) => "none".to_string(),
+        m => opt(m.map(bytes)),
+    }
+}
+
+/// AOF state: `off`, or the last write status when on.
+pub fn aof_cell(r: &NodeInfo) -> String {
+    match (r.aof_enabled, &r.aof_last_write) {
+        (Some(true), Some(s)) => s.clone(),
+        (Some(false), _) => "off".to_string(),
+        _ => "-".to_string(),
+    }
 }

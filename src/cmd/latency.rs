@@ -47,19 +47,15 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
                 ]);
                 continue;
             }
-            let f = |v: f64| format!("{v:.3}");
-            t.add_row(vec![
+            let mut row = vec![
                 n.node.clone(),
                 n.role.to_string(),
                 n.samples.to_string(),
                 n.errors.to_string(),
-                f(n.min_ms),
-                f(n.latency.p50_ms),
-                f(n.latency.p95_ms),
-                f(n.latency.p99_ms),
-                f(n.latency.p999_ms),
-                f(n.latency.max_ms),
-            ]);
+                format!("{:.3}", n.min_ms),
+            ];
+            row.extend(output::percentile_cells(&n.latency));
+            t.add_row(row);
         }
         output::align_right(&mut t, &[2, 3, 4, 5, 6, 7, 8, 9]);
         output::print_table(&t);

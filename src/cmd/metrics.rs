@@ -4,6 +4,7 @@ use rcops_core::ops::metrics::{apply_deltas, metrics, MetricsReport};
 use rcops_core::topology::{discover, Detail};
 use std::io::IsTerminal;
 
+use super::info::{aof_cell, maxmemory_cell};
 use super::{executor, CmdResult, Failure};
 use crate::cli::{GlobalOpts, MetricsArgs};
 use crate::output::{self, bytes, opt, EXIT_FINDINGS, EXIT_OK};
@@ -69,10 +70,7 @@ fn render(r: &MetricsReport) {
             i.addr.clone(),
             i.role.clone(),
             opt(i.used_memory.map(bytes)),
-            match i.maxmemory {
-                Some(0) => "none".to_string(),
-                m => opt(m.map(bytes)),
-            },
+            maxmemory_cell(i.maxmemory),
             opt(i.fragmentation.map(|f| format!("{f:.2}"))),
             opt(i.clients),
             opt(i.blocked_clients),
@@ -91,11 +89,7 @@ fn render(r: &MetricsReport) {
                 .latest_fork_usec
                 .map(|u| format!("{:.1}", u as f64 / 1000.0))),
             opt(i.rdb_last_bgsave.as_deref()),
-            match (i.aof_enabled, &i.aof_last_write) {
-                (Some(true), Some(s)) => s.clone(),
-                (Some(false), _) => "off".to_string(),
-                _ => "-".to_string(),
-            },
+            aof_cell(i),
         ]);
     }
     let c = &r.cluster;
