@@ -22,10 +22,14 @@ fn main() -> ExitCode {
         }
     };
     output::init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread suits the fan-outs (I/O-bound; on a lab the servers share the cores); the
+    // load generator is bound by client CPU, so it gets a worker per core.
+    let mut builder = if matches!(cli.command, cli::Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcops: error: cannot start the async runtime: {e}");

@@ -37,7 +37,15 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
             "{spinner} {pos} requests {per_sec} ({elapsed})",
         ),
     };
-    let report = bench(&exec, &view, &opts, &stop, &|n| pb.inc(n)).await;
+    let bar = pb.clone();
+    let report = bench(
+        &exec,
+        &view,
+        &opts,
+        stop,
+        std::sync::Arc::new(move |n| bar.inc(n)),
+    )
+    .await;
     pb.finish_and_clear();
     let report = report.map_err(Failure::failed)?;
     if g.json {

@@ -10,6 +10,7 @@ use rcops_formats::slot::key_slot;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{rtt_histogram, Percentiles};
@@ -94,8 +95,8 @@ pub async fn bench(
     exec: &Executor,
     view: &ClusterView,
     opts: &BenchOptions,
-    stop: &AtomicBool,
-    progress: &(dyn Fn(u64) + Sync),
+    stop: Arc<AtomicBool>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<BenchReport, BenchError> {
     // Keys per master, by the slot table.
     let owners = view.slot_owner();
@@ -113,8 +114,9 @@ pub async fn bench(
             keys_of.entry(a).or_default().push(i);
         }
     }
-    let value = vec![b'x'; opts.value_size];
-    let issued = AtomicU64::new(0);
+    let value: Arc<[u8]> = vec![b'x'; opts.value_size].into();
+    let issued = Arc::new(AtomicU64::new(0));
+    let (pipeline, requests) = (opts.pipeline, opts.requests);
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     // Each client's share of the rate, as an interval between its batches.
@@ -132,9 +134,13 @@ pub async fn bench(
             .get(&node)
             .map(|k| k.iter().map(|&i| key_name(i)).collect())
             .unwrap_or_default();
-        let value = &value;
-        let issued = &issued;
-        async move {
+        let value = value.clone();
+        let issued = issued.clone();
+        let stop = stop.clone();
+        let progress = progress.clone();
+        let conn_opts = exec.options().clone();
+        // A task per client, so a multi-threaded runtime spreads them over the cores.
+        tokio::spawn(async move {
             let mut r = ClientResult {
                 node: node.clone(),
                 set: rtt_histogram(),
@@ -146,7 +152,7 @@ pub async fn bench(
             if keys.is_empty() {
                 return Ok(r);
             }
-            let mut conn = exec.options().connect(&node).await?;
+            let mut conn = conn_opts.connect(&node).await?;
             let mut seq: u64 = c as u64;
             let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
             let mut batch_no: u64 = 0;
@@ -154,8 +160,8 @@ pub async fn bench(
                 if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let want = opts.pipeline as u64;
-                let n = match opts.requests {
+                let want = pipeline as u64;
+                let n = match requests {
                     Some(total) => {
                         let before = issued.fetch_add(want, Ordering::Relaxed);
                         if before >= total {
@@ -198,7 +204,7 @@ pub async fn bench(
                     let is_set = seq % cycle < sets;
                     seq += 1;
                     if is_set {
-                        pipe.cmd("SET").arg(key).arg(value.as_slice());
+                        pipe.cmd("SET").arg(key).arg(&value[..]);
                     } else {
                         pipe.cmd("GET").arg(key);
                     }
@@ -247,7 +253,7 @@ pub async fn bench(
                 progress(n);
             }
             Ok::<_, NodeError>(r)
-        }
+        })
     });
     let results = futures::future::join_all(clients).await;
     let elapsed = started.elapsed();
@@ -259,7 +265,10 @@ pub async fn bench(
     let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_samples: Vec<String> = Vec::new();
     for r in results {
-        let r = r?;
+        let r = r.map_err(|e| NodeError::Command {
+            addr: masters[0].clone(),
+            reason: format!("benchmark client task failed: {e}"),
+        })??;
         let _ = set.add(&r.set);
         let _ = get.add(&r.get);
         set_errors += r.set_errors;
