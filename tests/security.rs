@@ -72,6 +72,12 @@ fn tls_and_passwords_and_acl_users() {
     .env("RCOPS_PASSWORD", "audit-pw"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["shards"].as_array().unwrap().len(), 3);
+    // --insecure skips verification (no CA needed).
+    let r = run(
+        rcops(&["check", "--json", "-c", &seed, "--tls", "--insecure"])
+            .env("RCOPS_PASSWORD", &password),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
     // REDISCLI_AUTH works like with redis-cli.
     let r = run(
         rcops(&["slots", "--json", "-c", &seed, "--tls", "--cacert", &ca])
