@@ -3,12 +3,12 @@
 use rcops_core::ops::bench::{bench, BenchOptions};
 use rcops_core::topology::Detail;
 
-use super::{stop_on_ctrl_c, view, CmdResult, Failure};
+use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
 use crate::cli::{BenchArgs, GlobalOpts};
 use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
-    let (exec, view) = view(g, Detail::Health).await?;
+    let (exec, view) = view_light(g, Detail::Health).await?;
     let requests = match (a.duration, a.requests) {
         (None, None) => Some(100_000),
         (_, r) => r,

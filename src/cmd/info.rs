@@ -4,12 +4,12 @@
 use rcops_core::ops::info::{section, summary, NodeInfo};
 use rcops_core::topology::Detail;
 
-use super::{view, CmdResult, Failure};
+use super::{view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, InfoArgs};
 use crate::output::{self, age, bytes, opt, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
-    let (exec, view) = view(g, Detail::Full).await?;
+    let (exec, view) = view_light(g, Detail::Full).await?;
     if let Some(name) = &a.section {
         let report = section(&exec, &view, &a.nodes, name).await;
         if report.nodes.is_empty() && report.errors.is_empty() {

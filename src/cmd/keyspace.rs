@@ -6,12 +6,12 @@ use rcops_core::ops::keyspace::{scan, scan_targets, ScanOptions};
 use rcops_core::topology::Detail;
 use std::collections::BTreeMap;
 
-use super::{view, CmdResult};
+use super::{view_light, CmdResult};
 use crate::cli::{GlobalOpts, ScanArgs};
 use crate::output::{self, bytes, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &ScanArgs, memory: bool) -> CmdResult {
-    let (exec, view) = view(g, Detail::Keyspace).await?;
+    let (exec, view) = view_light(g, Detail::Keyspace).await?;
     let opts = ScanOptions {
         memory,
         count: a.count as usize,

@@ -3,7 +3,7 @@
 use rcops_core::ops::latency::latency;
 use rcops_core::topology::{line_addr, Detail};
 
-use super::{stop_on_ctrl_c, view, CmdResult, Failure};
+use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, LatencyArgs};
 use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
 
@@ -11,7 +11,7 @@ use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
 const EXIT_INTERRUPTED: u8 = 130;
 
 pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
-    let (exec, view) = view(g, Detail::Health).await?;
+    let (exec, view) = view_light(g, Detail::Health).await?;
     let targets: Vec<_> = view
         .select(&a.nodes)
         .filter(|l| l.dialable())

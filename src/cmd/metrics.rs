@@ -1,7 +1,7 @@
 //! `rcops metrics`: renders [`rcops_core::ops::metrics`], once or refreshed with `--watch`.
 
 use rcops_core::ops::metrics::{apply_deltas, metrics, MetricsReport};
-use rcops_core::topology::{discover, Detail};
+use rcops_core::topology::{discover_light, Detail};
 use std::io::IsTerminal;
 
 use super::info::{aof_cell, maxmemory_cell};
@@ -14,7 +14,7 @@ pub async fn run(g: &GlobalOpts, a: &MetricsArgs) -> CmdResult {
     let mut prev: Option<MetricsReport> = None;
     let mut round = 0u64;
     loop {
-        let view = discover(&exec, &seeds, Detail::Full)
+        let view = discover_light(&exec, &seeds, Detail::Full)
             .await
             .map_err(Failure::failed)?;
         let mut report = metrics(&view);

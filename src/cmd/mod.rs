@@ -14,7 +14,9 @@ mod slots;
 mod slowlog;
 
 use rcops_core::topology::Detail;
-use rcops_core::{discover, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions};
+use rcops_core::{
+    discover, discover_light, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions,
+};
 
 use crate::cli::{Cli, Command, GlobalOpts};
 use crate::output::{self, EXIT_FAILED, EXIT_USAGE};
@@ -123,6 +125,19 @@ pub fn executor(g: &GlobalOpts) -> Result<(Executor, Vec<Addr>), Failure> {
     let seeds = seeds(g)?;
     let exec = Executor::new(connect_options(g)?, g.concurrency as usize);
     Ok((exec, seeds))
+}
+
+/// Discovers the cluster from the seeds' views only (see `discover_light`): for commands
+/// that need the node list and per-node numbers, not every node's opinion.
+pub async fn view_light(
+    g: &GlobalOpts,
+    detail: Detail,
+) -> Result<(Executor, ClusterView), Failure> {
+    let (exec, seeds) = executor(g)?;
+    let view = discover_light(&exec, &seeds, detail)
+        .await
+        .map_err(Failure::failed)?;
+    Ok((exec, view))
 }
 
 /// Discovers the cluster or fails with the seeds' errors in one line.

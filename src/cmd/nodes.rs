@@ -3,12 +3,12 @@
 use rcops_core::ops::nodes::{nodes, NodeEntry};
 use rcops_core::topology::Detail;
 
-use super::{view, CmdResult};
+use super::{view_light, CmdResult};
 use crate::cli::GlobalOpts;
 use crate::output::{self, opt, paint, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts) -> CmdResult {
-    let (_exec, view) = view(g, Detail::Health).await?;
+    let (_exec, view) = view_light(g, Detail::Health).await?;
     let report = nodes(&view);
     let unreachable = report
         .shards

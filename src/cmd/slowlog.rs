@@ -5,12 +5,12 @@ use rcops_core::ops::slowlog::{reset, slowlog, SlowlogOptions};
 use rcops_core::topology::Detail;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{view, CmdResult, Failure};
+use super::{view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, SlowlogArgs};
 use crate::output::{self, opt, EXIT_FAILED, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &SlowlogArgs) -> CmdResult {
-    let (exec, view) = view(g, Detail::Health).await?;
+    let (exec, view) = view_light(g, Detail::Health).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -16,4 +16,4 @@ pub mod topology;
 
 pub use fanout::{Executor, FanOut};
 pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
-pub use topology::{discover, ClusterView, NodeSnapshot};
+pub use topology::{discover, discover_light, ClusterView, NodeSnapshot};

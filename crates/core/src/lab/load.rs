@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
-use crate::topology::{discover, line_addr, Detail, DiscoverError};
+use crate::topology::{discover_light, line_addr, Detail, DiscoverError};
 
 const TYPES: [&str; 6] = ["string", "hash", "list", "set", "zset", "stream"];
 /// Commands per pipeline: large enough to amortise round trips, small enough to stay far
@@ -157,7 +157,7 @@ pub async fn load(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
-    let view = discover(exec, seeds, Detail::Health).await?;
+    let view = discover_light(exec, seeds, Detail::Health).await?;
     let owners = view.slot_owner();
     let mut per_addr: BTreeMap<Addr, Vec<u64>> = BTreeMap::new();
     for i in 0..keys {

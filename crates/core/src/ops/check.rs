@@ -568,6 +568,7 @@ mod tests {
             NodeSnapshot {
                 addr: Addr::new("127.0.0.1", port),
                 lines,
+                own_view: true,
                 cluster_info: Info::parse("cluster_state:ok\n"),
                 info: Info::parse(info),
             },
