@@ -22,13 +22,9 @@ fn main() -> ExitCode {
         }
     };
     output::init_tracing(cli.global.verbose);
-    // One thread suits the fan-outs (I/O-bound; on a lab the servers share the cores); the
-    // load generator is bound by client CPU, so it gets a worker per core.
-    let mut builder = if matches!(cli.command, cli::Command::Bench(_)) {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
+    // One thread: the fan-outs are I/O-bound, and for `bench` a profile showed most client
+    // time in cross-thread wakeups (futex) when clients ran on a worker per core.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
