@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Operate Redis Cluster and Valkey: inspect, check, and run local lab clusters.
+/// Operate Redis Cluster and Valkey from one binary.
 #[derive(Debug, Parser)]
 #[command(name = "rcops", version, about, max_term_width = 100)]
 pub struct Cli {
