@@ -197,6 +197,36 @@ fn replica_with_its_link_down_is_reported_through_an_acl_user() {
         .unwrap()
         .contains(&format!("127.0.0.1:{master}")));
 
+    // The load generator's own connections authenticate as the ACL user too.
+    let r = run(rcops(&[
+        "bench",
+        "--json",
+        "-c",
+        &seeds,
+        "--user",
+        "ops",
+        "-n",
+        "300",
+        "--keyspace",
+        "30",
+    ])
+    .env("RCOPS_PASSWORD", "ops-secret"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        (r.json()["total"].as_u64(), r.json()["errors"].as_u64()),
+        (Some(300), Some(0))
+    );
+    let r = run(
+        rcops(&["bench", "-c", &seeds, "--user", "ops", "-n", "300"])
+            .env("RCOPS_PASSWORD", "wrong"),
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("authentication failed") || r.stderr.contains("WRONGPASS"),
+        "{}",
+        r.stderr
+    );
+
     // Without the ACL user the master refuses us: reported as that node's auth failure.
     let (code, report, _) = check(None);
     assert_eq!(code, 2);

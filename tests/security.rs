@@ -129,6 +129,24 @@ fn tls_and_passwords_and_acl_users() {
         );
     }
 
+    // bench over TLS with a password (redis-rs transport).
+    // (Few clients: 50 TLS handshakes at once in a debug build can outlast --timeout.)
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "-n",
+        "300",
+        "--keyspace",
+        "30",
+        "--clients",
+        "4",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        (r.json()["total"].as_u64(), r.json()["errors"].as_u64()),
+        (Some(300), Some(0))
+    );
+
     // The password never shows up in output or in the lab state.
     let r = lab.run(&["info", "--json", "--raw"]);
     assert!(!r.stdout.contains(&password) && !r.stderr.contains(&password));

@@ -75,6 +75,183 @@ pub enum BenchError {
     Node(#[from] NodeError),
 }
 
+/// How a client talks to its master. Plain TCP writes pre-encoded RESP and frames replies
+/// without decoding them — the per-request cost redis-benchmark has; TLS goes through
+/// redis-rs, whose multiplexed connection adds a channel hop per round trip.
+enum Transport {
+    Raw {
+        stream: tokio::net::TcpStream,
+        out: Vec<u8>,
+        buf: Vec<u8>,
+        timeout: Duration,
+    },
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl Transport {
+    async fn open(opts: &crate::node::ConnectOptions, addr: &Addr) -> Result<Self, NodeError> {
+        if opts.tls_enabled() {
+            return Ok(Transport::Redis(opts.connect(addr).await?));
+        }
+        let timeout = opts.timeout;
+        let stream = match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(NodeError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(NodeError::Timeout {
+                    addr: addr.clone(),
+                    after: timeout,
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut t = Transport::Raw {
+            stream,
+            out: Vec::new(),
+            buf: Vec::with_capacity(64 * 1024),
+            timeout,
+        };
+        if let Some(pw) = &opts.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(u) = &opts.user {
+                args.push(u.as_bytes());
+            }
+            args.push(pw.expose().as_bytes());
+            let auth = t.raw(addr, 1, |out| {
+                rcops_formats::resp::encode_command(&args, out)
+            });
+            if let Some(Some(err)) = auth.await?.pop() {
+                return Err(NodeError::Auth {
+                    addr: addr.clone(),
+                    reason: err,
+                });
+            }
+        }
+        Ok(t)
+    }
+
+    /// Sends `n` commands that `encode` writes into the output buffer; returns per command
+    /// `Some(error text)` or `None`.
+    async fn raw(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Option<String>>, NodeError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Transport::Raw {
+            stream,
+            out,
+            buf,
+            timeout,
+        } = self
+        else {
+            return Err(NodeError::Command {
+                addr: addr.clone(),
+                reason: "raw command on a redis-rs connection".into(),
+            });
+        };
+        out.clear();
+        encode(out);
+        let io = |e: std::io::Error| NodeError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let deadline = tokio::time::Instant::now() + *timeout;
+        tokio::time::timeout_at(deadline, stream.write_all(out))
+            .await
+            .map_err(|_| NodeError::Timeout {
+                addr: addr.clone(),
+                after: *timeout,
+            })?
+            .map_err(io)?;
+        loop {
+            let replies =
+                rcops_formats::resp::scan_replies(buf, n).map_err(|e| NodeError::Command {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            if replies.len() == n {
+                let out = replies
+                    .iter()
+                    .map(|r| r.error.then(|| rcops_formats::resp::error_text(buf, r)))
+                    .collect();
+                let used = replies.last().map_or(0, |r| r.end);
+                buf.drain(..used);
+                return Ok(out);
+            }
+            let n = tokio::time::timeout_at(deadline, stream.read_buf(buf))
+                .await
+                .map_err(|_| NodeError::Timeout {
+                    addr: addr.clone(),
+                    after: *timeout,
+                })?
+                .map_err(io)?;
+            if n == 0 {
+                return Err(NodeError::Unreachable {
+                    addr: addr.clone(),
+                    reason: "connection closed by the server".into(),
+                });
+            }
+        }
+    }
+
+    /// One batch of SET/GET as a single round trip.
+    async fn round_trip(
+        &mut self,
+        addr: &Addr,
+        batch: &[(bool, &str)],
+        value: &[u8],
+    ) -> Result<Vec<Option<String>>, NodeError> {
+        match self {
+            Transport::Raw { .. } => {
+                self.raw(addr, batch.len(), |out| {
+                    for (is_set, key) in batch {
+                        let cmd: &[&[u8]] = if *is_set {
+                            &[b"SET", key.as_bytes(), value]
+                        } else {
+                            &[b"GET", key.as_bytes()]
+                        };
+                        rcops_formats::resp::encode_command(cmd, out);
+                    }
+                })
+                .await
+            }
+            Transport::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for (is_set, key) in batch {
+                    if *is_set {
+                        pipe.cmd("SET").arg(*key).arg(value);
+                    } else {
+                        pipe.cmd("GET").arg(*key);
+                    }
+                }
+                let values: Vec<redis::Value> = pipe
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| NodeError::from_redis(addr, &e))?;
+                Ok(values
+                    .into_iter()
+                    .map(|v| match v {
+                        redis::Value::ServerError(e) => Some(format!("{e:?}")),
+                        _ => None,
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 /// Key index → key name.
 pub fn key_name(i: u64) -> String {
     format!("{KEY_PREFIX}{i}")
@@ -152,7 +329,7 @@ pub async fn bench(
             if keys.is_empty() {
                 return Ok(r);
             }
-            let mut conn = conn_opts.connect(&node).await?;
+            let mut conn = Transport::open(&conn_opts, &node).await?;
             let mut seq: u64 = c as u64;
             let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
             let mut batch_no: u64 = 0;
@@ -193,8 +370,7 @@ pub async fn bench(
                     None => Instant::now(),
                 };
                 batch_no += 1;
-                let mut pipe = redis::pipe();
-                let mut kinds = Vec::with_capacity(n as usize);
+                let mut batch: Vec<(bool, &str)> = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     // xorshift: cheap, deterministic per client.
                     rng_state ^= rng_state << 13;
@@ -203,39 +379,33 @@ pub async fn bench(
                     let key = &keys[(rng_state % keys.len() as u64) as usize];
                     let is_set = seq % cycle < sets;
                     seq += 1;
-                    if is_set {
-                        pipe.cmd("SET").arg(key).arg(&value[..]);
-                    } else {
-                        pipe.cmd("GET").arg(key);
-                    }
-                    kinds.push(is_set);
+                    batch.push((is_set, key.as_str()));
                 }
-                let reply: redis::RedisResult<Vec<redis::Value>> =
-                    pipe.query_async(&mut conn).await;
+                let reply = conn.round_trip(&node, &batch, &value).await;
                 let us = intended.elapsed().as_micros().max(1) as u64;
                 match reply {
-                    Ok(values) => {
-                        for (is_set, v) in kinds.iter().zip(values) {
+                    Ok(failed) => {
+                        for ((is_set, _), failed) in batch.iter().zip(failed) {
                             let (h, e) = if *is_set {
                                 (&mut r.set, &mut r.set_errors)
                             } else {
                                 (&mut r.get, &mut r.get_errors)
                             };
-                            match v {
-                                redis::Value::ServerError(err) => {
+                            match failed {
+                                Some(err) => {
                                     *e += 1;
                                     if r.errors.len() < 3 {
-                                        r.errors.push(format!("{node}: {err:?}"));
+                                        r.errors.push(format!("{node}: {err}"));
                                     }
                                 }
-                                _ => {
+                                None => {
                                     let _ = h.record(us.min(60_000_000));
                                 }
                             }
                         }
                     }
                     Err(e) => {
-                        for is_set in &kinds {
+                        for (is_set, _) in &batch {
                             if *is_set {
                                 r.set_errors += 1
                             } else {
@@ -243,11 +413,10 @@ pub async fn bench(
                             }
                         }
                         if r.errors.len() < 3 {
-                            r.errors.push(NodeError::from_redis(&node, &e).to_string());
+                            r.errors.push(e.to_string());
                         }
-                        if e.is_unrecoverable_error() {
-                            break;
-                        }
+                        // The connection is in an unknown state after a failed round trip.
+                        break;
                     }
                 }
                 progress(n);

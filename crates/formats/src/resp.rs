@@ -1,0 +1,151 @@
+//! Just enough RESP2 for a load generator: encode a command, and find where complete
+//! replies end in a read buffer (and whether each is an error) without building values.
+
+/// Appends `*N\r\n$len\r\narg\r\n…` for one command (no allocation beyond `out`).
+pub fn encode_command(args: &[&[u8]], out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n", a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A reply that cannot be RESP2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed RESP reply at byte {0}")]
+pub struct Malformed(pub usize);
+
+/// Deepest array nesting accepted (replies to SET/GET have none).
+const MAX_DEPTH: usize = 32;
+
+/// Position of the `\r\n` ending the line that starts at `at`.
+fn line_end(buf: &[u8], at: usize) -> Option<usize> {
+    buf.get(at..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| at + p)
+}
+
+fn int(buf: &[u8], from: usize, to: usize) -> Result<i64, Malformed> {
+    std::str::from_utf8(&buf[from..to])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Malformed(from))
+}
+
+/// Length of the complete reply starting at `at`, or `None` if more bytes are needed.
+fn reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Malformed> {
+    let Some(&kind) = buf.get(at) else {
+        return Ok(None);
+    };
+    let Some(end) = line_end(buf, at + 1) else {
+        return Ok(None);
+    };
+    match kind {
+        b'+' | b'-' | b':' => Ok(Some(end + 2 - at)),
+        b'$' => {
+            let n = int(buf, at + 1, end)?;
+            if n < 0 {
+                return Ok(Some(end + 2 - at));
+            }
+            let total = end + 2 + usize::try_from(n).map_err(|_| Malformed(at))? + 2;
+            Ok((buf.len() >= total).then(|| total - at))
+        }
+        b'*' => {
+            if depth >= MAX_DEPTH {
+                return Err(Malformed(at));
+            }
+            let n = int(buf, at + 1, end)?;
+            let mut pos = end + 2;
+            for _ in 0..n.max(0) {
+                match reply_len(buf, pos, depth + 1)? {
+                    Some(len) => pos += len,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(pos - at))
+        }
+        _ => Err(Malformed(at)),
+    }
+}
+
+/// Where one complete reply sits in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub start: usize,
+    pub end: usize,
+    /// An error reply (`-…`).
+    pub error: bool,
+}
+
+/// Frames up to `max` complete replies from the start of `buf`; a partial reply at the end is
+/// left for the next read.
+pub fn scan_replies(buf: &[u8], max: usize) -> Result<Vec<Reply>, Malformed> {
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while out.len() < max {
+        match reply_len(buf, pos, 0)? {
+            Some(len) => {
+                out.push(Reply {
+                    start: pos,
+                    end: pos + len,
+                    error: buf[pos] == b'-',
+                });
+                pos += len;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The text of an error reply (without `-` and the line end).
+pub fn error_text(buf: &[u8], r: &Reply) -> String {
+    let line = &buf[r.start..r.end];
+    String::from_utf8_lossy(
+        line.get(1..line.len().saturating_sub(2))
+            .unwrap_or_default(),
+    )
+    .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_commands_as_redis_expects() {
+        let mut out = Vec::new();
+        encode_command(&[b"SET", b"k", b""], &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn scans_complete_replies_and_stops_at_partial_ones() {
+        let buf =
+            b"+OK\r\n$3\r\nabc\r\n$-1\r\n-ERR wrong\r\n:12\r\n*2\r\n$1\r\na\r\n:1\r\n$5\r\nhel";
+        let replies = scan_replies(buf, 100).unwrap();
+        let errs: Vec<bool> = replies.iter().map(|r| r.error).collect();
+        assert_eq!(errs, vec![false, false, false, true, false, false]);
+        assert_eq!(&buf[replies.last().unwrap().end..], b"$5\r\nhel");
+        assert_eq!(error_text(buf, &replies[3]), "ERR wrong");
+        let replies = scan_replies(buf, 2).unwrap();
+        assert_eq!((replies[1].end, replies.len()), (14, 2));
+    }
+
+    #[test]
+    fn rejects_garbage_with_its_offset() {
+        assert_eq!(scan_replies(b"+OK\r\n?x\r\n", 10), Err(Malformed(5)));
+        assert_eq!(scan_replies(b"$x\r\n", 10), Err(Malformed(1)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = scan_replies(&data, 1000);
+        }
+    }
+}
