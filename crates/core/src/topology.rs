@@ -389,6 +389,18 @@ impl ClusterView {
             .filter(|l| l.flags.master && l.master_id.is_none())
     }
 
+    /// Masters ordered as operators read a cluster: by first slot (slotless last), then address.
+    pub fn masters_by_slot(&self) -> Vec<&NodeLine> {
+        let mut masters: Vec<&NodeLine> = self.masters().collect();
+        masters.sort_by_key(|m| {
+            (
+                m.slots.first().map_or(u32::MAX, |r| u32::from(r.start)),
+                m.addr(),
+            )
+        });
+        masters
+    }
+
     /// Replicas following `master_id` in the reference view.
     pub fn replicas_of<'a>(&'a self, master_id: &'a str) -> impl Iterator<Item = &'a NodeLine> {
         self.nodes

@@ -167,13 +167,15 @@ impl Transport {
             addr: addr.clone(),
             reason: e.to_string(),
         };
+        let timed_out = |_| NodeError::Timeout {
+            addr: addr.clone(),
+            after: *timeout,
+        };
+        // One budget for the whole round trip, writing and reading.
         let deadline = tokio::time::Instant::now() + *timeout;
         tokio::time::timeout_at(deadline, stream.write_all(out))
             .await
-            .map_err(|_| NodeError::Timeout {
-                addr: addr.clone(),
-                after: *timeout,
-            })?
+            .map_err(timed_out)?
             .map_err(io)?;
         loop {
             let replies =
@@ -190,14 +192,11 @@ impl Transport {
                 buf.drain(..used);
                 return Ok(out);
             }
-            let n = tokio::time::timeout_at(deadline, stream.read_buf(buf))
+            let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
                 .await
-                .map_err(|_| NodeError::Timeout {
-                    addr: addr.clone(),
-                    after: *timeout,
-                })?
+                .map_err(timed_out)?
                 .map_err(io)?;
-            if n == 0 {
+            if read == 0 {
                 return Err(NodeError::Unreachable {
                     addr: addr.clone(),
                     reason: "connection closed by the server".into(),

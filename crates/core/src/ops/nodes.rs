@@ -89,13 +89,7 @@ fn entry(view: &ClusterView, line: &NodeLine) -> NodeEntry {
 
 /// Builds the tree from a view; masters sorted by first slot, then address.
 pub fn nodes(view: &ClusterView) -> NodesReport {
-    let mut masters: Vec<&NodeLine> = view.masters().collect();
-    masters.sort_by_key(|m| {
-        (
-            m.slots.first().map(|r| r.start).unwrap_or(u16::MAX),
-            m.addr(),
-        )
-    });
+    let masters = view.masters_by_slot();
     let shards = masters
         .iter()
         .map(|m| Shard {

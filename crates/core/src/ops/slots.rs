@@ -46,8 +46,9 @@ pub struct SlotsReport {
 pub fn slots(view: &ClusterView) -> SlotsReport {
     let owners = view.masters().filter(|m| m.slot_count() > 0).count().max(1);
     let expected = f64::from(SLOTS) / owners as f64;
-    let mut masters: Vec<MasterSlots> = view
-        .masters()
+    let masters: Vec<MasterSlots> = view
+        .masters_by_slot()
+        .into_iter()
         .map(|m| {
             let n = m.slot_count();
             MasterSlots {
@@ -66,16 +67,6 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
             }
         })
         .collect();
-    masters.sort_by_key(|m| {
-        (
-            m.ranges == "-",
-            m.ranges
-                .split(['-', ','])
-                .next()
-                .and_then(|s| s.parse::<u16>().ok()),
-            m.addr.clone(),
-        )
-    });
     let covered = view.covered();
     let mut open = Vec::new();
     for snap in view.snapshots.values() {
