@@ -36,12 +36,17 @@ for p in 1 16; do
   read -r a b c <<<"$(rc GET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 0:1)"
   echo "| GET, 50 clients, pipeline $p | rcops bench | $a | $b | $c |" | tee -a "$md"
 done
-# Unloaded latency: one client, one request at a time (rcops paced at 2000/s, latency from
-# each request's intended send time).
+# Unloaded latency: one client, one request at a time. redis-benchmark 7.0 has no rate cap,
+# so its closed loop is the anchor; rcops runs closed-loop too, then paced at fixed rates
+# (latency from each request's intended send time).
 read -r a b c <<<"$(rb -t get -c 1 -n 20000 -d 3 -r 100000)"
 echo "| GET, 1 client | redis-benchmark | $a | $b | $c |" | tee -a "$md"
-read -r a b c <<<"$(rc GET --clients 1 -n 20000 --keyspace 100000 --ratio 0:1 --rate 2000)"
-echo "| GET, 1 client, --rate 2000 | rcops bench | $a | $b | $c |" | tee -a "$md"
+read -r a b c <<<"$(rc GET --clients 1 -n 20000 --keyspace 100000 --ratio 0:1)"
+echo "| GET, 1 client | rcops bench | $a | $b | $c |" | tee -a "$md"
+for rate in 2000 5000; do
+  read -r a b c <<<"$(rc GET --clients 1 -n 20000 --keyspace 100000 --ratio 0:1 --rate $rate)"
+  echo "| GET, 1 client, --rate $rate | rcops bench | $a | $b | $c |" | tee -a "$md"
+done
 
 # bigkeys on 1M keys.
 $rcops lab load --dir "$dir/lab" --keys $n >/dev/null

@@ -251,6 +251,80 @@ impl Transport {
     }
 }
 
+/// Waits for a batch's intended send time with microsecond precision. Tokio's timers tick
+/// in milliseconds — late by up to a millisecond, which would count as latency — and spinning
+/// instead steals a core from the servers on a small box, which shows up as multi-millisecond
+/// stalls. On Linux a timerfd in the reactor wakes the task on time without spinning.
+struct Pacer {
+    #[cfg(target_os = "linux")]
+    fd: Option<tokio::io::unix::AsyncFd<Timer>>,
+}
+
+/// A timerfd, owned: `AsyncFd` wants `AsRawFd`.
+#[cfg(target_os = "linux")]
+struct Timer(nix::sys::timerfd::TimerFd);
+
+#[cfg(target_os = "linux")]
+impl std::os::fd::AsRawFd for Timer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Pacer {
+    // The one unsafe call in rcops: tokio's `AsyncFd::register` (see the SAFETY note).
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+            let fd = TimerFd::new(
+                ClockId::CLOCK_MONOTONIC,
+                TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+            )
+            .ok()
+            // SAFETY: the timer's fd is owned by `Timer`, which the AsyncFd owns, so it stays
+            // open exactly as long as it is registered.
+            .and_then(|t| unsafe { tokio::io::unix::AsyncFd::register(Timer(t)) }.ok());
+            Pacer { fd }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Pacer {}
+    }
+
+    async fn wait_until(&mut self, at: Instant) {
+        let Some(ahead) = at.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            use nix::sys::time::TimeSpec;
+            use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+            use std::os::fd::AsFd;
+            let when = Expiration::OneShot(TimeSpec::from_duration(ahead));
+            if fd.get_ref().0.set(when, TimerSetTimeFlags::empty()).is_ok() {
+                while let Ok(mut ready) = fd.readable().await {
+                    // Reading the expiry count re-arms readiness; EAGAIN means not yet.
+                    let mut count = [0u8; 8];
+                    match nix::unistd::read(fd.get_ref().0.as_fd(), &mut count) {
+                        Ok(_) => return,
+                        Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        // Fallback: sleep to just before the slot, then yield until it arrives.
+        if ahead > Duration::from_millis(2) {
+            tokio::time::sleep(ahead - Duration::from_millis(2)).await;
+        }
+        while Instant::now() < at {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Key index → key name.
 pub fn key_name(i: u64) -> String {
     format!("{KEY_PREFIX}{i}")
@@ -285,11 +359,18 @@ pub async fn bench(
         return Err(BenchError::NoMasters);
     }
     let mut keys_of: BTreeMap<Addr, Vec<u64>> = BTreeMap::new();
+    // Names built once per master and shared by its clients: formatting per request would
+    // cost more than the request.
+    let mut names_of: BTreeMap<Addr, Vec<String>> = BTreeMap::new();
     for i in 0..opts.keyspace {
-        if let Some(a) = owners[usize::from(key_slot(key_name(i).as_bytes()))].and_then(line_addr) {
-            keys_of.entry(a).or_default().push(i);
+        let name = key_name(i);
+        if let Some(a) = owners[usize::from(key_slot(name.as_bytes()))].and_then(line_addr) {
+            keys_of.entry(a.clone()).or_default().push(i);
+            names_of.entry(a).or_default().push(name);
         }
     }
+    let names_of: BTreeMap<Addr, Arc<[String]>> =
+        names_of.into_iter().map(|(a, n)| (a, n.into())).collect();
     let value: Arc<[u8]> = vec![b'x'; opts.value_size].into();
     let issued = Arc::new(AtomicU64::new(0));
     let (pipeline, requests) = (opts.pipeline, opts.requests);
@@ -305,11 +386,7 @@ pub async fn bench(
 
     let clients = (0..opts.clients).map(|c| {
         let node = masters[c % masters.len()].clone();
-        // Names built once: formatting per request would cost more than the request.
-        let keys: Vec<String> = keys_of
-            .get(&node)
-            .map(|k| k.iter().map(|&i| key_name(i)).collect())
-            .unwrap_or_default();
+        let keys: Arc<[String]> = names_of.get(&node).cloned().unwrap_or_else(|| Arc::new([]));
         let value = value.clone();
         let issued = issued.clone();
         let stop = stop.clone();
@@ -329,6 +406,9 @@ pub async fn bench(
                 return Ok(r);
             }
             let mut conn = Transport::open(&conn_opts, &node).await?;
+            // Pacing starts once connected: connection setup is not request latency.
+            let origin = Instant::now();
+            let mut pacer = Pacer::new();
             let mut seq: u64 = c as u64;
             let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
             let mut batch_no: u64 = 0;
@@ -353,17 +433,8 @@ pub async fn bench(
                 // With a rate cap, wait for this batch's slot; latency counts from it.
                 let intended = match interval {
                     Some(iv) => {
-                        let at = started + iv.mul_f64(batch_no as f64);
-                        // Timers fire up to a millisecond late, which would count as latency:
-                        // sleep to just before the slot, then yield until it arrives.
-                        if let Some(ahead) = at.checked_duration_since(Instant::now()) {
-                            if ahead > Duration::from_millis(2) {
-                                tokio::time::sleep(ahead - Duration::from_millis(2)).await;
-                            }
-                            while Instant::now() < at {
-                                tokio::task::yield_now().await;
-                            }
-                        }
+                        let at = origin + iv.mul_f64(batch_no as f64);
+                        pacer.wait_until(at).await;
                         at
                     }
                     None => Instant::now(),
