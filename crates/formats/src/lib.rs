@@ -5,12 +5,15 @@
 //! - [`cluster_nodes`]: the `CLUSTER NODES` line format (every flag, address form and
 //!   migrating/importing entry).
 //! - [`info`]: `INFO` and `CLUSTER INFO` (`key:value` sections, keyspace and replica lines).
+//! - [`conf`]: redis.conf syntax, CONFIG value comparison (units, spellings), secrets and
+//!   per-node parameter lists.
 //! - [`resp`]: RESP2 command encoding and reply framing for the load generator.
 //!
 //! Nothing here does I/O: every function takes text or bytes and returns values or a
 //! [`ParseError`] naming what was wrong. All parsers are total — no input makes them panic.
 
 pub mod cluster_nodes;
+pub mod conf;
 pub mod info;
 pub mod resp;
 pub mod slot;

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod config;
 pub mod exporter;
 pub mod info;
 pub mod keyspace;

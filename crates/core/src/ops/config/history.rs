@@ -1,0 +1,400 @@
+//! Configuration history: a plain git repository (one per cluster) holding one redis.conf-style
+//! file per node — `CONFIG GET *`, sorted, secrets masked. Every change records a snapshot
+//! before and after; `git log` works on it directly.
+
+use git2::{IndexAddOption, Repository, Signature};
+use rcops_formats::conf::{self, Params};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::{file_stem, NodeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history at {path}: {reason}")]
+    Repo { path: String, reason: String },
+    #[error("no revision {rev:?} in the history at {path}")]
+    NoRevision { rev: String, path: String },
+    #[error("the history at {0} is empty: record one with `rcops config snapshot`")]
+    Empty(String),
+}
+
+/// A commit of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Revision {
+    pub id: String,
+    pub short: String,
+    pub time_unix: i64,
+    pub author: String,
+    pub message: String,
+}
+
+/// One parameter that differs between two snapshots (`None`: absent on that side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParamDiff {
+    pub node: String,
+    pub param: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    #[serde(flatten)]
+    pub revision: Revision,
+    pub changes: Vec<ParamDiff>,
+}
+
+pub struct History {
+    repo: Repository,
+    root: PathBuf,
+}
+
+const HEADER: &str = "# rcops config snapshot: CONFIG GET * of one node, secrets masked";
+
+/// A node's snapshot file: a header naming the node, then valid redis.conf lines.
+pub fn render_node(c: &NodeConfig) -> String {
+    let mut params = c.params.clone();
+    conf::mask_secrets(&mut params);
+    format!(
+        "{HEADER}\n# node {} id {} role {}\n{}",
+        c.addr,
+        c.id,
+        c.role,
+        conf::write_conf(&params)
+    )
+}
+
+/// Reads a snapshot file back.
+pub fn parse_node(text: &str) -> Result<NodeConfig, String> {
+    let mut addr = String::new();
+    let mut id = String::new();
+    let mut role = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# node ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let [a, "id", i, "role", r] = f.as_slice() {
+                (addr, id, role) = (a.to_string(), i.to_string(), r.to_string());
+            }
+        }
+    }
+    if addr.is_empty() {
+        return Err("not an rcops snapshot file (no '# node' header)".into());
+    }
+    let params = conf::parse_conf(text)
+        .map_err(|e| e.to_string())?
+        .sections
+        .remove(&conf::Scope::All)
+        .unwrap_or_default();
+    Ok(NodeConfig {
+        addr,
+        id,
+        role,
+        params,
+    })
+}
+
+/// Every parameter that differs between two sets of snapshots, by node then parameter.
+pub fn diff(a: &[NodeConfig], b: &[NodeConfig]) -> Vec<ParamDiff> {
+    let index = |s: &[NodeConfig]| -> BTreeMap<String, Params> {
+        s.iter()
+            .map(|c| {
+                let mut p = c.params.clone();
+                conf::mask_secrets(&mut p);
+                (c.addr.clone(), p)
+            })
+            .collect()
+    };
+    let (a, b) = (index(a), index(b));
+    let nodes: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let empty = Params::new();
+    let mut out = Vec::new();
+    for node in nodes {
+        let (pa, pb) = (a.get(node).unwrap_or(&empty), b.get(node).unwrap_or(&empty));
+        let names: BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
+        for param in names {
+            let (from, to) = (pa.get(param), pb.get(param));
+            let same = match (from, to) {
+                (Some(x), Some(y)) => conf::same_value(param, x, y),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                out.push(ParamDiff {
+                    node: node.clone(),
+                    param: param.clone(),
+                    from: from.cloned(),
+                    to: to.cloned(),
+                });
+            }
+        }
+    }
+    out
+}
+
+impl History {
+    /// Opens the repository at `dir`, creating it (and the directory) when missing.
+    pub fn open(dir: &Path) -> Result<Self, HistoryError> {
+        let err = |e: &dyn std::fmt::Display| HistoryError::Repo {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let repo = match Repository::open(dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init(dir).map_err(|e| err(&e))?,
+        };
+        Ok(History {
+            repo,
+            root: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> HistoryError {
+        HistoryError::Repo {
+            path: self.root.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn revision(&self, c: &git2::Commit) -> Revision {
+        let id = c.id().to_string();
+        Revision {
+            short: id.get(..10).unwrap_or(&id).to_string(),
+            id,
+            time_unix: c.time().seconds(),
+            author: c.author().name().unwrap_or("?").to_string(),
+            message: c.message().unwrap_or("").trim_end().to_string(),
+        }
+    }
+
+    /// Writes the snapshots and commits them when anything changed. Files of nodes in
+    /// `present` that did not answer are kept as they were; files of nodes no longer in the
+    /// cluster are removed. Returns the new revision, or `None` when nothing changed.
+    pub fn record(
+        &self,
+        configs: &[NodeConfig],
+        present: &BTreeSet<String>,
+        message: &str,
+        author: &str,
+    ) -> Result<Option<Revision>, HistoryError> {
+        let keep: BTreeSet<String> = present
+            .iter()
+            .chain(configs.iter().map(|c| &c.addr))
+            .map(|a| format!("{}.conf", file_stem(a)))
+            .collect();
+        let entries = std::fs::read_dir(&self.root).map_err(|e| self.err(e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".conf") && !keep.contains(&name) {
+                std::fs::remove_file(e.path()).map_err(|e| self.err(e))?;
+            }
+        }
+        for c in configs {
+            let path = self.root.join(format!("{}.conf", file_stem(&c.addr)));
+            // Temp file then rename: a crash never leaves a half-written snapshot.
+            let tmp = path.with_extension("conf.tmp");
+            std::fs::write(&tmp, render_node(c)).map_err(|e| self.err(e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| self.err(e))?;
+        }
+        let mut index = self.repo.index().map_err(|e| self.err(e))?;
+        index
+            .add_all(["*.conf"], IndexAddOption::DEFAULT, None)
+            .map_err(|e| self.err(e))?;
+        index.update_all(["*"], None).map_err(|e| self.err(e))?;
+        index.write().map_err(|e| self.err(e))?;
+        let tree_id = index.write_tree().map_err(|e| self.err(e))?;
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        if parent.as_ref().is_some_and(|p| p.tree_id() == tree_id) {
+            return Ok(None);
+        }
+        let tree = self.repo.find_tree(tree_id).map_err(|e| self.err(e))?;
+        let host = hostname();
+        let sig = Signature::now(author, &format!("{author}@{host}")).map_err(|e| self.err(e))?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let id = self
+            .repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .map_err(|e| self.err(e))?;
+        let commit = self.repo.find_commit(id).map_err(|e| self.err(e))?;
+        Ok(Some(self.revision(&commit)))
+    }
+
+    fn commit(&self, rev: &str) -> Result<git2::Commit<'_>, HistoryError> {
+        if self.repo.head().is_err() {
+            return Err(HistoryError::Empty(self.root.display().to_string()));
+        }
+        self.repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|_| HistoryError::NoRevision {
+                rev: rev.to_string(),
+                path: self.root.display().to_string(),
+            })
+    }
+
+    fn configs_of(&self, commit: &git2::Commit) -> Result<Vec<NodeConfig>, HistoryError> {
+        let tree = commit.tree().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in tree.iter() {
+            let name = entry.name().unwrap_or_default().to_string();
+            if !name.ends_with(".conf") {
+                continue;
+            }
+            let blob = entry
+                .to_object(&self.repo)
+                .and_then(|o| o.peel_to_blob())
+                .map_err(|e| self.err(e))?;
+            let text = String::from_utf8_lossy(blob.content());
+            out.push(parse_node(&text).map_err(|e| self.err(format!("{name}: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    /// The snapshots at a revision (`HEAD`, `HEAD~2`, a hash prefix, a tag…).
+    pub fn load(&self, rev: &str) -> Result<(Revision, Vec<NodeConfig>), HistoryError> {
+        let c = self.commit(rev)?;
+        Ok((self.revision(&c), self.configs_of(&c)?))
+    }
+
+    /// Newest first, each with what it changed against its parent; filtered to commits that
+    /// touched a node and/or a parameter.
+    pub fn log(
+        &self,
+        limit: usize,
+        node: Option<&str>,
+        param: Option<&str>,
+    ) -> Result<Vec<LogEntry>, HistoryError> {
+        if self.repo.head().is_err() {
+            return Ok(Vec::new());
+        }
+        let mut walk = self.repo.revwalk().map_err(|e| self.err(e))?;
+        walk.push_head().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for oid in walk {
+            if out.len() >= limit {
+                break;
+            }
+            let oid = oid.map_err(|e| self.err(e))?;
+            let c = self.repo.find_commit(oid).map_err(|e| self.err(e))?;
+            let now = self.configs_of(&c)?;
+            let before = match c.parent(0) {
+                Ok(p) => self.configs_of(&p)?,
+                Err(_) => Vec::new(),
+            };
+            let mut changes = diff(&before, &now);
+            if let Some(n) = node {
+                changes.retain(|d| d.node == n);
+            }
+            if let Some(p) = param {
+                changes.retain(|d| conf::glob_match(p, &d.param));
+            }
+            let first = before.is_empty();
+            // The first snapshot "changes" everything; list it, but not its every value.
+            if first {
+                changes.clear();
+            }
+            if (node.is_some() || param.is_some()) && changes.is_empty() && !first {
+                continue;
+            }
+            out.push(LogEntry {
+                revision: self.revision(&c),
+                changes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Who is making a change, for commit messages: `$USER`, else `rcops`.
+pub fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "rcops".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nc(addr: &str, kv: &[(&str, &str)]) -> NodeConfig {
+        NodeConfig {
+            addr: addr.into(),
+            id: "abc".into(),
+            role: "master".into(),
+            params: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn snapshot_files_round_trip_and_mask_secrets() {
+        let c = nc(
+            "127.0.0.1:7000",
+            &[("save", "3600 1"), ("requirepass", "s3cret"), ("hz", "10")],
+        );
+        let text = render_node(&c);
+        assert!(!text.contains("s3cret"));
+        let back = parse_node(&text).unwrap();
+        assert_eq!(back.addr, "127.0.0.1:7000");
+        assert_eq!(back.params["save"], "3600 1");
+        assert_eq!(back.params["requirepass"], conf::MASK);
+        assert!(parse_node("hz 10\n").is_err());
+    }
+
+    #[test]
+    fn records_commits_only_on_change_and_logs_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        assert!(matches!(h.load("HEAD"), Err(HistoryError::Empty(_))));
+        let present: BTreeSet<String> = ["a:1".to_string(), "b:2".to_string()].into();
+        let v1 = [nc("a:1", &[("hz", "10")]), nc("b:2", &[("hz", "10")])];
+        let r1 = h.record(&v1, &present, "first", "tester").unwrap().unwrap();
+        assert!(h.record(&v1, &present, "again", "tester").unwrap().is_none());
+        let v2 = [nc("a:1", &[("hz", "20")]), nc("b:2", &[("hz", "10")])];
+        let r2 = h.record(&v2, &present, "second", "tester").unwrap().unwrap();
+        assert_ne!(r1.id, r2.id);
+        let (_, at1) = h.load(&r1.short).unwrap();
+        assert_eq!(at1.len(), 2);
+        assert_eq!(at1[0].params["hz"], "10");
+        let log = h.log(10, None, None).unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].revision.message, "second");
+        assert_eq!(
+            log[0].changes,
+            vec![ParamDiff {
+                node: "a:1".into(),
+                param: "hz".into(),
+                from: Some("10".into()),
+                to: Some("20".into())
+            }]
+        );
+        assert_eq!(h.log(10, Some("b:2"), None).unwrap().len(), 1);
+        assert_eq!(h.log(10, None, Some("maxmemory")).unwrap().len(), 1);
+        assert!(matches!(
+            h.load("nope"),
+            Err(HistoryError::NoRevision { .. })
+        ));
+        // A node that left the cluster loses its file; one that did not answer keeps it.
+        let only_a: BTreeSet<String> = ["a:1".to_string()].into();
+        h.record(&v2[..1], &only_a, "b left", "tester").unwrap().unwrap();
+        assert_eq!(h.load("HEAD").unwrap().1.len(), 1);
+    }
+}
