@@ -65,6 +65,10 @@ pub struct GlobalOpts {
     /// Machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// Where rcops keeps state: config history (one git repository per cluster under
+    /// config/) [default: $XDG_DATA_HOME/rcops or ~/.local/share/rcops]
+    #[arg(long, env = "RCOPS_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// More logging on stderr (-v info, -vv debug); RCOPS_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -97,6 +101,139 @@ pub enum Command {
     Memkeys(ScanArgs),
     /// Cluster-aware load generator: throughput and latency per command and per node
     Bench(BenchArgs),
+    /// Configuration of every node: get, set, apply a file, drift, history, diff, rollback
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Tuning advisor: rules over INFO and CONFIG of every node; --apply makes one config plan
+    Advise(AdviseArgs),
+}
+
+/// Which nodes a configuration command acts on.
+#[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    /// Only masters or only replicas
+    #[arg(long, value_parser = ["master", "replica"])]
+    pub role: Option<String>,
+    /// Only these nodes (HOST:PORT or node id prefix); repeatable
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+}
+
+/// How a change is carried out.
+#[derive(Debug, Args, Clone)]
+pub struct ChangeArgs {
+    /// Apply the plan (without it, the plan is shown and nothing changes)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Only show the plan
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+    /// Do not persist with CONFIG REWRITE
+    #[arg(long)]
+    pub no_rewrite: bool,
+    /// When a node refuses, keep the nodes that did change (default: restore them)
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Apply one node at a time (or --batch N) and stop if `check` finds new criticals
+    #[arg(long)]
+    pub rolling: bool,
+    /// Nodes per rolling batch (implies --rolling)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch: Option<u64>,
+    /// Wait after each rolling batch before checking health
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub settle: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show parameters (globs like maxmemory*) on every node; identical values share a row
+    Get {
+        #[arg(required = true, value_name = "PARAM")]
+        params: Vec<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Set PARAM VALUE [PARAM VALUE…] on every node: plan, --yes, verified, all-or-nothing
+    Set {
+        #[arg(required = true, value_name = "PARAM VALUE", num_args = 2..)]
+        pairs: Vec<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Apply a desired state: redis.conf syntax or .toml, optional [master]/[replica] sections
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Parameters that differ between nodes of one role, or from a baseline (file or revision)
+    Drift {
+        /// A desired-state file, or a history revision (HEAD, HEAD~1, a hash)
+        #[arg(long, value_name = "FILE|REV")]
+        baseline: Option<String>,
+        /// Also compare per-node parameters (port, dir, announce addresses, …)
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Record every node's configuration in the history now
+    Snapshot {
+        /// Commit message
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Recorded snapshots, newest first, with what each changed
+    History {
+        /// Only changes of this node (HOST:PORT)
+        #[arg(long)]
+        node: Option<String>,
+        /// Only changes of this parameter (glob)
+        #[arg(long)]
+        param: Option<String>,
+        /// At most this many entries
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The configuration recorded at a revision
+    Show {
+        rev: String,
+        /// Only these parameters (globs)
+        #[arg(value_name = "PARAM")]
+        params: Vec<String>,
+        /// Only this node (HOST:PORT)
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Differences: REV vs live, REV REV, or [default] the last snapshot vs live
+    Diff {
+        #[arg(num_args = 0..=2, value_name = "REV")]
+        revs: Vec<String>,
+    },
+    /// Restore every node's values from a revision (plan, --yes), verified and all-or-nothing
+    Rollback {
+        rev: String,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdviseArgs {
+    /// Turn the recommended changes into one config plan (then --yes applies it)
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub change: ChangeArgs,
 }
 
 #[derive(Debug, Args)]

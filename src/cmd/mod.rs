@@ -1,8 +1,10 @@
 //! Dispatch: resolves global options into an executor and seeds once, runs the subcommand,
 //! and maps failures to a one-line error and an exit code.
 
+mod advise;
 mod bench;
 mod check;
+mod config;
 mod exporter;
 mod info;
 mod keyspace;
@@ -61,6 +63,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Bigkeys(a) => keyspace::run(&cli.global, a, false).await,
         Command::Memkeys(a) => keyspace::run(&cli.global, a, true).await,
         Command::Bench(a) => bench::run(&cli.global, a).await,
+        Command::Config(c) => config::run(&cli.global, c).await,
+        Command::Advise(a) => advise::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

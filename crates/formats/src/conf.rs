@@ -26,7 +26,11 @@ impl Desired {
     /// The parameters a node of this role should have (role sections override `All`).
     pub fn for_role(&self, master: bool) -> Params {
         let mut out = self.sections.get(&Scope::All).cloned().unwrap_or_default();
-        let role = if master { Scope::Master } else { Scope::Replica };
+        let role = if master {
+            Scope::Master
+        } else {
+            Scope::Replica
+        };
         if let Some(p) = self.sections.get(&role) {
             out.extend(p.iter().map(|(k, v)| (k.clone(), v.clone())));
         }

@@ -166,7 +166,8 @@ pub static RULES: &[Rule] = &[
             if ratio <= 1.5 || used < 64 * MIB {
                 return None;
             }
-            let change = (f.cfg("activedefrag") == Some("no")).then(|| ("activedefrag", "yes".into()));
+            let change =
+                (f.cfg("activedefrag") == Some("no")).then(|| ("activedefrag", "yes".into()));
             hit(
                 format!("mem_fragmentation_ratio {ratio:.2} with {} used", mib(used)),
                 "enable active defragmentation (or restart the node after a failover)",
@@ -186,7 +187,11 @@ pub static RULES: &[Rule] = &[
                 return None;
             }
             let mut h = hit(
-                format!("used_memory {} = {pct:.0}% of maxmemory {}", mib(used), mib(max)),
+                format!(
+                    "used_memory {} = {pct:.0}% of maxmemory {}",
+                    mib(used),
+                    mib(max)
+                ),
                 "add memory or shards, or review what is stored",
                 None,
             )?;
@@ -239,9 +244,7 @@ pub static RULES: &[Rule] = &[
             }
             let limits = f.cfg("client-output-buffer-limit")?;
             let toks: Vec<&str> = limits.split_whitespace().collect();
-            let at = toks
-                .iter()
-                .position(|t| *t == "slave" || *t == "replica")?;
+            let at = toks.iter().position(|t| *t == "slave" || *t == "replica")?;
             let hard = conf::parse_memory(toks.get(at + 1)?)?;
             let dataset = f
                 .info
@@ -563,9 +566,8 @@ mod tests {
     #[test]
     fn fragmentation_needs_a_real_dataset() {
         let mut f = healthy();
-        f.info = Info::parse(
-            "# Memory\r\nused_memory:104857600\r\nmem_fragmentation_ratio:1.8\r\n",
-        );
+        f.info =
+            Info::parse("# Memory\r\nused_memory:104857600\r\nmem_fragmentation_ratio:1.8\r\n");
         assert_eq!(
             fire("fragmentation_high", &f).unwrap().change,
             Some(("activedefrag".into(), "yes".into()))
@@ -616,11 +618,15 @@ mod tests {
     #[test]
     fn replica_buffer_scales_with_the_dataset() {
         let mut f = healthy();
-        f.info = Info::parse("# Memory\r\nused_memory:4294967296\r\nused_memory_dataset:4294967296\r\n");
+        f.info =
+            Info::parse("# Memory\r\nused_memory:4294967296\r\nused_memory_dataset:4294967296\r\n");
         let h = fire("replica_buffer_too_small", &f).unwrap();
         let (p, v) = h.change.unwrap();
         assert_eq!(p, "client-output-buffer-limit");
-        assert_eq!(v, "normal 0 0 0 slave 2048mb 512mb 60 pubsub 33554432 8388608 60");
+        assert_eq!(
+            v,
+            "normal 0 0 0 slave 2048mb 512mb 60 pubsub 33554432 8388608 60"
+        );
         f.master = false;
         assert!(fire("replica_buffer_too_small", &f).is_none());
     }
@@ -653,7 +659,11 @@ mod tests {
         let src = include_str!("advise.rs");
         let tests = &src[src.find("mod tests").unwrap()..];
         for r in RULES {
-            assert!(tests.contains(&format!("\"{}\"", r.code)), "{} untested", r.code);
+            assert!(
+                tests.contains(&format!("\"{}\"", r.code)),
+                "{} untested",
+                r.code
+            );
         }
     }
 }

@@ -175,13 +175,16 @@ impl History {
 
     /// Writes the snapshots and commits them when anything changed. Files of nodes in
     /// `present` that did not answer are kept as they were; files of nodes no longer in the
-    /// cluster are removed. Returns the new revision, or `None` when nothing changed.
+    /// cluster are removed. Returns the new revision, or `None` when nothing changed — unless
+    /// `always`, for the record after a change attempt, which is kept even when it failed and
+    /// left every value as it was.
     pub fn record(
         &self,
         configs: &[NodeConfig],
         present: &BTreeSet<String>,
         message: &str,
         author: &str,
+        always: bool,
     ) -> Result<Option<Revision>, HistoryError> {
         let keep: BTreeSet<String> = present
             .iter()
@@ -210,7 +213,7 @@ impl History {
         index.write().map_err(|e| self.err(e))?;
         let tree_id = index.write_tree().map_err(|e| self.err(e))?;
         let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        if parent.as_ref().is_some_and(|p| p.tree_id() == tree_id) {
+        if !always && parent.as_ref().is_some_and(|p| p.tree_id() == tree_id) {
             return Ok(None);
         }
         let tree = self.repo.find_tree(tree_id).map_err(|e| self.err(e))?;
@@ -366,16 +369,31 @@ mod tests {
         assert!(matches!(h.load("HEAD"), Err(HistoryError::Empty(_))));
         let present: BTreeSet<String> = ["a:1".to_string(), "b:2".to_string()].into();
         let v1 = [nc("a:1", &[("hz", "10")]), nc("b:2", &[("hz", "10")])];
-        let r1 = h.record(&v1, &present, "first", "tester").unwrap().unwrap();
-        assert!(h.record(&v1, &present, "again", "tester").unwrap().is_none());
+        let r1 = h
+            .record(&v1, &present, "first", "tester", false)
+            .unwrap()
+            .unwrap();
+        assert!(h
+            .record(&v1, &present, "again", "tester", false)
+            .unwrap()
+            .is_none());
+        let noop = h
+            .record(&v1, &present, "failed attempt", "tester", true)
+            .unwrap()
+            .unwrap();
+        assert!(h.log(10, None, None).unwrap()[0].changes.is_empty());
+        assert_eq!(h.log(10, None, None).unwrap()[0].revision.id, noop.id);
         let v2 = [nc("a:1", &[("hz", "20")]), nc("b:2", &[("hz", "10")])];
-        let r2 = h.record(&v2, &present, "second", "tester").unwrap().unwrap();
+        let r2 = h
+            .record(&v2, &present, "second", "tester", false)
+            .unwrap()
+            .unwrap();
         assert_ne!(r1.id, r2.id);
         let (_, at1) = h.load(&r1.short).unwrap();
         assert_eq!(at1.len(), 2);
         assert_eq!(at1[0].params["hz"], "10");
         let log = h.log(10, None, None).unwrap();
-        assert_eq!(log.len(), 2);
+        assert_eq!(log.len(), 3);
         assert_eq!(log[0].revision.message, "second");
         assert_eq!(
             log[0].changes,
@@ -394,7 +412,9 @@ mod tests {
         ));
         // A node that left the cluster loses its file; one that did not answer keeps it.
         let only_a: BTreeSet<String> = ["a:1".to_string()].into();
-        h.record(&v2[..1], &only_a, "b left", "tester").unwrap().unwrap();
+        h.record(&v2[..1], &only_a, "b left", "tester", false)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.load("HEAD").unwrap().1.len(), 1);
     }
 }

@@ -255,6 +255,9 @@ pub async fn plan_live(
     }
     let names: BTreeSet<String> = desired.values().flat_map(|p| p.keys().cloned()).collect();
     let names: Vec<String> = names.into_iter().collect();
+    if names.is_empty() {
+        return plan(targets, &BTreeMap::new(), desired);
+    }
     let readings = read(exec, targets, &names).await;
     if let Some(e) = readings.failed.values().next() {
         return Err(PlanError::Node(e.clone()));
@@ -758,7 +761,10 @@ pub fn parse_desired(path: &std::path::Path, text: &str) -> Result<conf::Desired
                 .map(|x| match x {
                     toml::Value::String(s) => Ok(s.clone()),
                     toml::Value::Integer(i) => Ok(i.to_string()),
-                    _ => Err(format!("{}: {k}: arrays hold strings or integers", path.display())),
+                    _ => Err(format!(
+                        "{}: {k}: arrays hold strings or integers",
+                        path.display()
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| v.join(" ")),
@@ -900,7 +906,8 @@ mod tests {
 
     #[test]
     fn toml_desired_state_has_role_sections() {
-        let text = "maxmemory = \"4gb\"\nappendonly = true\nhz = 20\n[replica]\nmaxmemory = \"2gb\"\n";
+        let text =
+            "maxmemory = \"4gb\"\nappendonly = true\nhz = 20\n[replica]\nmaxmemory = \"2gb\"\n";
         let d = parse_desired(std::path::Path::new("x.toml"), text).unwrap();
         assert_eq!(d.for_role(true)["appendonly"], "yes");
         assert_eq!(d.for_role(true)["hz"], "20");
