@@ -6,6 +6,7 @@
 mod common;
 
 mod breakage;
+mod config;
 mod errors;
 mod observability;
 mod readonly;
