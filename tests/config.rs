@@ -129,8 +129,8 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
         assert_eq!(status_of(&v, p), "applied");
         assert_eq!(c.get(p, "maxmemory"), "67108864");
         assert_eq!(c.get(p, "maxmemory-policy"), "allkeys-lru");
-        let file = std::fs::read_to_string(c.lab.path().join(p.to_string()).join("redis.conf"))
-            .unwrap();
+        let file =
+            std::fs::read_to_string(c.lab.path().join(p.to_string()).join("redis.conf")).unwrap();
         assert!(
             file.lines().any(|l| l == "maxmemory 64mb"),
             "CONFIG REWRITE did not persist on {p}:\n{file}"
@@ -164,7 +164,8 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
     let r = c.run(&["config", "set", "maxmemroy", "1", "--yes"]);
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("unknown configuration parameter \"maxmemroy\""),
+        r.stderr
+            .contains("unknown configuration parameter \"maxmemroy\""),
         "{}",
         r.stderr
     );
@@ -191,7 +192,9 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
         .iter()
         .map(|e| e["message"].as_str().unwrap())
         .collect();
-    assert!(messages.iter().any(|m| m.starts_with("config set hz 25: failed")));
+    assert!(messages
+        .iter()
+        .any(|m| m.starts_with("config set hz 25: failed")));
     assert!(messages.iter().any(|m| m.starts_with("baseline")));
     let r = c.run(&["config", "history", "--param", "maxmemory", "--json"]);
     assert!(r.json().as_array().unwrap().iter().any(|e| e["changes"]
@@ -228,7 +231,11 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
     // A revision that does not exist.
     let r = c.run(&["config", "rollback", "deadbeef", "--yes"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no revision \"deadbeef\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no revision \"deadbeef\""),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -280,7 +287,11 @@ fn drift_apply_files_and_a_node_lost_mid_change() {
     // Bad files: unreadable, malformed.
     let r = c.run(&["config", "apply", "/nonexistent/want.conf", "--yes"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("cannot read /nonexistent/want.conf"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read /nonexistent/want.conf"),
+        "{}",
+        r.stderr
+    );
     std::fs::write(&conf, "hz \"12\n").unwrap();
     let r = c.run(&["config", "apply", conf.to_str().unwrap(), "--yes"]);
     assert_eq!(r.code, 2);
@@ -376,9 +387,9 @@ fn advise_finds_planted_problems_and_apply_fixes_them() {
         .map(|f| f["code"].as_str().unwrap().to_string())
         .collect();
     assert!(
-        !codes
-            .iter()
-            .any(|c| ["maxmemory_unset", "no_persistence", "tcp_keepalive_off"].contains(&c.as_str())),
+        !codes.iter().any(
+            |c| ["maxmemory_unset", "no_persistence", "tcp_keepalive_off"].contains(&c.as_str())
+        ),
         "{codes:?}"
     );
 }

@@ -7,7 +7,7 @@ use rcops_core::topology::Detail;
 use std::collections::BTreeMap;
 
 use super::config::{change_flow, select_targets};
-use super::{view, CmdResult};
+use super::{view_light as view, CmdResult};
 use crate::cli::{AdviseArgs, GlobalOpts};
 use crate::output::{self, paint, EXIT_FAILED, EXIT_FINDINGS, EXIT_OK};
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::{view, CmdResult, Failure};
+use super::{view_light as view, CmdResult, Failure};
 use crate::cli::{ChangeArgs, ConfigCommand, GlobalOpts, SelectArgs};
 use crate::output::{self, paint, EXIT_FINDINGS, EXIT_OK};
 
@@ -276,7 +276,9 @@ struct ChangeOutput<'a> {
     history_after: Option<String>,
 }
 
-/// Plan, confirm, record, apply, record, report.
+/// Plan, confirm, record, apply, record, report. One `CONFIG GET *` of every node serves
+/// the plan and the snapshot before; the snapshot after is that plus what each changed node
+/// reported when its values were verified (nodes in doubt are read again in full).
 #[allow(clippy::too_many_arguments)]
 pub async fn change_flow(
     g: &GlobalOpts,
@@ -288,10 +290,22 @@ pub async fn change_flow(
     desc: &str,
     change: &ChangeArgs,
 ) -> CmdResult {
-    let mut plan = plan_live(exec, t, &desired).await.map_err(|e| match e {
-        PlanError::NoTargets => Failure::usage(e),
-        other => Failure::failed(other),
-    })?;
+    let all = targets(view, &Selection::default());
+    let (configs, readings) = snapshot(exec, &all).await;
+    if let Some(e) = t.iter().find_map(|x| readings.failed.get(&x.addr)) {
+        return Err(Failure::failed(format!("nothing changed: {e}")));
+    }
+    let mut plan = match cfg::plan(t, &readings.nodes, &desired) {
+        Ok(p) => p,
+        // Hidden parameters are missing from CONFIG GET *: ask for them by name.
+        Err(PlanError::Unknown { .. }) => {
+            plan_live(exec, t, &desired).await.map_err(|e| match e {
+                PlanError::NoTargets => Failure::usage(e),
+                other => Failure::failed(other),
+            })?
+        }
+        Err(e) => return Err(Failure::failed(e)),
+    };
     plan.skipped = skipped;
     let out = |result: Option<&ApplyReport>, before: Option<String>, after: Option<String>| {
         output::print_json(&ChangeOutput {
@@ -333,12 +347,19 @@ pub async fn change_flow(
             plan.nodes_changing()
         )));
     }
-    // Nothing changes before the history can record it.
+    // Nothing changes before the history has recorded the state it changes from.
     let h = open_history(g, view)?;
-    let (before, _) = record(exec, view, &h, &format!("before: {desc}"), false).await?;
-    let seeds: Vec<Addr> = t.iter().map(|t| t.addr.clone()).collect();
+    let present: BTreeSet<String> = all.iter().map(|t| t.addr.to_string()).collect();
+    let user = history::current_user();
+    let before = h
+        .record(&configs, &present, &format!("before: {desc}"), &user, false)
+        .map_err(Failure::failed)?;
+    tracing::info!("history recorded before the change");
+    let rolling = change.rolling || change.batch.is_some();
     let opts = ApplyOptions {
-        rewrite: !change.no_rewrite,
+        // A rolling change persists each batch once it is known good; otherwise every node
+        // is rewritten at the end, while history records the result.
+        rewrite: !change.no_rewrite && rolling,
         keep_going: change.keep_going,
         batch: match (change.rolling, change.batch) {
             (_, Some(b)) => Some(b as usize),
@@ -346,28 +367,55 @@ pub async fn change_flow(
             (false, None) => None,
         },
         settle: change.settle,
-        seeds,
+        seeds: t.iter().map(|t| t.addr.clone()).collect(),
     };
-    let report = apply(exec, &plan, &opts).await;
+    let mut report = apply(exec, &plan, &opts).await;
+    tracing::info!(elapsed_ms = report.elapsed_ms, "applied");
+    let (mut after, uncertain) = cfg::after_state(&readings.nodes, &report);
+    if !uncertain.is_empty() {
+        let doubt: Vec<Target> = all
+            .iter()
+            .filter(|x| uncertain.contains(&x.addr))
+            .cloned()
+            .collect();
+        let again = cfg::read(exec, &doubt, &["*".to_string()]).await;
+        for a in &uncertain {
+            match again.nodes.get(a) {
+                Some(p) => {
+                    after.insert(a.clone(), p.clone());
+                }
+                // Still silent: history keeps its last known file for it.
+                None => {
+                    after.remove(a);
+                }
+            }
+        }
+    }
+    let message = format!("{desc}: {}\n\nby {user}", outcome_line(&report));
+    let after_configs = cfg::configs_of(&all, &after);
+    // Git work on a blocking thread while the nodes rewrite their config files.
+    let record_after = tokio::task::spawn_blocking(move || {
+        let rev = h.record(&after_configs, &present, &message, &user, true);
+        (h, rev)
+    });
+    if !change.no_rewrite && !rolling {
+        cfg::rewrite_applied(exec, &mut report).await;
+    }
+    let (h, after_rev) = record_after
+        .await
+        .map_err(|e| Failure::failed(format!("recording history failed: {e}")))?;
+    let after_rev = after_rev.map_err(Failure::failed)?;
     let summary = outcome_line(&report);
-    let (after, _) = record(
-        exec,
-        view,
-        &h,
-        &format!("{desc}: {summary}\n\nby {}", history::current_user()),
-        true,
-    )
-    .await?;
     if g.json {
         out(
             Some(&report),
             before.map(|r| r.short),
-            after.map(|r| r.short),
+            after_rev.map(|r| r.short),
         );
     } else {
         render_report(&report);
         crate::outln!("{summary}");
-        if let Some(r) = after {
+        if let Some(r) = after_rev {
             crate::outln!("history: {} in {}", r.short, h.path().display());
         }
     }

@@ -335,6 +335,21 @@ pub fn is_immutable(param: &str) -> bool {
     IMMUTABLE.contains(&param)
 }
 
+/// Other names of the same setting: redis 7 keeps `slave-*` aliases of `replica-*` and
+/// `*-ziplist-*` aliases of `*-listpack-*`, and `CONFIG GET *` lists both.
+pub fn aliases(param: &str) -> Vec<String> {
+    let swaps = [("slave", "replica"), ("ziplist", "listpack")];
+    let mut out = Vec::new();
+    for (a, b) in swaps {
+        for (from, to) in [(a, b), (b, a)] {
+            if param.contains(from) {
+                out.push(param.replace(from, to));
+            }
+        }
+    }
+    out
+}
+
 /// Parameters that legitimately differ between nodes (addresses, paths, per-node files):
 /// ignored by drift detection unless asked for.
 pub const PER_NODE: &[&str] = &[
@@ -472,6 +487,17 @@ mod tests {
         assert!(same_value("notify-keyspace-events", "KEA", "AKE"));
         assert!(same_value("save", "3600  1", "3600 1"));
         assert!(!same_value("save", "3600 1", "3600 2"));
+    }
+
+    #[test]
+    fn aliases_pair_old_and_new_names() {
+        assert_eq!(aliases("slave-read-only"), vec!["replica-read-only"]);
+        assert_eq!(aliases("replica-priority"), vec!["slave-priority"]);
+        assert_eq!(
+            aliases("hash-max-listpack-entries"),
+            vec!["hash-max-ziplist-entries"]
+        );
+        assert!(aliases("maxmemory").is_empty());
     }
 
     #[test]

@@ -129,13 +129,18 @@ pub struct NodeConfig {
     pub params: Params,
 }
 
-/// Every node's full configuration, masked — what history records.
+/// Every node's full configuration, masked — what history records — and the raw readings.
 pub async fn snapshot(exec: &Executor, targets: &[Target]) -> (Vec<NodeConfig>, Readings) {
     let readings = read(exec, targets, &["*".to_string()]).await;
-    let configs = targets
+    (configs_of(targets, &readings.nodes), readings)
+}
+
+/// Snapshots (secrets masked) of the targets that have values in `values`.
+pub fn configs_of(targets: &[Target], values: &BTreeMap<Addr, Params>) -> Vec<NodeConfig> {
+    targets
         .iter()
         .filter_map(|t| {
-            let mut params = readings.nodes.get(&t.addr)?.clone();
+            let mut params = values.get(&t.addr)?.clone();
             conf::mask_secrets(&mut params);
             Some(NodeConfig {
                 addr: t.addr.to_string(),
@@ -144,8 +149,7 @@ pub async fn snapshot(exec: &Executor, targets: &[Target]) -> (Vec<NodeConfig>, 
                 params,
             })
         })
-        .collect();
-    (configs, readings)
+        .collect()
 }
 
 /// One parameter's move on one node.
@@ -332,6 +336,10 @@ pub struct NodeResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
     pub changes: Vec<Change>,
+    /// The changed parameters (and their aliases) as the node reported them after the last
+    /// successful set or restore.
+    #[serde(skip)]
+    pub read_back: Params,
 }
 
 /// Overall result of an apply.
@@ -384,7 +392,7 @@ async fn set_node(
     addr: &Addr,
     changes: &[Change],
     forward: bool,
-) -> Result<(), (NodeStatus, String)> {
+) -> Result<Params, (NodeStatus, String)> {
     let pick = |c: &Change| {
         if forward {
             c.to.clone()
@@ -410,7 +418,11 @@ async fn set_node(
         query::<()>(addr, &mut conn, &cmd)
             .await
             .map_err(unreachable)?;
-        let names: Vec<String> = changes.iter().map(|c| c.param.clone()).collect();
+        // Aliases too: the read-back is what history records for this node afterwards.
+        let names: Vec<String> = changes
+            .iter()
+            .flat_map(|c| std::iter::once(c.param.clone()).chain(conf::aliases(&c.param)))
+            .collect();
         let got = config_get(addr, &mut conn, &names)
             .await
             .map_err(unreachable)?;
@@ -429,7 +441,7 @@ async fn set_node(
                 ));
             }
         }
-        Ok(())
+        Ok(got)
     };
     match tokio::time::timeout(exec.timeout() * 2, work).await {
         Ok(r) => r,
@@ -496,6 +508,7 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
             error: None,
             rewrite: None,
             changes: n.changes.clone(),
+            read_back: Params::new(),
         })
         .collect();
     let work: Vec<usize> = (0..plan.nodes.len())
@@ -521,8 +534,9 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
         let mut chunk_failed = false;
         for (i, r) in outcomes {
             match r {
-                Ok(()) => {
+                Ok(got) => {
                     results[i].status = NodeStatus::Applied;
+                    results[i].read_back = got;
                     touched.push(i);
                 }
                 Err((status, why)) => {
@@ -555,6 +569,7 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
             failed = true;
             break;
         }
+        tracing::info!(nodes = good.len(), "batch set and verified");
         if opts.rewrite {
             let rw = futures::future::join_all(
                 good.iter()
@@ -587,7 +602,7 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
             async move {
                 let r = set_node(exec, &n.target.addr, &n.changes, false).await;
                 let w = match (&r, rw) {
-                    (Ok(()), true) => Some(rewrite(exec, &n.target.addr).await),
+                    (Ok(_), true) => Some(rewrite(exec, &n.target.addr).await),
                     _ => None,
                 };
                 (i, r, w)
@@ -597,9 +612,10 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
         let mut all_restored = true;
         for (i, r, w) in restores {
             match r {
-                Ok(()) => {
+                Ok(got) => {
                     // A node that failed keeps its error, saying why it all went back.
                     results[i].status = NodeStatus::RolledBack;
+                    results[i].read_back = got;
                     if let Some(w) = w {
                         results[i].rewrite = Some(w);
                     }
@@ -627,6 +643,58 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
         regression,
         elapsed_ms: started.elapsed().as_millis(),
     }
+}
+
+/// `CONFIG REWRITE` on every node an apply left changed (for a change applied with
+/// `rewrite: false`, so the rewrite can overlap other work such as recording history).
+pub async fn rewrite_applied(exec: &Executor, report: &mut ApplyReport) {
+    let addrs: Vec<(usize, Addr)> = report
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.status == NodeStatus::Applied)
+        .filter_map(|(i, n)| Some((i, n.addr.parse().ok()?)))
+        .collect();
+    let done = futures::future::join_all(
+        addrs
+            .iter()
+            .map(|(i, a)| async move { (*i, rewrite(exec, a).await) }),
+    )
+    .await;
+    for (i, r) in done {
+        report.nodes[i].rewrite = Some(r);
+    }
+}
+
+/// Every node's configuration after an apply, without reading 100+ full configurations
+/// again: the values before, overlaid with what each changed node reported when its change
+/// (or restore) was verified. Nodes whose state is uncertain (no answer, not verified, restore
+/// failed) are returned separately, to be read in full.
+pub fn after_state(
+    before: &BTreeMap<Addr, Params>,
+    report: &ApplyReport,
+) -> (BTreeMap<Addr, Params>, Vec<Addr>) {
+    let mut after = before.clone();
+    let mut uncertain = Vec::new();
+    for n in &report.nodes {
+        let Ok(addr) = n.addr.parse::<Addr>() else {
+            continue;
+        };
+        match n.status {
+            NodeStatus::Applied | NodeStatus::RolledBack => {
+                if let Some(p) = after.get_mut(&addr) {
+                    for (k, v) in &n.read_back {
+                        p.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            NodeStatus::Unchanged | NodeStatus::Refused | NodeStatus::NotAttempted => {}
+            NodeStatus::NotVerified | NodeStatus::Unreachable | NodeStatus::RollbackFailed => {
+                uncertain.push(addr)
+            }
+        }
+    }
+    (after, uncertain)
 }
 
 /// Drift: parameters whose values differ between nodes of one role, or from a baseline.
@@ -933,6 +1001,7 @@ mod tests {
             error: None,
             rewrite: Some(Rewrite::Failed("x".into())),
             changes: vec![],
+            read_back: Params::new(),
         });
         assert_eq!(r.exit_code(), 1);
         r.outcome = Outcome::RolledBack;
