@@ -84,7 +84,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn status_of<'a>(report: &'a Value, port: u16) -> &'a str {
+fn status_of(report: &Value, port: u16) -> &str {
     report["result"]["nodes"]
         .as_array()
         .unwrap()
