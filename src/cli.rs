@@ -106,6 +106,36 @@ pub enum Command {
     Config(ConfigCommand),
     /// Tuning advisor: rules over INFO and CONFIG of every node; --apply makes one config plan
     Advise(AdviseArgs),
+    /// Read RDB files (plain or zstd): info, keys, memory, dump
+    #[command(subcommand)]
+    Rdb(RdbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RdbCommand {
+    /// Version, aux fields, keys per db and type, expiries; verifies the checksum
+    Info { file: PathBuf },
+    /// Key names (one per line; with --json: db, key, type, expire_ms)
+    Keys {
+        file: PathBuf,
+        /// Only keys matching this glob
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+    },
+    /// Biggest keys by serialized size, totals per type and per key prefix
+    Memory {
+        file: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[arg(long, default_value = ":")]
+        delimiter: String,
+    },
+    /// Every key with its decoded value, as JSON Lines
+    Dump {
+        file: PathBuf,
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+    },
 }
 
 /// Which nodes a configuration command acts on.

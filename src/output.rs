@@ -97,6 +97,14 @@ pub fn print_json<T: Serialize>(value: &T) {
     }
 }
 
+/// One compact JSON document per line (JSON Lines).
+pub fn print_json_line<T: Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(s) => crate::outln!("{s}"),
+        Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
+    }
+}
+
 /// The one-line error every failure prints: `rcops: error: <cause naming the node>`.
 pub fn error(msg: impl std::fmt::Display) {
     eprintln!("rcops: error: {msg}");

@@ -12,6 +12,7 @@ mod lab;
 mod latency;
 mod metrics;
 mod nodes;
+mod rdb;
 mod slots;
 mod slowlog;
 
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Bench(a) => bench::run(&cli.global, a).await,
         Command::Config(c) => config::run(&cli.global, c).await,
         Command::Advise(a) => advise::run(&cli.global, a).await,
+        Command::Rdb(c) => rdb::run(&cli.global, c),
     };
     match result {
         Ok(code) => code,

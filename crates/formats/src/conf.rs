@@ -382,43 +382,49 @@ pub fn is_per_node(param: &str) -> bool {
     PER_NODE.contains(&param)
 }
 
-/// Glob match as redis' `stringmatchlen` does for CONFIG GET patterns: `*`, `?`, `[…]`.
+/// Glob match as redis' `stringmatchlen` does for CONFIG GET patterns (`*`, `?`, `[…]`),
+/// ignoring case like CONFIG GET.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((b'*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            Some((b'?', rest)) => !t.is_empty() && go(rest, &t[1..]),
-            Some((b'[', rest)) => {
-                let Some(close) = rest.iter().position(|&c| c == b']') else {
-                    return t.first() == Some(&b'[') && go(rest, &t[1..]);
-                };
-                let (set, after) = (&rest[..close], &rest[close + 1..]);
-                let Some(&c) = t.first() else { return false };
-                let (neg, set) = match set.split_first() {
-                    Some((b'^', s)) => (true, s),
-                    _ => (false, set),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < set.len() {
-                    if i + 2 < set.len() && set[i + 1] == b'-' {
-                        hit |= set[i] <= c && c <= set[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= set[i] == c;
-                        i += 1;
-                    }
-                }
-                hit != neg && go(after, &t[1..])
-            }
-            Some((&c, rest)) => t.first() == Some(&c) && go(rest, &t[1..]),
-        }
-    }
-    go(
+    glob_bytes(
         pattern.to_ascii_lowercase().as_bytes(),
         text.to_ascii_lowercase().as_bytes(),
     )
+}
+
+/// Case-sensitive glob over bytes, as `SCAN MATCH` and `KEYS` apply it to key names.
+pub fn glob_bytes(p: &[u8], t: &[u8]) -> bool {
+    match p.split_first() {
+        None => t.is_empty(),
+        Some((b'*', rest)) => (0..=t.len()).any(|i| glob_bytes(rest, &t[i..])),
+        Some((b'?', rest)) => !t.is_empty() && glob_bytes(rest, &t[1..]),
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            t.first() == Some(&rest[0]) && glob_bytes(&rest[1..], &t[1..])
+        }
+        Some((b'[', rest)) => {
+            let Some(close) = rest.iter().position(|&c| c == b']') else {
+                return t.first() == Some(&b'[') && glob_bytes(rest, &t[1..]);
+            };
+            let (set, after) = (&rest[..close], &rest[close + 1..]);
+            let Some(&c) = t.first() else { return false };
+            let (neg, set) = match set.split_first() {
+                Some((b'^', s)) => (true, s),
+                _ => (false, set),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == b'-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != neg && glob_bytes(after, &t[1..])
+        }
+        Some((&c, rest)) => t.first() == Some(&c) && glob_bytes(rest, &t[1..]),
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +515,9 @@ mod tests {
         assert!(glob_match("[a-c]ppendonly", "appendonly"));
         assert!(!glob_match("[^a]ppendonly", "appendonly"));
         assert!(glob_match("*", ""));
+        assert!(glob_bytes(b"user:*", b"user:1"));
+        assert!(!glob_bytes(b"User:*", b"user:1"));
+        assert!(glob_bytes(b"a\\*b", b"a*b"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod keyspace;
 pub mod latency;
 pub mod metrics;
 pub mod nodes;
+pub mod rdb;
 pub mod slots;
 pub mod slowlog;
 

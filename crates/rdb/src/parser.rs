@@ -1,0 +1,649 @@
+//! RDB opcodes and value types: an iterator of [`Item`]s over a reader.
+
+use serde::Serialize;
+use std::io::Read;
+
+use crate::encodings::{self, element_bytes, Element};
+use crate::reader::Reader;
+use crate::RdbError;
+
+/// A decoded value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum Value {
+    String(#[serde(serialize_with = "ser_bytes")] Vec<u8>),
+    List(#[serde(serialize_with = "ser_list")] Vec<Vec<u8>>),
+    Set(#[serde(serialize_with = "ser_list")] Vec<Vec<u8>>),
+    /// Members with scores, in file order.
+    Zset(#[serde(serialize_with = "ser_zset")] Vec<(Vec<u8>, f64)>),
+    /// Fields with values and, for hashes with field expirations, each field's expiry (ms).
+    Hash(#[serde(serialize_with = "ser_hash")] Vec<(Vec<u8>, Vec<u8>, Option<i64>)>),
+    Stream(StreamValue),
+    /// A module value: only its id is known without the module.
+    Module {
+        module_id: u64,
+    },
+}
+
+impl Value {
+    /// Elements (or bytes for strings), as `bigkeys` counts them.
+    pub fn len(&self) -> usize {
+        match self {
+            Value::String(s) => s.len(),
+            Value::List(v) | Value::Set(v) => v.len(),
+            Value::Zset(v) => v.len(),
+            Value::Hash(v) => v.len(),
+            Value::Stream(s) => s.entries.len(),
+            Value::Module { .. } => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ser_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&text(v))
+}
+
+fn ser_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| text(x)))
+}
+
+fn ser_zset<S: serde::Serializer>(v: &[(Vec<u8>, f64)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(m, sc)| (text(m), sc.to_string())))
+}
+
+fn ser_hash<S: serde::Serializer>(
+    v: &[(Vec<u8>, Vec<u8>, Option<i64>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(f, x, e)| (text(f), text(x), e)))
+}
+
+/// A stream: entries with their fields, and the consumer groups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamValue {
+    /// `ms-seq` → field/value pairs.
+    pub entries: Vec<(String, Vec<(String, String)>)>,
+    pub length: u64,
+    pub last_id: String,
+    pub groups: Vec<StreamGroup>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamGroup {
+    pub name: String,
+    pub last_id: String,
+    pub pending: u64,
+    pub consumers: Vec<String>,
+}
+
+/// One key of the file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub db: u64,
+    #[serde(serialize_with = "ser_bytes")]
+    pub key: Vec<u8>,
+    /// Absolute expiry, Unix milliseconds.
+    pub expire_ms: Option<i64>,
+    pub idle: Option<u64>,
+    pub freq: Option<u8>,
+    pub type_byte: u8,
+    pub value: Value,
+    /// Type byte + the value's serialization: the body of a DUMP payload.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    /// Offset of the type byte in the file.
+    pub offset: u64,
+}
+
+/// What the parser yields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "item", rename_all = "snake_case")]
+pub enum Item {
+    Aux {
+        #[serde(serialize_with = "ser_bytes")]
+        key: Vec<u8>,
+        #[serde(serialize_with = "ser_bytes")]
+        value: Vec<u8>,
+    },
+    SelectDb {
+        db: u64,
+    },
+    ResizeDb {
+        keys: u64,
+        expires: u64,
+    },
+    SlotInfo {
+        slot: u64,
+        size: u64,
+        expires: u64,
+    },
+    Function {
+        #[serde(serialize_with = "ser_bytes")]
+        code: Vec<u8>,
+    },
+    ModuleAux {
+        module_id: u64,
+    },
+    Entry(Entry),
+    /// End of file; the checksum was verified when present (non-zero).
+    End {
+        checksum: Option<u64>,
+    },
+}
+
+pub struct Parser<R: Read> {
+    r: Reader<R>,
+    version: u16,
+    db: u64,
+    done: bool,
+}
+
+impl<R: Read> Parser<R> {
+    /// Reads the `REDISxxxx` header. Versions 1–12 and Valkey's 80+ are accepted.
+    pub fn new(inner: R) -> Result<Self, RdbError> {
+        let mut r = Reader::new(inner);
+        let magic: [u8; 9] = r.array()?;
+        if &magic[..5] != b"REDIS" {
+            return Err(RdbError::Corrupt {
+                offset: 0,
+                reason: "not an RDB file (no REDIS magic)".into(),
+            });
+        }
+        let version: u16 = std::str::from_utf8(&magic[5..])
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or(RdbError::Corrupt {
+                offset: 5,
+                reason: "unreadable RDB version".into(),
+            })?;
+        if version == 0 || (13..80).contains(&version) || version > 99 {
+            return Err(RdbError::Unsupported {
+                offset: 5,
+                what: format!("RDB version {version}"),
+            });
+        }
+        Ok(Parser {
+            r,
+            version,
+            db: 0,
+            done: false,
+        })
+    }
+
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.r.offset()
+    }
+
+    fn next_item(&mut self) -> Result<Item, RdbError> {
+        let mut expire_ms = None;
+        let mut idle = None;
+        let mut freq = None;
+        loop {
+            let at = self.r.offset();
+            let op = self.r.u8()?;
+            match op {
+                0xff => {
+                    let computed = self.r.crc();
+                    let mut trailer = [0u8; 8];
+                    let n = self.r.fill_unhashed(&mut trailer)?;
+                    if self.version >= 5 && n < 8 {
+                        return Err(RdbError::Truncated {
+                            offset: self.r.offset(),
+                        });
+                    }
+                    let expected = u64::from_le_bytes(trailer);
+                    if n == 8 && expected != 0 && expected != computed {
+                        return Err(RdbError::Checksum {
+                            expected,
+                            actual: computed,
+                        });
+                    }
+                    return Ok(Item::End {
+                        checksum: (n == 8 && expected != 0).then_some(expected),
+                    });
+                }
+                0xfe => {
+                    self.db = self.r.length()?;
+                    return Ok(Item::SelectDb { db: self.db });
+                }
+                0xfd => expire_ms = Some(i64::from(u32::from_le_bytes(self.r.array()?)) * 1000),
+                0xfc => expire_ms = Some(i64::from_le_bytes(self.r.array()?)),
+                0xfb => {
+                    let keys = self.r.length()?;
+                    let expires = self.r.length()?;
+                    return Ok(Item::ResizeDb { keys, expires });
+                }
+                0xfa => {
+                    let key = self.r.string()?;
+                    let value = self.r.string()?;
+                    return Ok(Item::Aux { key, value });
+                }
+                0xf9 => freq = Some(self.r.u8()?),
+                0xf8 => idle = Some(self.r.length()?),
+                0xf7 => {
+                    let module_id = self.r.length()?;
+                    // when_opcode + when, then the module's own opcodes.
+                    let _ = self.r.length()?;
+                    let _ = self.r.length()?;
+                    self.skip_module_value()?;
+                    return Ok(Item::ModuleAux { module_id });
+                }
+                0xf6 => {
+                    return Err(RdbError::Unsupported {
+                        offset: at,
+                        what: "function library from a 7.0 release candidate".into(),
+                    })
+                }
+                0xf5 => {
+                    let code = self.r.string()?;
+                    return Ok(Item::Function { code });
+                }
+                0xf4 => {
+                    let slot = self.r.length()?;
+                    let size = self.r.length()?;
+                    let expires = self.r.length()?;
+                    return Ok(Item::SlotInfo {
+                        slot,
+                        size,
+                        expires,
+                    });
+                }
+                t => {
+                    let key = self.r.string()?;
+                    self.r.start_capture(&[t]);
+                    let value = self.value(t, at);
+                    let raw = self.r.take_capture();
+                    return Ok(Item::Entry(Entry {
+                        db: self.db,
+                        key,
+                        expire_ms,
+                        idle,
+                        freq,
+                        type_byte: t,
+                        value: value?,
+                        raw,
+                        offset: at,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn strings(&mut self) -> Result<Vec<Vec<u8>>, RdbError> {
+        let n = self.r.count()?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.r.string()?);
+        }
+        Ok(out)
+    }
+
+    /// A blob holding a ziplist/listpack, decoded; errors point at the blob.
+    fn packed(&mut self, listpack: bool) -> Result<Vec<Element>, RdbError> {
+        let at = self.r.offset();
+        let blob = self.r.string()?;
+        let r = if listpack {
+            encodings::listpack(&blob)
+        } else {
+            encodings::ziplist(&blob)
+        };
+        r.map_err(|reason| RdbError::Corrupt {
+            offset: at,
+            reason: format!(
+                "{}: {reason}",
+                if listpack { "listpack" } else { "ziplist" }
+            ),
+        })
+    }
+
+    fn pairs(elems: Vec<Element>, at: u64) -> Result<Vec<(Element, Element)>, RdbError> {
+        if !elems.len().is_multiple_of(2) {
+            return Err(RdbError::Corrupt {
+                offset: at,
+                reason: "odd number of elements in a pair encoding".into(),
+            });
+        }
+        let mut it = elems.into_iter();
+        let mut out = Vec::new();
+        while let (Some(a), Some(b)) = (it.next(), it.next()) {
+            out.push((a, b));
+        }
+        Ok(out)
+    }
+
+    fn zset_of(elems: Vec<Element>, at: u64) -> Result<Value, RdbError> {
+        let mut out = Vec::new();
+        for (m, s) in Self::pairs(elems, at)? {
+            let score = s.as_f64().ok_or(RdbError::Corrupt {
+                offset: at,
+                reason: "unparsable sorted-set score".into(),
+            })?;
+            out.push((element_bytes(m), score));
+        }
+        Ok(Value::Zset(out))
+    }
+
+    fn value(&mut self, t: u8, at: u64) -> Result<Value, RdbError> {
+        Ok(match t {
+            0 => Value::String(self.r.string()?),
+            1 => Value::List(self.strings()?),
+            2 => Value::Set(self.strings()?),
+            3 | 5 => {
+                let n = self.r.count()?;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let m = self.r.string()?;
+                    let s = if t == 5 {
+                        f64::from_le_bytes(self.r.array()?)
+                    } else {
+                        self.r.text_double()?
+                    };
+                    out.push((m, s));
+                }
+                Value::Zset(out)
+            }
+            4 => {
+                let n = self.r.count()?;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let f = self.r.string()?;
+                    let v = self.r.string()?;
+                    out.push((f, v, None));
+                }
+                Value::Hash(out)
+            }
+            7 => {
+                let module_id = self.r.length()?;
+                self.skip_module_value()?;
+                Value::Module { module_id }
+            }
+            9 => {
+                let blob = self.r.string()?;
+                let pairs = encodings::zipmap(&blob).map_err(|reason| RdbError::Corrupt {
+                    offset: at,
+                    reason: format!("zipmap: {reason}"),
+                })?;
+                Value::Hash(pairs.into_iter().map(|(f, v)| (f, v, None)).collect())
+            }
+            10 => Value::List(self.packed(false)?.into_iter().map(element_bytes).collect()),
+            11 => {
+                let blob = self.r.string()?;
+                let ints = encodings::intset(&blob).map_err(|reason| RdbError::Corrupt {
+                    offset: at,
+                    reason: format!("intset: {reason}"),
+                })?;
+                Value::Set(
+                    ints.into_iter()
+                        .map(|i| i.to_string().into_bytes())
+                        .collect(),
+                )
+            }
+            12 | 17 => {
+                let e = self.packed(t == 17)?;
+                Self::zset_of(e, at)?
+            }
+            13 | 16 => {
+                let e = self.packed(t == 16)?;
+                Value::Hash(
+                    Self::pairs(e, at)?
+                        .into_iter()
+                        .map(|(f, v)| (element_bytes(f), element_bytes(v), None))
+                        .collect(),
+                )
+            }
+            14 => {
+                let n = self.r.count()?;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    out.extend(self.packed(false)?.into_iter().map(element_bytes));
+                }
+                Value::List(out)
+            }
+            18 => {
+                let n = self.r.count()?;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    match self.r.length()? {
+                        1 => out.push(self.r.string()?),
+                        2 => out.extend(self.packed(true)?.into_iter().map(element_bytes)),
+                        c => {
+                            return Err(self.r.corrupt(format!("quicklist container {c}")));
+                        }
+                    }
+                }
+                Value::List(out)
+            }
+            20 => Value::Set(self.packed(true)?.into_iter().map(element_bytes).collect()),
+            15 | 19 | 21 => Value::Stream(self.stream(t)?),
+            22 | 24 => {
+                let min = if t == 24 {
+                    i64::from_le_bytes(self.r.array()?)
+                } else {
+                    0
+                };
+                let n = self.r.count()?;
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let ttl = self.r.length()?;
+                    let f = self.r.string()?;
+                    let v = self.r.string()?;
+                    let exp = match (ttl, t) {
+                        (0, _) => None,
+                        (x, 24) => Some(x as i64 + min - 1),
+                        (x, _) => Some(x as i64),
+                    };
+                    out.push((f, v, exp));
+                }
+                Value::Hash(out)
+            }
+            23 | 25 => {
+                if t == 25 {
+                    let _min: [u8; 8] = self.r.array()?;
+                }
+                let e = self.packed(true)?;
+                if !e.len().is_multiple_of(3) {
+                    return Err(RdbError::Corrupt {
+                        offset: at,
+                        reason: "hash listpack with expirations: not field/value/ttl triples"
+                            .into(),
+                    });
+                }
+                let mut out = Vec::new();
+                let mut it = e.into_iter();
+                while let (Some(f), Some(v), Some(x)) = (it.next(), it.next(), it.next()) {
+                    let exp = x.as_i64().filter(|&x| x > 0);
+                    out.push((element_bytes(f), element_bytes(v), exp));
+                }
+                Value::Hash(out)
+            }
+            6 => {
+                return Err(RdbError::Unsupported {
+                    offset: at,
+                    what: "module value from a 4.0 release candidate".into(),
+                })
+            }
+            _ => {
+                return Err(RdbError::Unsupported {
+                    offset: at,
+                    what: format!("value type {t}"),
+                })
+            }
+        })
+    }
+
+    /// A module value's self-describing opcodes, up to its EOF marker.
+    fn skip_module_value(&mut self) -> Result<(), RdbError> {
+        loop {
+            match self.r.length()? {
+                0 => return Ok(()),
+                1 | 2 => {
+                    self.r.length()?;
+                }
+                3 => {
+                    self.r.array::<4>()?;
+                }
+                4 => {
+                    self.r.array::<8>()?;
+                }
+                5 => {
+                    self.r.string()?;
+                }
+                op => return Err(self.r.corrupt(format!("unknown module opcode {op}"))),
+            }
+        }
+    }
+
+    fn stream(&mut self, t: u8) -> Result<StreamValue, RdbError> {
+        let mut s = StreamValue::default();
+        let nodes = self.r.count()?;
+        for _ in 0..nodes {
+            let at = self.r.offset();
+            let master = self.r.string()?;
+            if master.len() != 16 {
+                return Err(self.r.corrupt("stream node key is not a 128-bit ID"));
+            }
+            let mut ms = [0u8; 8];
+            let mut sq = [0u8; 8];
+            ms.copy_from_slice(&master[..8]);
+            sq.copy_from_slice(&master[8..]);
+            let (base_ms, base_seq) = (u64::from_be_bytes(ms), u64::from_be_bytes(sq));
+            let lp = self.packed(true)?;
+            decode_stream_node(&lp, base_ms, base_seq, &mut s.entries).map_err(|reason| {
+                RdbError::Corrupt {
+                    offset: at,
+                    reason: format!("stream listpack: {reason}"),
+                }
+            })?;
+        }
+        s.length = self.r.length()?;
+        let (ms, seq) = (self.r.length()?, self.r.length()?);
+        s.last_id = format!("{ms}-{seq}");
+        if t >= 19 {
+            // first id, max deleted id, entries added.
+            for _ in 0..5 {
+                self.r.length()?;
+            }
+        }
+        let groups = self.r.count()?;
+        for _ in 0..groups {
+            let mut g = StreamGroup {
+                name: text(&self.r.string()?),
+                ..Default::default()
+            };
+            let (ms, seq) = (self.r.length()?, self.r.length()?);
+            g.last_id = format!("{ms}-{seq}");
+            if t >= 19 {
+                self.r.length()?; // entries read
+            }
+            g.pending = self.r.count()?;
+            for _ in 0..g.pending {
+                self.r.array::<16>()?;
+                self.r.array::<8>()?;
+                self.r.length()?;
+            }
+            let consumers = self.r.count()?;
+            for _ in 0..consumers {
+                g.consumers.push(text(&self.r.string()?));
+                self.r.array::<8>()?; // seen time
+                if t >= 21 {
+                    self.r.array::<8>()?; // active time
+                }
+                let pel = self.r.count()?;
+                for _ in 0..pel {
+                    self.r.array::<16>()?;
+                }
+            }
+            s.groups.push(g);
+        }
+        Ok(s)
+    }
+}
+
+/// Entries of one stream listpack: a master entry (count, deleted, master fields), then each
+/// entry as flags, id deltas, fields (unless it shares the master's), values, back-count.
+fn decode_stream_node(
+    lp: &[Element],
+    base_ms: u64,
+    base_seq: u64,
+    out: &mut Vec<(String, Vec<(String, String)>)>,
+) -> Result<(), String> {
+    let mut it = lp.iter();
+    let mut next_int = |what: &str| -> Result<i64, String> {
+        it.next()
+            .and_then(Element::as_i64)
+            .ok_or_else(|| format!("missing {what}"))
+    };
+    let count = next_int("entry count")?;
+    let deleted = next_int("deleted count")?;
+    let nfields = next_int("master field count")?;
+    let mut it = lp.iter().skip(3);
+    let master: Vec<String> = (0..nfields.max(0))
+        .map(|_| it.next().map(|e| text(&element_bytes(e.clone()))))
+        .collect::<Option<_>>()
+        .ok_or("master fields missing")?;
+    it.next().ok_or("master terminator missing")?;
+    let total = count.max(0) + deleted.max(0);
+    let int = |e: Option<&Element>, what: &str| -> Result<i64, String> {
+        e.and_then(Element::as_i64)
+            .ok_or_else(|| format!("missing {what}"))
+    };
+    let txt = |e: Option<&Element>| -> Result<String, String> {
+        e.map(|e| text(&element_bytes(e.clone())))
+            .ok_or_else(|| "missing field or value".to_string())
+    };
+    for _ in 0..total {
+        let flags = int(it.next(), "entry flags")?;
+        let ms = int(it.next(), "id delta")?;
+        let seq = int(it.next(), "sequence delta")?;
+        let same = flags & 2 != 0;
+        let mut fields = Vec::new();
+        if same {
+            for f in &master {
+                fields.push((f.clone(), txt(it.next())?));
+            }
+        } else {
+            let n = int(it.next(), "field count")?;
+            for _ in 0..n.max(0) {
+                let f = txt(it.next())?;
+                fields.push((f, txt(it.next())?));
+            }
+        }
+        it.next().ok_or("entry back-count missing")?;
+        if flags & 1 == 0 {
+            let id = format!(
+                "{}-{}",
+                base_ms.wrapping_add(ms as u64),
+                base_seq.wrapping_add(seq as u64)
+            );
+            out.push((id, fields));
+        }
+    }
+    Ok(())
+}
+
+impl<R: Read> Iterator for Parser<R> {
+    type Item = Result<Item, RdbError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.next_item();
+        if matches!(r, Ok(Item::End { .. }) | Err(_)) {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
