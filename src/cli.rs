@@ -109,6 +109,77 @@ pub enum Command {
     /// Read RDB files (plain or zstd): info, keys, memory, dump
     #[command(subcommand)]
     Rdb(RdbCommand),
+    /// Back up every shard at once over the replication protocol; list, verify, prune
+    Backup(BackupArgs),
+    /// Restore a backup (or RDB files) into any cluster, routing every key by its slot
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    /// Where backup sets live [default: STATE_DIR/backups]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Read every shard from its master, even when it has a healthy replica
+    #[arg(long)]
+    pub from_masters: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Backup sets, newest first: id, age, shards, size, status, verified
+    List,
+    /// Checksums and a full parse of every file against the manifest
+    Verify { id: String },
+    /// Delete old backup sets (plan; --yes to delete)
+    Prune {
+        /// Keep sets younger than this many days
+        #[arg(long)]
+        keep_days: Option<u64>,
+        /// Keep the N newest sets
+        #[arg(long)]
+        keep_last: Option<usize>,
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id (or a unique prefix), a backup folder, or an RDB file
+    pub source: String,
+    /// More RDB files
+    pub files: Vec<PathBuf>,
+    /// Where backup sets live [default: STATE_DIR/backups]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When the target already holds a key: fail before writing anything, skip it, or replace it
+    #[arg(long, default_value = "fail", value_parser = ["fail", "skip", "replace"])]
+    pub on_conflict: String,
+    /// Only keys matching this glob
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// Only these types (string, list, set, zset, hash, stream); repeatable
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Only this database of a standalone server's RDB
+    #[arg(long)]
+    pub db: Option<u64>,
+    /// Continue an interrupted restore from its checkpoint
+    #[arg(long)]
+    pub resume: bool,
+    /// Keys per pipeline per node
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Write (without it, the plan is shown and nothing changes)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Only show the plan
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

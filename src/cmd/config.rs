@@ -218,13 +218,18 @@ fn node_list(nodes: &[String]) -> String {
     }
 }
 
+/// A cluster's name for state files (its lowest node address).
+pub fn file_stem_of(view: &ClusterView) -> String {
+    cluster_key(view)
+}
+
 /// The history repository for this cluster.
 pub fn open_history(g: &GlobalOpts, view: &ClusterView) -> Result<History, Failure> {
     let base = g.state_dir.clone().unwrap_or_else(default_state_dir);
     History::open(&base.join("config").join(cluster_key(view))).map_err(Failure::failed)
 }
 
-fn default_state_dir() -> PathBuf {
+pub fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("rcops");
     }

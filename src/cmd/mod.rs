@@ -2,6 +2,7 @@
 //! and maps failures to a one-line error and an exit code.
 
 mod advise;
+mod backup;
 mod bench;
 mod check;
 mod config;
@@ -67,6 +68,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Config(c) => config::run(&cli.global, c).await,
         Command::Advise(a) => advise::run(&cli.global, a).await,
         Command::Rdb(c) => rdb::run(&cli.global, c),
+        Command::Backup(a) => backup::run(&cli.global, a).await,
+        Command::Restore(a) => backup::restore(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! [`crate::ClusterView`] plus its options, and returns a serialisable report that the CLI
 //! renders and the server returns as JSON.
 
+pub mod backup;
 pub mod bench;
 pub mod check;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod latency;
 pub mod metrics;
 pub mod nodes;
 pub mod rdb;
+pub mod restore;
 pub mod slots;
 pub mod slowlog;
 

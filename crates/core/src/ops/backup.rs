@@ -1,0 +1,815 @@
+//! Cluster backups over the replication protocol: every shard's RDB streamed at once (from a
+//! replica when it has a healthy one), compressed with zstd and hashed (SHA-256) on the way to
+//! disk, parsed as it arrives (key count, RDB version — a corrupt stream fails the shard), into
+//! a backup set written under a temporary name and renamed when complete. Also `list`,
+//! `verify` and `prune`.
+
+use rcops_formats::slot::{format_ranges, key_slot, SlotRange, SlotSet};
+use rcops_rdb::{Item, Parser};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::node::{Addr, ConnectOptions};
+use crate::topology::{line_addr, ClusterView};
+
+pub const MANIFEST: &str = "manifest.json";
+
+/// One shard of a backup set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardManifest {
+    pub master_id: String,
+    /// The node the snapshot was taken from, and its role.
+    pub node: String,
+    pub role: String,
+    /// Slot ranges in `CLUSTER NODES` notation.
+    pub slots: String,
+    pub file: String,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    pub sha256: String,
+    pub rdb_version: u16,
+    pub server_version: String,
+    pub replid: String,
+    pub offset: u64,
+    pub keys: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    /// `complete` or `partial` (some shard failed: never restore it as if complete).
+    pub status: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+    pub rcops_version: String,
+    pub cluster_nodes: String,
+    pub shards: Vec<ShardManifest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Io(String),
+    #[error("no backup {0:?} in {1}")]
+    NotFound(String, String),
+    #[error("no master owns slots: nothing to back up")]
+    NoShards,
+    #[error(
+        "backups over TLS are not supported yet (the replication stream is read on a plain socket)"
+    )]
+    Tls,
+}
+
+fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BackupError {
+    BackupError::Io(format!("{what}: {e}"))
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The `CLUSTER NODES` text of a node that answered discovery, for the manifest.
+pub async fn cluster_nodes_text(
+    exec: &crate::Executor,
+    view: &ClusterView,
+) -> Result<String, crate::NodeError> {
+    let Some(addr) = view
+        .snapshots
+        .values()
+        .find(|s| s.own_view)
+        .map(|s| s.addr.clone())
+    else {
+        return Ok(String::new());
+    };
+    let mut conn = exec.conn(&addr).await?;
+    crate::fanout::query(&addr, &mut conn, redis::cmd("CLUSTER").arg("NODES")).await
+}
+
+/// Which node each shard is read from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub master_id: String,
+    pub addr: Addr,
+    pub role: &'static str,
+    pub slots: SlotSet,
+}
+
+/// Picks each shard's source: a connected replica that is not failing (when `from_replicas`
+/// allows), else the master.
+pub fn sources(view: &ClusterView, from_replicas: bool) -> Vec<Source> {
+    let mut out = Vec::new();
+    for m in view.masters_by_slot() {
+        let Some(maddr) = line_addr(m) else { continue };
+        let replica = view
+            .replicas_of(&m.id)
+            .filter(|r| !r.flags.fail && !r.flags.pfail && r.connected)
+            .filter(|r| {
+                view.snapshot(&r.id)
+                    .and_then(|s| s.info.get("master_link_status").map(|x| x == "up"))
+                    .unwrap_or(true)
+            })
+            .find_map(line_addr);
+        let (addr, role) = match replica {
+            Some(r) if from_replicas => (r, "replica"),
+            _ => (maddr, "master"),
+        };
+        out.push(Source {
+            master_id: m.id.clone(),
+            addr,
+            role,
+            slots: m.slot_set(),
+        });
+    }
+    out
+}
+
+/// What the disk side of one shard produced.
+struct Written {
+    raw_bytes: u64,
+    compressed_bytes: u64,
+    sha256: String,
+    rdb_version: u16,
+    server_version: String,
+    keys: u64,
+}
+
+/// A `Read` over chunks from the network task that also copies every byte into the
+/// compressed file: the parser and the file see the same stream.
+struct Tee<W: Write> {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    out: W,
+    raw: u64,
+}
+
+impl<W: Write> Read for Tee<W> {
+    fn read(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.out.write_all(&chunk)?;
+                    self.raw += chunk.len() as u64;
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = dst.len().min(self.buf.len() - self.pos);
+        dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Counts and hashes what reaches the file.
+struct Hashing<W: Write> {
+    inner: W,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The disk side: compress, hash, parse. Runs on a blocking thread.
+fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<Written, String> {
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hashing = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        sha: Sha256::new(),
+        bytes: 0,
+    };
+    let enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(|e| e.to_string())?;
+    let mut tee = Tee {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+        out: enc,
+        raw: 0,
+    };
+    let mut keys = 0u64;
+    let mut server_version = String::new();
+    let rdb_version;
+    {
+        let mut p = Parser::new(&mut tee).map_err(|e| format!("RDB stream: {e}"))?;
+        rdb_version = p.version();
+        for item in &mut p {
+            match item.map_err(|e| format!("RDB stream: {e}"))? {
+                Item::Entry(_) => keys += 1,
+                Item::Aux { key, value } if key == b"redis-ver" || key == b"valkey-ver" => {
+                    server_version = String::from_utf8_lossy(&value).into_owned();
+                }
+                _ => {}
+            }
+        }
+    }
+    // Anything after the trailer still belongs in the file.
+    std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    let raw = tee.raw;
+    let hashing = tee.out.finish().map_err(|e| e.to_string())?;
+    let Hashing {
+        inner, sha, bytes, ..
+    } = hashing;
+    let file = inner.into_inner().map_err(|e| e.to_string())?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    Ok(Written {
+        raw_bytes: raw,
+        compressed_bytes: bytes,
+        sha256: hex(&sha.finalize()),
+        rdb_version,
+        server_version,
+        keys,
+    })
+}
+
+/// Where the network side hands the payload: the disk writer's channel, with a running count
+/// for the progress bar.
+struct Out<'a> {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    total: u64,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl Out<'_> {
+    async fn push(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        self.total += chunk.len() as u64;
+        (self.progress)(self.total);
+        self.tx
+            .send(chunk)
+            .await
+            .map_err(|_| "the disk writer stopped (see its error)".to_string())
+    }
+}
+
+/// Reads one line (up to `\n`) from the socket, for the replication handshake.
+async fn read_line(
+    s: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<String, String> {
+    loop {
+        if let Some(p) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=p).collect();
+            return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(idle, s.read(&mut buf))
+            .await
+            .map_err(|_| format!("no data for {}s", idle.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Handshake and payload of one shard. Returns (replid, offset) once the whole RDB went to
+/// `tx`.
+async fn stream_shard(
+    opts: &ConnectOptions,
+    addr: &Addr,
+    out: &mut Out<'_>,
+    idle: Duration,
+) -> Result<(String, u64), String> {
+    let mut s = tokio::time::timeout(
+        opts.timeout,
+        tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("unreachable: {e}"))?;
+    let mut pending = Vec::new();
+    // One command at a time: PSYNC is refused while earlier replies are still unread.
+    let call = async |s: &mut tokio::net::TcpStream,
+                      pending: &mut Vec<u8>,
+                      args: &[&[u8]],
+                      wait: bool|
+           -> Result<String, String> {
+        let mut send = Vec::new();
+        rcops_formats::resp::encode_command(args, &mut send);
+        s.write_all(&send).await.map_err(|e| e.to_string())?;
+        if wait {
+            read_line(s, pending, idle).await
+        } else {
+            Ok(String::new())
+        }
+    };
+    if let Some(pw) = &opts.password {
+        let l = match &opts.user {
+            Some(u) => {
+                call(
+                    &mut s,
+                    &mut pending,
+                    &[b"AUTH", u.as_bytes(), pw.expose().as_bytes()],
+                    true,
+                )
+                .await?
+            }
+            None => {
+                call(
+                    &mut s,
+                    &mut pending,
+                    &[b"AUTH", pw.expose().as_bytes()],
+                    true,
+                )
+                .await?
+            }
+        };
+        if let Some(e) = l.strip_prefix('-') {
+            return Err(format!("authentication failed: {e}"));
+        }
+    }
+    let capa = call(&mut s, &mut pending, &[b"REPLCONF", b"capa", b"eof"], true).await?;
+    if let Some(e) = capa.strip_prefix('-') {
+        return Err(format!("REPLCONF refused: {e}"));
+    }
+    // rdb-only is Redis 7+; an older server's refusal is not fatal.
+    let _ = call(
+        &mut s,
+        &mut pending,
+        &[b"REPLCONF", b"rdb-only", b"1"],
+        true,
+    )
+    .await?;
+    call(&mut s, &mut pending, &[b"PSYNC", b"?", b"-1"], false).await?;
+    let (replid, offset) = loop {
+        let l = read_line(&mut s, &mut pending, idle).await?;
+        if l.is_empty() {
+            continue; // keep-alive newline
+        }
+        let Some(rest) = l.strip_prefix("+FULLRESYNC ") else {
+            return Err(format!("unexpected reply to PSYNC: {l}"));
+        };
+        let mut f = rest.split_whitespace();
+        let id = f.next().unwrap_or_default().to_string();
+        let off = f.next().and_then(|o| o.parse().ok()).unwrap_or(0);
+        break (id, off);
+    };
+    let header = loop {
+        let l = read_line(&mut s, &mut pending, idle).await?;
+        if !l.is_empty() {
+            break l;
+        }
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    if let Some(mark) = header.strip_prefix("$EOF:") {
+        // Diskless: the payload ends with the 40-byte mark.
+        let mark = mark.as_bytes().to_vec();
+        if mark.len() != 40 {
+            return Err(format!("bad EOF mark in {header:?}"));
+        }
+        let mut tail = std::mem::take(&mut pending);
+        loop {
+            if tail.ends_with(&mark) {
+                tail.truncate(tail.len() - 40);
+                if !tail.is_empty() {
+                    out.push(tail).await?;
+                }
+                return Ok((replid, offset));
+            }
+            if tail.len() > 40 {
+                let keep = tail.split_off(tail.len() - 40);
+                out.push(std::mem::replace(&mut tail, keep)).await?;
+            }
+            let n = tokio::time::timeout(idle, s.read(&mut buf))
+                .await
+                .map_err(|_| format!("stream stalled for {}s", idle.as_secs()))?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed before the end of the RDB".into());
+            }
+            tail.extend_from_slice(&buf[..n]);
+        }
+    }
+    let len: u64 = header
+        .strip_prefix('$')
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| format!("unexpected payload header {header:?}"))?;
+    let mut left = len;
+    let first = std::mem::take(&mut pending);
+    let take = (first.len() as u64).min(left) as usize;
+    if take > 0 {
+        out.push(first[..take].to_vec()).await?;
+        left -= take as u64;
+    }
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = tokio::time::timeout(idle, s.read(&mut buf[..want]))
+            .await
+            .map_err(|_| format!("stream stalled for {}s", idle.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed with {left} bytes of the RDB missing"
+            ));
+        }
+        out.push(buf[..n].to_vec()).await?;
+        left -= n as u64;
+    }
+    Ok((replid, offset))
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub dir: PathBuf,
+    pub from_replicas: bool,
+    /// Longest silence tolerated on a replication stream.
+    pub idle_timeout: Duration,
+}
+
+/// Backs up every shard at once into `DIR/<id>/` (written as `DIR/.<id>.partial/`, renamed
+/// when done). `progress` is told the raw bytes received per shard.
+pub async fn backup(
+    opts_conn: &ConnectOptions,
+    view: &ClusterView,
+    cluster_nodes: String,
+    opts: &BackupOptions,
+    progress: std::sync::Arc<dyn Fn(usize, u64) + Send + Sync>,
+) -> Result<(Manifest, PathBuf), BackupError> {
+    if opts_conn.tls_enabled() {
+        return Err(BackupError::Tls);
+    }
+    let srcs = sources(view, opts.from_replicas);
+    if srcs.is_empty() {
+        return Err(BackupError::NoShards);
+    }
+    let started = unix_ms();
+    let id = backup_id(started);
+    std::fs::create_dir_all(&opts.dir).map_err(|e| io(opts.dir.display(), e))?;
+    let tmp = opts.dir.join(format!(".{id}.partial"));
+    std::fs::create_dir_all(&tmp).map_err(|e| io(tmp.display(), e))?;
+    let jobs = srcs.iter().enumerate().map(|(i, src)| {
+        let file = format!(
+            "shard-{i:03}-{}.rdb.zst",
+            &src.master_id[..8.min(src.master_id.len())]
+        );
+        let path = tmp.join(&file);
+        let progress = progress.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+            let writer = tokio::task::spawn_blocking(move || write_shard(&path, rx));
+            let report = move |n: u64| progress(i, n);
+            let mut out = Out {
+                tx,
+                total: 0,
+                progress: &report,
+            };
+            let streamed = stream_shard(opts_conn, &src.addr, &mut out, opts.idle_timeout).await;
+            drop(out);
+            let written = writer.await.map_err(|e| e.to_string()).and_then(|r| r);
+            let mut m = ShardManifest {
+                master_id: src.master_id.clone(),
+                node: src.addr.to_string(),
+                role: src.role.to_string(),
+                slots: format_ranges(&src.slots.ranges()),
+                file,
+                raw_bytes: 0,
+                compressed_bytes: 0,
+                sha256: String::new(),
+                rdb_version: 0,
+                server_version: String::new(),
+                replid: String::new(),
+                offset: 0,
+                keys: 0,
+                ok: false,
+                error: None,
+            };
+            match (streamed, written) {
+                (Ok((replid, offset)), Ok(w)) => {
+                    m.replid = replid;
+                    m.offset = offset;
+                    m.raw_bytes = w.raw_bytes;
+                    m.compressed_bytes = w.compressed_bytes;
+                    m.sha256 = w.sha256;
+                    m.rdb_version = w.rdb_version;
+                    m.server_version = w.server_version;
+                    m.keys = w.keys;
+                    m.ok = true;
+                }
+                (Err(e), _) | (Ok(_), Err(e)) => {
+                    m.error = Some(format!("{}: {e}", src.addr));
+                }
+            }
+            m
+        }
+    });
+    let shards = futures::future::join_all(jobs).await;
+    let complete = shards.iter().all(|s| s.ok);
+    let manifest = Manifest {
+        id: id.clone(),
+        status: if complete { "complete" } else { "partial" }.into(),
+        started_unix_ms: started,
+        finished_unix_ms: unix_ms(),
+        rcops_version: env!("CARGO_PKG_VERSION").into(),
+        cluster_nodes,
+        shards,
+    };
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| io("manifest", e))?;
+    let mpath = tmp.join(MANIFEST);
+    std::fs::write(&mpath, text).map_err(|e| io(mpath.display(), e))?;
+    if let Ok(f) = std::fs::File::open(&mpath) {
+        let _ = f.sync_all();
+    }
+    let done = opts.dir.join(&id);
+    std::fs::rename(&tmp, &done).map_err(|e| io(done.display(), e))?;
+    Ok((manifest, done))
+}
+
+/// `20261125T201530Z-123` (UTC, with milliseconds so two backups in one second differ).
+pub fn backup_id(unix_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}-{:03}", s.replace(['-', ':'], ""), unix_ms % 1000)
+}
+
+/// A backup set found on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub path: String,
+    pub manifest: Option<Manifest>,
+    pub verified: Option<Verification>,
+    /// Why the manifest could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+pub const VERIFIED: &str = "verified.json";
+
+/// Backup sets in `dir`, newest first. Leftover `.partial` folders are listed as such.
+pub fn list(dir: &Path) -> Result<Vec<Listed>, BackupError> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir.display(), e)),
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".partial"))
+        {
+            out.push(Listed {
+                id: id.to_string(),
+                path: path.display().to_string(),
+                manifest: None,
+                verified: None,
+                problem: Some("unfinished (interrupted backup): not restorable".into()),
+            });
+            continue;
+        }
+        let (manifest, problem) = match std::fs::read_to_string(path.join(MANIFEST)) {
+            Ok(t) => match serde_json::from_str::<Manifest>(&t) {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(format!("unreadable manifest: {e}"))),
+            },
+            Err(_) => continue, // not a backup folder
+        };
+        let verified = std::fs::read_to_string(path.join(VERIFIED))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        out.push(Listed {
+            id: name,
+            path: path.display().to_string(),
+            manifest,
+            verified,
+            problem,
+        });
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(out)
+}
+
+/// Finds a backup by id (or unique id prefix), or takes a path to a backup folder.
+pub fn find(dir: &Path, id_or_path: &str) -> Result<(PathBuf, Manifest), BackupError> {
+    let p = Path::new(id_or_path);
+    let folder = if p.join(MANIFEST).is_file() {
+        p.to_path_buf()
+    } else {
+        let all = list(dir)?;
+        let hits: Vec<&Listed> = all
+            .iter()
+            .filter(|l| l.id.starts_with(id_or_path) && l.manifest.is_some())
+            .collect();
+        match hits.as_slice() {
+            [one] => PathBuf::from(&one.path),
+            _ => {
+                return Err(BackupError::NotFound(
+                    id_or_path.to_string(),
+                    dir.display().to_string(),
+                ))
+            }
+        }
+    };
+    let text = std::fs::read_to_string(folder.join(MANIFEST))
+        .map_err(|e| io(folder.join(MANIFEST).display(), e))?;
+    let m = serde_json::from_str(&text).map_err(|e| io(folder.join(MANIFEST).display(), e))?;
+    Ok((folder, m))
+}
+
+/// What `verify` found for one shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardCheck {
+    pub file: String,
+    pub ok: bool,
+    pub keys: u64,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub id: String,
+    pub ok: bool,
+    pub verified_unix_ms: u64,
+    pub shards: Vec<ShardCheck>,
+}
+
+/// Checksums, a full parse of every file, every key's slot within its shard's ranges, and
+/// the key counts against the manifest. The result is stored next to the manifest.
+pub fn verify(folder: &Path, m: &Manifest) -> Verification {
+    let shards: Vec<ShardCheck> = std::thread::scope(|scope| {
+        let handles: Vec<_> = m
+            .shards
+            .iter()
+            .map(|s| scope.spawn(move || verify_shard(folder, s)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(&m.shards)
+            .map(|(h, s)| {
+                h.join().unwrap_or_else(|_| ShardCheck {
+                    file: s.file.clone(),
+                    ok: false,
+                    keys: 0,
+                    problems: vec!["verifier crashed".into()],
+                })
+            })
+            .collect()
+    });
+    let ok = m.status == "complete" && shards.iter().all(|s| s.ok);
+    let v = Verification {
+        id: m.id.clone(),
+        ok,
+        verified_unix_ms: unix_ms(),
+        shards,
+    };
+    if let Ok(t) = serde_json::to_string_pretty(&v) {
+        let _ = std::fs::write(folder.join(VERIFIED), t);
+    }
+    v
+}
+
+fn verify_shard(folder: &Path, s: &ShardManifest) -> ShardCheck {
+    let mut c = ShardCheck {
+        file: s.file.clone(),
+        ok: false,
+        keys: 0,
+        problems: Vec::new(),
+    };
+    if !s.ok {
+        c.problems.push(format!(
+            "shard failed during backup: {}",
+            s.error.as_deref().unwrap_or("?")
+        ));
+        return c;
+    }
+    let path = folder.join(&s.file);
+    match sha256_file(&path) {
+        Ok(h) if h == s.sha256 => {}
+        Ok(h) => c.problems.push(format!(
+            "SHA-256 mismatch: manifest {}, file {h}",
+            &s.sha256
+        )),
+        Err(e) => {
+            c.problems.push(e);
+            return c;
+        }
+    }
+    let slots = parse_slots(&s.slots);
+    let mut outside = 0u64;
+    let mut example = None;
+    let result = crate::ops::rdb::scan(&path, |e| {
+        if let Some(set) = &slots {
+            let slot = key_slot(&e.key);
+            if !set.contains(slot) {
+                outside += 1;
+                example.get_or_insert_with(|| String::from_utf8_lossy(&e.key).into_owned());
+            }
+        }
+    });
+    match result {
+        Ok(info) => {
+            c.keys = info.keys;
+            if info.keys != s.keys {
+                c.problems.push(format!(
+                    "{} keys in the file, manifest says {}",
+                    info.keys, s.keys
+                ));
+            }
+        }
+        Err(e) => c.problems.push(e.to_string()),
+    }
+    if outside > 0 {
+        c.problems.push(format!(
+            "{outside} key(s) outside the shard's slots {} (e.g. {:?})",
+            s.slots,
+            example.unwrap_or_default()
+        ));
+    }
+    c.ok = c.problems.is_empty();
+    c
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `0-5460,5461` back into a set (`-` or garbage: none).
+pub fn parse_slots(text: &str) -> Option<SlotSet> {
+    let mut set = SlotSet::new();
+    for part in text
+        .split([',', ' '])
+        .filter(|p| !p.is_empty() && *p != "-")
+    {
+        set.insert_range(SlotRange::parse(part).ok()?);
+    }
+    Some(set)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    Ok(hex(&sha.finalize()))
+}
+
+/// Which backups `prune` would delete: everything but the `keep_last` newest and those
+/// younger than `keep_days`; unfinished folders older than a day too.
+pub fn prune_plan(all: &[Listed], keep_days: Option<u64>, keep_last: Option<usize>) -> Vec<Listed> {
+    let now = unix_ms();
+    let mut out = Vec::new();
+    let mut kept = 0usize;
+    for l in all {
+        let Some(m) = &l.manifest else {
+            if l.problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("unfinished"))
+            {
+                let old = std::fs::metadata(&l.path)
+                    .and_then(|md| md.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(86_400));
+                if old {
+                    out.push(l.clone());
+                }
+            }
+            continue;
+        };
+        let young =
+            keep_days.is_some_and(|d| now.saturating_sub(m.finished_unix_ms) < d * 86_400_000);
+        let within_last = keep_last.is_some_and(|n| kept < n);
+        if young || within_last || (keep_days.is_none() && keep_last.is_none()) {
+            kept += 1;
+        } else {
+            out.push(l.clone());
+        }
+    }
+    out
+}

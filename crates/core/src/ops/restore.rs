@@ -1,0 +1,723 @@
+//! Restore RDB files (a backup set's shards, or any RDB) into a cluster of any shape: every
+//! key routed by its slot to the master that owns it in the target, written with `RESTORE …
+//! ABSTTL` (the DUMP payload built from the file's raw value bytes, so nothing is re-encoded
+//! unless the target's RDB version requires it), pipelined per node and concurrent across
+//! nodes and files, following MOVED/ASK, checkpointing so an interrupted run resumes.
+
+use rcops_formats::slot::key_slot;
+use rcops_rdb::{dump_payload, min_version_for_type, type_name, Entry, Item, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::fanout::{query, Executor};
+use crate::node::{Addr, NodeError};
+use crate::topology::{line_addr, ClusterView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    Fail,
+    Skip,
+    Replace,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub label: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub on_conflict: OnConflict,
+    pub pattern: Option<String>,
+    pub types: Vec<String>,
+    pub db: Option<u64>,
+    /// Keys per pipeline round per node.
+    pub batch: usize,
+    pub checkpoint: PathBuf,
+    pub resume: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub restored: u64,
+    pub skipped_expired: u64,
+    pub skipped_filtered: u64,
+    pub skipped_existing: u64,
+    /// Restored by an earlier, interrupted run (skipped on --resume).
+    pub already_done: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.restored += o.restored;
+        self.skipped_expired += o.skipped_expired;
+        self.skipped_filtered += o.skipped_filtered;
+        self.skipped_existing += o.skipped_existing;
+        self.already_done += o.already_done;
+        self.failed += o.failed;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub per_source: BTreeMap<String, Counts>,
+    pub per_type: BTreeMap<&'static str, Counts>,
+    pub total: Counts,
+    /// First errors, with the key and the reason.
+    pub errors: Vec<String>,
+    pub target_rdb_version: u16,
+    pub interrupted: bool,
+    pub elapsed_ms: u128,
+    pub keys_per_sec: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    File(#[from] crate::ops::rdb::RdbFileError),
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+}
+
+/// Progress per source: how many entries of the file (in file order) are done.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub done: BTreeMap<String, u64>,
+}
+
+fn load_checkpoint(path: &Path) -> Result<Checkpoint, RestoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| RestoreError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
+        Err(e) => Err(RestoreError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn save_checkpoint(path: &Path, c: &Checkpoint) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("tmp");
+    if let Ok(t) = serde_json::to_string(c) {
+        if std::fs::write(&tmp, t).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+/// The RDB version the target's `RESTORE` accepts: what its own `DUMP` writes.
+pub async fn target_rdb_version(exec: &Executor, view: &ClusterView) -> Result<u16, RestoreError> {
+    let owners = view.slot_owner();
+    // A probe key in a slot of the first master.
+    let (key, addr) = (0..100_000u32)
+        .find_map(|i| {
+            let k = format!("__rcops:probe:{i}");
+            let a = owners[usize::from(key_slot(k.as_bytes()))].and_then(line_addr)?;
+            Some((k, a))
+        })
+        .ok_or_else(|| RestoreError::Refused("the target has no slots assigned".into()))?;
+    let mut conn = exec.conn(&addr).await?;
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(&key)
+        .arg("x")
+        .arg("PX")
+        .arg(60_000)
+        .ignore();
+    p.cmd("DUMP").arg(&key);
+    p.cmd("DEL").arg(&key).ignore();
+    let (dump,): (Vec<u8>,) = p
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| NodeError::from_redis(&addr, &e))?;
+    if dump.len() < 10 {
+        return Err(RestoreError::Refused(format!(
+            "{addr}: unexpected DUMP reply"
+        )));
+    }
+    let v = &dump[dump.len() - 10..dump.len() - 8];
+    Ok(u16::from_le_bytes([v[0], v[1]]))
+}
+
+/// RDB length encoding.
+fn put_len(out: &mut Vec<u8>, n: u64) {
+    if n < 64 {
+        out.push(n as u8);
+    } else if n < 16_384 {
+        out.push(0x40 | (n >> 8) as u8);
+        out.push(n as u8);
+    } else if n <= u64::from(u32::MAX) {
+        out.push(0x80);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.push(0x81);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    put_len(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+/// A value in the oldest encodings every server reads (string, linked list, set, hash, zset
+/// with binary scores), for targets too old for the file's encoding. `None` when the value
+/// cannot be re-encoded (streams, modules, hashes with field expirations).
+pub fn reencode(v: &Value) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match v {
+        Value::String(s) => {
+            out.push(0);
+            put_str(&mut out, s);
+        }
+        Value::List(items) | Value::Set(items) => {
+            out.push(if matches!(v, Value::List(_)) { 1 } else { 2 });
+            put_len(&mut out, items.len() as u64);
+            for i in items {
+                put_str(&mut out, i);
+            }
+        }
+        Value::Zset(items) => {
+            out.push(5);
+            put_len(&mut out, items.len() as u64);
+            for (m, s) in items {
+                put_str(&mut out, m);
+                out.extend_from_slice(&s.to_le_bytes());
+            }
+        }
+        Value::Hash(items) if items.iter().all(|(_, _, e)| e.is_none()) => {
+            out.push(4);
+            put_len(&mut out, items.len() as u64);
+            for (f, x, _) in items {
+                put_str(&mut out, f);
+                put_str(&mut out, x);
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// One key ready to send.
+struct Prepared {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    /// Absolute expiry in ms, 0 for none.
+    abs_ttl: i64,
+    kind: &'static str,
+    slot: u16,
+}
+
+/// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
+fn payload_for(e: &Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
+    if file_version <= target_version || min_version_for_type(e.type_byte) <= target_version {
+        return Ok(dump_payload(&e.raw, file_version.min(target_version)));
+    }
+    match reencode(&e.value) {
+        Some(raw) => Ok(dump_payload(&raw, target_version.min(9))),
+        None => Err(format!(
+            "type {} (RDB type {}) needs RDB version {} but the target accepts {}",
+            type_name(e.type_byte),
+            e.type_byte,
+            min_version_for_type(e.type_byte),
+            target_version
+        )),
+    }
+}
+
+fn glob_ok(pattern: &Option<String>, key: &[u8]) -> bool {
+    pattern
+        .as_deref()
+        .is_none_or(|p| rcops_formats::conf::glob_bytes(p.as_bytes(), key))
+}
+
+/// Checks that every key of every file can be written to the target before anything is:
+/// value types vs the target's RDB version, and (for `fail`) keys that already exist there.
+pub async fn preflight(
+    exec: &Executor,
+    view: &ClusterView,
+    sources: &[SourceFile],
+    opts: &RestoreOptions,
+    target_version: u16,
+    check_existing: bool,
+) -> Result<(), RestoreError> {
+    let owners: Vec<Option<Addr>> = view
+        .slot_owner()
+        .into_iter()
+        .map(|o| o.and_then(line_addr))
+        .collect();
+    let mut existing: Vec<String> = Vec::new();
+    let mut existing_count = 0u64;
+    for src in sources {
+        let mut p = crate::ops::rdb::parser(&src.path)?;
+        let file_version = p.version();
+        let mut batch: HashMap<Addr, Vec<Vec<u8>>> = HashMap::new();
+        let mut pending = 0usize;
+        loop {
+            let item = p.next();
+            let done = item.is_none();
+            if let Some(item) = item {
+                let item = item.map_err(|source| crate::ops::rdb::RdbFileError::Rdb {
+                    path: src.path.display().to_string(),
+                    source,
+                })?;
+                if let Item::Entry(e) = item {
+                    if !selected(&e, opts) {
+                        continue;
+                    }
+                    payload_for(&e, file_version, target_version).map_err(|why| {
+                        RestoreError::Refused(format!(
+                            "{}: key {:?}: {why}; nothing was written",
+                            src.label,
+                            String::from_utf8_lossy(&e.key)
+                        ))
+                    })?;
+                    if check_existing {
+                        if let Some(a) = &owners[usize::from(key_slot(&e.key))] {
+                            batch.entry(a.clone()).or_default().push(e.key);
+                            pending += 1;
+                        }
+                    }
+                }
+            }
+            if pending >= 5000 || (done && pending > 0) {
+                for (addr, keys) in batch.drain() {
+                    let mut conn = exec.conn(&addr).await?;
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("EXISTS").arg(k);
+                    }
+                    let found: Vec<i64> = pipe
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| NodeError::from_redis(&addr, &e))?;
+                    for (k, f) in keys.iter().zip(found) {
+                        if f > 0 {
+                            existing_count += 1;
+                            if existing.len() < 5 {
+                                existing.push(String::from_utf8_lossy(k).into_owned());
+                            }
+                        }
+                    }
+                }
+                pending = 0;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    if existing_count > 0 {
+        return Err(RestoreError::Refused(format!(
+            "the target already holds {existing_count} of the keys (e.g. {}); nothing was written — \
+             use --on-conflict skip or replace",
+            existing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn selected(e: &Entry, opts: &RestoreOptions) -> bool {
+    opts.db.is_none_or(|d| d == e.db)
+        && glob_ok(&opts.pattern, &e.key)
+        && (opts.types.is_empty() || opts.types.iter().any(|t| t == type_name(e.type_byte)))
+}
+
+/// Where each slot goes; refreshed on MOVED.
+struct Router {
+    owners: Vec<Option<Addr>>,
+}
+
+/// Restores every source into the target. `progress(keys)` is called as keys complete.
+pub async fn restore(
+    exec: &Executor,
+    view: &ClusterView,
+    sources: &[SourceFile],
+    opts: &RestoreOptions,
+    target_version: u16,
+    stop: Arc<AtomicBool>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let checkpoint = if opts.resume {
+        load_checkpoint(&opts.checkpoint)?
+    } else {
+        Checkpoint::default()
+    };
+    let checkpoint = Arc::new(Mutex::new(checkpoint));
+    let router = Arc::new(Mutex::new(Router {
+        owners: view
+            .slot_owner()
+            .into_iter()
+            .map(|o| o.and_then(line_addr))
+            .collect(),
+    }));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let per_type = Arc::new(Mutex::new(BTreeMap::<&'static str, Counts>::new()));
+    let jobs = sources.iter().map(|src| {
+        let checkpoint = checkpoint.clone();
+        let router = router.clone();
+        let errors = errors.clone();
+        let per_type = per_type.clone();
+        let stop = stop.clone();
+        let progress = progress.clone();
+        async move {
+            let skip = checkpoint
+                .lock()
+                .ok()
+                .and_then(|c| c.done.get(&src.label).copied())
+                .unwrap_or(0);
+            let r = restore_file(
+                exec,
+                src,
+                opts,
+                target_version,
+                skip,
+                &router,
+                &errors,
+                &per_type,
+                &stop,
+                &progress,
+                &checkpoint,
+            )
+            .await;
+            (src.label.clone(), r)
+        }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let mut per_source = BTreeMap::new();
+    let mut total = Counts::default();
+    for (label, r) in results {
+        let c = r?;
+        total.add(&c);
+        per_source.insert(label, c);
+    }
+    let interrupted = stop.load(Ordering::Relaxed);
+    if !interrupted && total.failed == 0 {
+        let _ = std::fs::remove_file(&opts.checkpoint);
+    }
+    let elapsed = started.elapsed();
+    let per_type = per_type.lock().map(|p| p.clone()).unwrap_or_default();
+    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    Ok(RestoreReport {
+        keys_per_sec: (total.restored as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+        per_source,
+        per_type,
+        total,
+        errors,
+        target_rdb_version: target_version,
+        interrupted,
+        elapsed_ms: elapsed.as_millis(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_file(
+    exec: &Executor,
+    src: &SourceFile,
+    opts: &RestoreOptions,
+    target_version: u16,
+    skip: u64,
+    router: &Mutex<Router>,
+    errors: &Mutex<Vec<String>>,
+    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
+    stop: &AtomicBool,
+    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+    checkpoint: &Mutex<Checkpoint>,
+) -> Result<Counts, RestoreError> {
+    let mut counts = Counts {
+        already_done: skip,
+        ..Default::default()
+    };
+    // Parsing runs on a blocking thread and hands over ready batches.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Prepared>, Counts, u64)>(4);
+    let path = src.path.clone();
+    let label = src.label.clone();
+    let opts2 = opts.clone();
+    let batch = opts.batch.max(1);
+    let producer = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
+        let mut p = crate::ops::rdb::parser(&path)?;
+        let file_version = p.version();
+        let now = crate::ops::rdb::now_ms();
+        let mut index = 0u64;
+        let mut out = Vec::with_capacity(batch);
+        let mut c = Counts::default();
+        for item in &mut p {
+            let item = item.map_err(|source| crate::ops::rdb::RdbFileError::Rdb {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let Item::Entry(e) = item else { continue };
+            index += 1;
+            if index <= skip {
+                continue;
+            }
+            if !selected(&e, &opts2) {
+                c.skipped_filtered += 1;
+            } else if e.expire_ms.is_some_and(|x| x <= now) {
+                c.skipped_expired += 1;
+            } else {
+                let payload = payload_for(&e, file_version, target_version).map_err(|why| {
+                    RestoreError::Refused(format!(
+                        "{label}: key {:?}: {why}",
+                        String::from_utf8_lossy(&e.key)
+                    ))
+                })?;
+                out.push(Prepared {
+                    slot: key_slot(&e.key),
+                    abs_ttl: e.expire_ms.unwrap_or(0),
+                    kind: type_name(e.type_byte),
+                    key: e.key,
+                    payload,
+                });
+            }
+            if out.len() >= batch {
+                let full = std::mem::replace(&mut out, Vec::with_capacity(batch));
+                if tx
+                    .blocking_send((full, std::mem::take(&mut c), index))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        let _ = tx.blocking_send((out, c, index));
+        Ok(())
+    });
+    // The first batch after a checkpoint may have been partly written before the
+    // interruption: those keys are ours, so they are replaced.
+    let mut first = opts.resume && skip > 0;
+    while let Some((batch, c, index)) = rx.recv().await {
+        counts.skipped_filtered += c.skipped_filtered;
+        counts.skipped_expired += c.skipped_expired;
+        let replace = opts.on_conflict == OnConflict::Replace || first;
+        first = false;
+        let sent = send_batch(exec, batch, replace, router, errors, per_type).await;
+        counts.restored += sent.restored;
+        counts.skipped_existing += sent.skipped_existing;
+        counts.failed += sent.failed;
+        progress(sent.restored + sent.skipped_existing + sent.failed);
+        if let Ok(mut cp) = checkpoint.lock() {
+            cp.done.insert(src.label.clone(), index);
+            save_checkpoint(&opts.checkpoint, &cp);
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    drop(rx);
+    producer
+        .await
+        .map_err(|e| RestoreError::Refused(format!("parser thread failed: {e}")))??;
+    Ok(counts)
+}
+
+/// Sends one batch: grouped by owner, one pipeline per node, all nodes at once; keys that
+/// come back MOVED/ASK are retried at the new owner.
+async fn send_batch(
+    exec: &Executor,
+    batch: Vec<Prepared>,
+    replace: bool,
+    router: &Mutex<Router>,
+    errors: &Mutex<Vec<String>>,
+    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
+) -> Counts {
+    let mut counts = Counts::default();
+    let mut todo: Vec<(Prepared, Option<Addr>, bool)> =
+        batch.into_iter().map(|p| (p, None, false)).collect();
+    for _attempt in 0..5 {
+        if todo.is_empty() {
+            break;
+        }
+        let mut by_node: HashMap<Addr, Vec<(Prepared, bool)>> = HashMap::new();
+        for (p, forced, asking) in todo.drain(..) {
+            let owner = forced.or_else(|| {
+                router
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.owners[usize::from(p.slot)].clone())
+            });
+            match owner {
+                Some(a) => by_node.entry(a).or_default().push((p, asking)),
+                None => {
+                    counts.failed += 1;
+                    note(
+                        errors,
+                        format!(
+                            "{:?}: slot {} has no owner in the target",
+                            String::from_utf8_lossy(&p.key),
+                            p.slot
+                        ),
+                    );
+                    bump(per_type, p.kind, |c| c.failed += 1);
+                }
+            }
+        }
+        let rounds =
+            futures::future::join_all(by_node.into_iter().map(|(addr, items)| async move {
+                let r = pipeline(exec, &addr, &items, replace).await;
+                (addr, items, r)
+            }))
+            .await;
+        for (addr, items, r) in rounds {
+            match r {
+                Err(e) => {
+                    exec.forget(&addr);
+                    for (p, _) in items {
+                        counts.failed += 1;
+                        bump(per_type, p.kind, |c| c.failed += 1);
+                        note(
+                            errors,
+                            format!("{:?}: {e}", String::from_utf8_lossy(&p.key)),
+                        );
+                    }
+                }
+                Ok(replies) => {
+                    for ((p, _), reply) in items.into_iter().zip(replies) {
+                        match reply {
+                            Ok(()) => {
+                                counts.restored += 1;
+                                bump(per_type, p.kind, |c| c.restored += 1);
+                            }
+                            Err(text) => {
+                                let code = text.split_whitespace().next().unwrap_or("");
+                                match code {
+                                    "MOVED" | "ASK" => {
+                                        let to = text
+                                            .split_whitespace()
+                                            .nth(2)
+                                            .and_then(|a| a.parse::<Addr>().ok());
+                                        if code == "MOVED" {
+                                            if let (Some(t), Ok(mut r)) = (&to, router.lock()) {
+                                                r.owners[usize::from(p.slot)] = Some(t.clone());
+                                            }
+                                        }
+                                        todo.push((p, to, code == "ASK"));
+                                    }
+                                    "BUSYKEY" => {
+                                        counts.skipped_existing += 1;
+                                        bump(per_type, p.kind, |c| c.skipped_existing += 1);
+                                    }
+                                    _ => {
+                                        counts.failed += 1;
+                                        bump(per_type, p.kind, |c| c.failed += 1);
+                                        note(
+                                            errors,
+                                            format!(
+                                                "{addr}: {:?}: {text}",
+                                                String::from_utf8_lossy(&p.key)
+                                            ),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (p, _, _) in todo {
+        counts.failed += 1;
+        bump(per_type, p.kind, |c| c.failed += 1);
+        note(
+            errors,
+            format!(
+                "{:?}: still redirected after 5 attempts",
+                String::from_utf8_lossy(&p.key)
+            ),
+        );
+    }
+    counts
+}
+
+fn note(errors: &Mutex<Vec<String>>, e: String) {
+    if let Ok(mut v) = errors.lock() {
+        if v.len() < 20 {
+            v.push(e);
+        }
+    }
+}
+
+fn bump(
+    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
+    kind: &'static str,
+    f: impl FnOnce(&mut Counts),
+) {
+    if let Ok(mut m) = per_type.lock() {
+        f(m.entry(kind).or_default());
+    }
+}
+
+/// One pipeline of RESTOREs to one node; per key `Ok` or the error text.
+async fn pipeline(
+    exec: &Executor,
+    addr: &Addr,
+    items: &[(Prepared, bool)],
+    replace: bool,
+) -> Result<Vec<Result<(), String>>, NodeError> {
+    let mut conn = exec.conn(addr).await?;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (p, asking) in items {
+        if *asking {
+            pipe.cmd("ASKING").ignore();
+        }
+        let cmd = pipe
+            .cmd("RESTORE")
+            .arg(&p.key)
+            .arg(p.abs_ttl)
+            .arg(&p.payload);
+        if replace {
+            cmd.arg("REPLACE");
+        }
+        if p.abs_ttl > 0 {
+            cmd.arg("ABSTTL");
+        }
+    }
+    let replies: Vec<redis::RedisResult<redis::Value>> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e))?;
+    Ok(replies
+        .into_iter()
+        .map(|r| r.map(|_| ()).map_err(|e| redis_error_text(&e)))
+        .collect())
+}
+
+/// `MOVED 123 host:port`, `BUSYKEY …`: the server's error as it sent it.
+fn redis_error_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Sum of `DBSIZE` over the target's masters (0: nothing can conflict).
+pub async fn target_keys(exec: &Executor, view: &ClusterView) -> u64 {
+    let masters: Vec<Addr> = view.masters().filter_map(line_addr).collect();
+    let fan = exec
+        .run(masters, |addr, mut conn| async move {
+            query::<u64>(&addr, &mut conn, &redis::cmd("DBSIZE")).await
+        })
+        .await;
+    fan.ok.values().sum::<u64>() + fan.failed.len() as u64
+}
