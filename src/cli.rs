@@ -171,6 +171,9 @@ pub struct RestoreArgs {
     /// Continue an interrupted restore from its checkpoint
     #[arg(long)]
     pub resume: bool,
+    /// At most this many keys per second (all files together)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Keys per pipeline per node
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod backup;
 mod breakage;
 mod config;
 mod errors;

@@ -306,6 +306,7 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         batch: a.batch as usize,
         checkpoint,
         resume: a.resume,
+        rate: a.rate,
     };
     let masters = view.masters().filter(|m| m.slot_count() > 0).count();
     if !g.json {

@@ -41,6 +41,26 @@ pub struct RestoreOptions {
     pub batch: usize,
     pub checkpoint: PathBuf,
     pub resume: bool,
+    /// Cap on keys written per second, all files together (spares a production target).
+    pub rate: Option<u64>,
+}
+
+/// Paces batches to a keys-per-second cap shared by every file.
+struct Pace {
+    start: Instant,
+    rate: Option<u64>,
+    admitted: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    async fn admit(&self, n: u64) {
+        let Some(rate) = self.rate.filter(|&r| r > 0) else {
+            return;
+        };
+        let before = self.admitted.fetch_add(n, Ordering::Relaxed);
+        let due = self.start + std::time::Duration::from_secs_f64(before as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -371,7 +391,13 @@ pub async fn restore(
     }));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let per_type = Arc::new(Mutex::new(BTreeMap::<&'static str, Counts>::new()));
+    let pace = Arc::new(Pace {
+        start: Instant::now(),
+        rate: opts.rate,
+        admitted: Default::default(),
+    });
     let jobs = sources.iter().map(|src| {
+        let pace = pace.clone();
         let checkpoint = checkpoint.clone();
         let router = router.clone();
         let errors = errors.clone();
@@ -396,6 +422,7 @@ pub async fn restore(
                 &stop,
                 &progress,
                 &checkpoint,
+                &pace,
             )
             .await;
             (src.label.clone(), r)
@@ -441,6 +468,7 @@ async fn restore_file(
     stop: &AtomicBool,
     progress: &Arc<dyn Fn(u64) + Send + Sync>,
     checkpoint: &Mutex<Checkpoint>,
+    pace: &Pace,
 ) -> Result<Counts, RestoreError> {
     let mut counts = Counts {
         already_done: skip,
@@ -509,6 +537,7 @@ async fn restore_file(
         counts.skipped_expired += c.skipped_expired;
         let replace = opts.on_conflict == OnConflict::Replace || first;
         first = false;
+        pace.admit(batch.len() as u64).await;
         let sent = send_batch(exec, batch, replace, router, errors, per_type).await;
         counts.restored += sent.restored;
         counts.skipped_existing += sent.skipped_existing;

@@ -1,0 +1,494 @@
+//! Backup and restore round trips on labs of their own: every key compared by its DUMP
+//! payload (same server version on both sides, so equal bytes mean equal type, encoding and
+//! value; sets and hashes by sorted contents) and its absolute expiry.
+
+use crate::common::*;
+use rcops_formats::slot::{even_split, key_slot};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+fn conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// Every key of a lab's masters: name → (DUMP payload, absolute expiry in ms or -1).
+fn snapshot(ports: &[u16]) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+    let mut out = BTreeMap::new();
+    for &p in ports {
+        let mut c = conn(p);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut c)
+                .unwrap();
+            for k in keys {
+                // Hashtable-encoded sets and hashes serialize in iteration order, which depends
+                // on insertion history: compare their contents sorted; everything else by DUMP.
+                let kind: String = redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
+                let dump: Vec<u8> = match kind.as_str() {
+                    "set" => {
+                        let mut m: Vec<Vec<u8>> =
+                            redis::cmd("SMEMBERS").arg(&k).query(&mut c).unwrap();
+                        m.sort();
+                        m.concat()
+                    }
+                    "hash" => {
+                        let mut m: Vec<(Vec<u8>, Vec<u8>)> =
+                            redis::cmd("HGETALL").arg(&k).query(&mut c).unwrap();
+                        m.sort();
+                        m.into_iter()
+                            .flat_map(|(a, b)| [a, b])
+                            .collect::<Vec<_>>()
+                            .concat()
+                    }
+                    // A replica's stream groups carry its own entries-read and consumer times
+                    // (replication does not copy them), so streams from a replica backup are
+                    // compared by entries and group state.
+                    "stream" => {
+                        let entries: redis::Value = redis::cmd("XRANGE")
+                            .arg(&k)
+                            .arg("-")
+                            .arg("+")
+                            .query(&mut c)
+                            .unwrap();
+                        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+                            redis::cmd("XINFO")
+                                .arg("GROUPS")
+                                .arg(&k)
+                                .query(&mut c)
+                                .unwrap();
+                        let groups: Vec<String> = groups
+                            .iter()
+                            .map(|g| {
+                                format!(
+                                    "{:?} {:?} {:?} {:?}",
+                                    g.get("name"),
+                                    g.get("consumers"),
+                                    g.get("pending"),
+                                    g.get("last-delivered-id")
+                                )
+                            })
+                            .collect();
+                        format!("{entries:?} {groups:?}").into_bytes()
+                    }
+                    _ => redis::cmd("DUMP").arg(&k).query(&mut c).unwrap(),
+                };
+                let ttl: i64 = redis::cmd("PEXPIRETIME").arg(&k).query(&mut c).unwrap();
+                out.insert(k, (dump, ttl));
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Compares two snapshots: same keys, same payloads, TTLs within a second.
+fn assert_same(a: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>, b: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>) {
+    let missing: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} vs {} keys; missing {missing:?}, extra {extra:?}",
+        a.len(),
+        b.len()
+    );
+    let mut diffs = Vec::new();
+    for (k, (pa, ta)) in a {
+        let (pb, tb) = &b[k];
+        if pa != pb {
+            diffs.push(format!("{:?}: value differs", String::from_utf8_lossy(k)));
+        }
+        let ttl_ok =
+            (*ta < 0 && *tb < 0 && ta == tb) || (*ta >= 0 && *tb >= 0 && (ta - tb).abs() <= 1000);
+        if !ttl_ok {
+            diffs.push(format!(
+                "{:?}: ttl {ta} vs {tb}",
+                String::from_utf8_lossy(k)
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences, e.g. {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(5)]
+    );
+}
+
+/// Extra data the sample load does not cover: stream groups with pending entries, empty and
+/// binary strings, integers, big collections in their non-compact encodings.
+fn plant_extras(lab: &Lab) {
+    let m = |key: &[u8]| {
+        lab.port
+            + (even_split(3)
+                .iter()
+                .position(|r| {
+                    let s = key_slot(key);
+                    r.start <= s && s <= r.end
+                })
+                .unwrap() as u16)
+    };
+    let mut c = conn(m(b"x:stream"));
+    let _: () = redis::cmd("XADD")
+        .arg("x:stream")
+        .arg("*")
+        .arg("f")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("XADD")
+        .arg("x:stream")
+        .arg("*")
+        .arg("f")
+        .arg("2")
+        .arg("g")
+        .arg("3")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("x:stream")
+        .arg("grp")
+        .arg("0")
+        .query(&mut c)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("grp")
+        .arg("alice")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("x:stream")
+        .arg(">")
+        .query(&mut c)
+        .unwrap();
+    let mut c = conn(m(b"x:empty"));
+    let _: () = redis::cmd("SET")
+        .arg("x:empty")
+        .arg("")
+        .query(&mut c)
+        .unwrap();
+    let mut c = conn(m(b"x:int"));
+    let _: () = redis::cmd("SET")
+        .arg("x:int")
+        .arg("-12345")
+        .query(&mut c)
+        .unwrap();
+    let bin: Vec<u8> = (0..=255u8).collect();
+    let mut c = conn(m(&bin));
+    let _: () = redis::cmd("SET")
+        .arg(&bin)
+        .arg(&bin)
+        .arg("EX")
+        .arg(500)
+        .query(&mut c)
+        .unwrap();
+    let mut c = conn(m(b"x:bigzset"));
+    for i in 0..300 {
+        let _: () = redis::cmd("ZADD")
+            .arg("x:bigzset")
+            .arg(i as f64 / 7.0)
+            .arg(format!("m{i}"))
+            .query(&mut c)
+            .unwrap();
+    }
+    let mut c = conn(m(b"x:intset"));
+    for i in -5..200 {
+        let _: () = redis::cmd("SADD")
+            .arg("x:intset")
+            .arg(i * 1000)
+            .query(&mut c)
+            .unwrap();
+    }
+}
+
+#[test]
+fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
+    let src = Lab::start(LabSpec::default());
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let r = run(&mut rcops(&[
+        "lab",
+        "load",
+        "--keys",
+        "4000",
+        "--dir",
+        &src.path().display().to_string(),
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    plant_extras(&src);
+    let src_ports: Vec<u16> = (src.port..src.port + 3).collect();
+    let before = snapshot(&src_ports);
+    assert!(before.len() >= 4006);
+
+    let r = src.run(&["backup", "--json", "--state-dir", &st]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    let v = r.json();
+    let m = &v["manifest"];
+    assert_eq!(m["status"], "complete");
+    assert_eq!(m["shards"].as_array().unwrap().len(), 3);
+    let id = m["id"].as_str().unwrap().to_string();
+    let keys: u64 = m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["keys"].as_u64().unwrap())
+        .sum();
+    assert_eq!(keys as usize, before.len());
+    for s in m["shards"].as_array().unwrap() {
+        assert_eq!(s["role"], "replica", "read from replicas by default");
+        assert_eq!(s["rdb_version"], 10);
+        assert!(s["compressed_bytes"].as_u64().unwrap() * 2 <= s["raw_bytes"].as_u64().unwrap());
+        assert_eq!(s["sha256"].as_str().unwrap().len(), 64);
+    }
+    let r = run(&mut rcops(&["backup", "verify", &id, "--state-dir", &st]));
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    let r = run(&mut rcops(&[
+        "backup",
+        "list",
+        "--json",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.json()[0]["verified"]["ok"], true);
+
+    // Into two masters: every key at its new owner, identical.
+    let dst = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let dst_ports: Vec<u16> = vec![dst.port, dst.port + 1];
+    let r = dst.run(&["restore", &id, "--state-dir", &st]);
+    assert_eq!(r.code, 64, "plan only without --yes: {}", r.stderr);
+    assert!(snapshot(&dst_ports).is_empty());
+    let r = dst.run(&["restore", &id, "--state-dir", &st, "--yes", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    assert_eq!(
+        r.json()["total"]["restored"].as_u64().unwrap() as usize,
+        before.len()
+    );
+    assert_same(&before, &snapshot(&dst_ports));
+
+    // Again, default policy: refused before writing anything.
+    let mut c = conn(dst.port);
+    let victim: Vec<u8> = snapshot(&[dst.port]).keys().next().unwrap().clone();
+    let _: () = redis::cmd("DEL").arg(&victim).query(&mut c).unwrap();
+    let r = dst.run(&["restore", &id, "--state-dir", &st, "--yes"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("already holds") && r.stderr.contains("nothing was written"),
+        "{}",
+        r.stderr
+    );
+    let exists: i64 = redis::cmd("EXISTS").arg(&victim).query(&mut c).unwrap();
+    assert_eq!(exists, 0, "a refused restore wrote a key");
+    // Skip: only the missing key is written, the rest reported as existing.
+    let r = dst.run(&[
+        "restore",
+        &id,
+        "--state-dir",
+        &st,
+        "--yes",
+        "--on-conflict",
+        "skip",
+        "--json",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["total"]["restored"], 1);
+    assert_eq!(
+        v["total"]["skipped_existing"].as_u64().unwrap() as usize,
+        before.len() - 1
+    );
+    assert_same(&before, &snapshot(&dst_ports));
+
+    // Interrupted (Ctrl-C) then resumed into an empty cluster: nothing lost, nothing extra.
+    let dst2 = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let dst2_ports = vec![dst2.port, dst2.port + 1];
+    let mut child = dst2
+        .cmd(&[
+            "restore",
+            &id,
+            "--state-dir",
+            &st,
+            "--yes",
+            "--batch",
+            "20",
+            "--rate",
+            "2000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let partial = snapshot(&dst2_ports).len();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        partial > 0 && partial < before.len(),
+        "interrupted after {partial} keys"
+    );
+    let r = dst2.run(&[
+        "restore",
+        &id,
+        "--state-dir",
+        &st,
+        "--yes",
+        "--resume",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    let v = r.json();
+    assert!(v["total"]["already_done"].as_u64().unwrap() > 0);
+    assert_same(&before, &snapshot(&dst2_ports));
+}
+
+#[test]
+fn partial_backups_and_corrupt_files_are_refused_loudly() {
+    let src = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    run(&mut rcops(&[
+        "lab",
+        "load",
+        "--keys",
+        "2000",
+        "--dir",
+        &src.path().display().to_string(),
+    ]));
+
+    // A master that dies while its snapshot streams: that shard fails, the set is partial.
+    let victim = src.port + 1;
+    let mut c = conn(victim);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("rdb-key-save-delay")
+        .arg(2000)
+        .query(&mut c)
+        .unwrap();
+    let mut child = src
+        .cmd(&["backup", "--state-dir", &st, "--from-masters", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let pid = src.pid(victim).to_string();
+    let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifest"]["status"], "partial");
+    let failed: Vec<&serde_json::Value> = v["manifest"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains(&victim.to_string()));
+    let id = v["manifest"]["id"].as_str().unwrap();
+    let r = run(&mut rcops(&["backup", "verify", id, "--state-dir", &st]));
+    assert_eq!(r.code, 2);
+    let r = src.run(&["restore", id, "--state-dir", &st, "--yes"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("partial"), "{}", r.stderr);
+
+    // A good shard file: flipped byte and truncation are errors naming an offset.
+    let folder = v["path"].as_str().unwrap();
+    let good = v["manifest"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["ok"] == true)
+        .unwrap();
+    let zst = std::path::Path::new(folder).join(good["file"].as_str().unwrap());
+    let raw = zstd::decode_all(std::fs::File::open(&zst).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("ok.rdb");
+    std::fs::write(&plain, &raw).unwrap();
+    let r = run(&mut rcops(&[
+        "rdb",
+        "info",
+        plain.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["keys"], good["keys"]);
+    let mut flipped = raw.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x5a;
+    let bad = dir.path().join("flipped.rdb");
+    std::fs::write(&bad, &flipped).unwrap();
+    let r = run(&mut rcops(&["rdb", "info", bad.to_str().unwrap()]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("byte ") || r.stderr.contains("checksum mismatch"),
+        "{}",
+        r.stderr
+    );
+    let cut = dir.path().join("cut.rdb");
+    std::fs::write(&cut, &raw[..raw.len() * 2 / 3]).unwrap();
+    let r = run(&mut rcops(&["rdb", "info", cut.to_str().unwrap()]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("truncated") && r.stderr.contains("byte "),
+        "{}",
+        r.stderr
+    );
+    // The backup's own file, damaged on disk: verify names the checksum.
+    let mut bytes = std::fs::read(&zst).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&zst, &bytes).unwrap();
+    let r = run(&mut rcops(&[
+        "backup",
+        "verify",
+        folder,
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.contains("SHA-256 mismatch"), "{}", r.stdout);
+    // Not an RDB at all.
+    let r = run(&mut rcops(&["rdb", "info", "Cargo.toml"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not an RDB file"), "{}", r.stderr);
+}
