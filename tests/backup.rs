@@ -320,7 +320,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         ..Default::default()
     });
     let dst2_ports = vec![dst2.port, dst2.port + 1];
-    let mut child = dst2
+    let child = dst2
         .cmd(&[
             "restore",
             &id,
@@ -394,7 +394,7 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
         .arg(2000)
         .query(&mut c)
         .unwrap();
-    let mut child = src
+    let child = src
         .cmd(&["backup", "--state-dir", &st, "--from-masters", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -102,10 +102,10 @@ mod tests {
 
     #[test]
     fn dump_payload_matches_redis() {
-        // `DUMP` of the string "hello" on Redis 7.0 (RDB version 10).
-        let want = b"\x00\x05hello\x0a\x00\xfa\x0f\x8b\x2b\x1f\x0b\x73\x2c";
-        let got = dump_payload(b"\x00\x05hello", 10);
-        assert_eq!(&got[..9], &want[..9]);
-        assert_eq!(got.len(), want.len());
+        // `DUMP` of the string "hello" on Redis 7.0.15 (RDB version 10).
+        let want = [
+            0, 5, 104, 101, 108, 108, 111, 10, 0, 99, 114, 223, 118, 101, 52, 32, 10,
+        ];
+        assert_eq!(dump_payload(b"\x00\x05hello", 10), want);
     }
 }
