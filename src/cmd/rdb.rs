@@ -16,7 +16,7 @@ fn matches(pattern: &Option<String>, key: &[u8]) -> bool {
 pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
     match c {
         RdbCommand::Info { file } => {
-            let info = scan(file, |_| {}).map_err(Failure::failed)?;
+            let info = scan(file, false, |_| {}).map_err(Failure::failed)?;
             if g.json {
                 output::print_json(&info);
                 return Ok(EXIT_OK);
@@ -49,7 +49,7 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
             Ok(EXIT_OK)
         }
         RdbCommand::Keys { file, pattern } => {
-            scan(file, |e| {
+            scan(file, false, |e| {
                 if !matches(pattern, &e.key) {
                     return;
                 }
@@ -66,7 +66,7 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
             Ok(EXIT_OK)
         }
         RdbCommand::Dump { file, pattern } => {
-            scan(file, |e| {
+            scan(file, true, |e| {
                 if matches(pattern, &e.key) {
                     output::print_json_line(e);
                 }

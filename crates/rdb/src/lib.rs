@@ -19,7 +19,9 @@ pub mod reader;
 pub use parser::{Entry, Item, Parser, StreamValue, Value};
 
 /// The CRC-64 redis uses (Jones polynomial, reflected): DUMP payloads and the RDB trailer.
-pub const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_REDIS);
+/// Slice-by-16 tables: the checksum runs over every byte of every file.
+pub const CRC64: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_REDIS);
 
 /// A failure reading an RDB, with the byte offset where it was noticed.
 #[derive(Debug, thiserror::Error)]

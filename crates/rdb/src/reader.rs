@@ -18,8 +18,13 @@ pub enum Length {
 
 pub struct Reader<R: Read> {
     inner: R,
+    /// Our own buffer: most reads are a byte or a short string, and going to `inner` (often a
+    /// `dyn Read` over a zstd decoder) for each would dominate the parse.
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
     offset: u64,
-    crc: crc::Digest<'static, u64>,
+    crc: crc::Digest<'static, u64, crc::Table<16>>,
     capture: Option<Vec<u8>>,
 }
 
@@ -27,6 +32,9 @@ impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
         Reader {
             inner,
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            pos: 0,
+            end: 0,
             offset: 0,
             crc: CRC64.digest(),
             capture: None,
@@ -35,6 +43,25 @@ impl<R: Read> Reader<R> {
 
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Like `Read::read`, served from the internal buffer.
+    fn read_some(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.end {
+            // Large reads bypass the buffer.
+            if dst.len() >= self.buf.len() {
+                return self.inner.read(dst);
+            }
+            self.end = self.inner.read(&mut self.buf)?;
+            self.pos = 0;
+            if self.end == 0 {
+                return Ok(0);
+            }
+        }
+        let n = dst.len().min(self.end - self.pos);
+        dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 
     /// CRC64 of everything read so far.
@@ -68,9 +95,21 @@ impl<R: Read> Reader<R> {
 
     /// Exactly `buf.len()` bytes, or `Truncated`.
     pub fn fill(&mut self, buf: &mut [u8]) -> Result<(), RdbError> {
+        // Fast path: the bytes are already buffered.
+        if self.end - self.pos >= buf.len() {
+            let slice = &self.buf[self.pos..self.pos + buf.len()];
+            buf.copy_from_slice(slice);
+            self.crc.update(slice);
+            if let Some(c) = &mut self.capture {
+                c.extend_from_slice(slice);
+            }
+            self.offset += buf.len() as u64;
+            self.pos += buf.len();
+            return Ok(());
+        }
         let mut got = 0;
         while got < buf.len() {
-            match self.inner.read(&mut buf[got..]) {
+            match self.read_some(&mut buf[got..]) {
                 Ok(0) => {
                     return Err(RdbError::Truncated {
                         offset: self.offset + got as u64,
@@ -94,7 +133,7 @@ impl<R: Read> Reader<R> {
     pub fn fill_unhashed(&mut self, buf: &mut [u8]) -> Result<usize, RdbError> {
         let mut got = 0;
         while got < buf.len() {
-            match self.inner.read(&mut buf[got..]) {
+            match self.read_some(&mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -128,26 +167,34 @@ impl<R: Read> Reader<R> {
         if n > MAX_STRING {
             return Err(self.corrupt(format!("string length {n} exceeds 4 GiB")));
         }
-        let mut out = Vec::with_capacity(n.min(64 * 1024) as usize);
+        // Up to 1 MiB is allocated at once; beyond that the vector grows only as bytes
+        // arrive, so a corrupt length cannot allocate more than the input holds.
         let start = self.offset;
-        let mut chunk = [0u8; 16 * 1024];
-        while (out.len() as u64) < n {
-            let want = ((n - out.len() as u64) as usize).min(chunk.len());
-            match self.inner.read(&mut chunk[..want]) {
-                Ok(0) => {
-                    return Err(RdbError::Truncated {
-                        offset: start + out.len() as u64,
-                    })
-                }
-                Ok(k) => out.extend_from_slice(&chunk[..k]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(RdbError::Io {
-                        offset: start + out.len() as u64,
-                        source: e,
-                    })
+        let mut out = vec![0u8; n.min(1 << 20) as usize];
+        let mut got = 0usize;
+        loop {
+            while got < out.len() {
+                match self.read_some(&mut out[got..]) {
+                    Ok(0) => {
+                        return Err(RdbError::Truncated {
+                            offset: start + got as u64,
+                        })
+                    }
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(RdbError::Io {
+                            offset: start + got as u64,
+                            source: e,
+                        })
+                    }
                 }
             }
+            if got as u64 == n {
+                break;
+            }
+            let next = (out.len() * 2).min(n as usize);
+            out.resize(next, 0);
         }
         self.record(&out);
         Ok(out)
@@ -207,6 +254,57 @@ impl<R: Read> Reader<R> {
                         reason: format!("LZF: {reason}"),
                     }
                 })
+            }
+            Length::Special(k) => Err(self.corrupt(format!("unknown string encoding {k}"))),
+        }
+    }
+
+    /// Consumes `n` bytes without keeping them (they still count for the CRC and capture),
+    /// straight from the internal buffer.
+    pub fn skip(&mut self, mut n: u64) -> Result<(), RdbError> {
+        while n > 0 {
+            if self.pos == self.end {
+                self.end = match self.inner.read(&mut self.buf) {
+                    Ok(k) => k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(RdbError::Io {
+                            offset: self.offset,
+                            source: e,
+                        })
+                    }
+                };
+                self.pos = 0;
+                if self.end == 0 {
+                    return Err(RdbError::Truncated {
+                        offset: self.offset,
+                    });
+                }
+            }
+            let k = (n as usize).min(self.end - self.pos);
+            let slice = &self.buf[self.pos..self.pos + k];
+            self.crc.update(slice);
+            if let Some(c) = &mut self.capture {
+                c.extend_from_slice(slice);
+            }
+            self.offset += k as u64;
+            self.pos += k;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// Consumes a string in any encoding without decoding it (LZF stays compressed).
+    pub fn skip_string(&mut self) -> Result<(), RdbError> {
+        match self.length_or_special()? {
+            Length::Len(n) => self.skip(n),
+            Length::Special(0) => self.skip(1),
+            Length::Special(1) => self.skip(2),
+            Length::Special(2) => self.skip(4),
+            Length::Special(3) => {
+                let clen = self.length()?;
+                let _len = self.length()?;
+                self.skip(clen)
             }
             Length::Special(k) => Err(self.corrupt(format!("unknown string encoding {k}"))),
         }

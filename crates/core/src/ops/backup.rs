@@ -212,7 +212,9 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
     let mut server_version = String::new();
     let rdb_version;
     {
-        let mut p = Parser::new(&mut tee).map_err(|e| format!("RDB stream: {e}"))?;
+        let mut p = Parser::new(&mut tee)
+            .map_err(|e| format!("RDB stream: {e}"))?
+            .decode_values(false);
         rdb_version = p.version();
         for item in &mut p {
             match item.map_err(|e| format!("RDB stream: {e}"))? {
@@ -715,7 +717,7 @@ fn verify_shard(folder: &Path, s: &ShardManifest) -> ShardCheck {
     let slots = parse_slots(&s.slots);
     let mut outside = 0u64;
     let mut example = None;
-    let result = crate::ops::rdb::scan(&path, |e| {
+    let result = crate::ops::rdb::scan(&path, true, |e| {
         if let Some(set) = &slots {
             let slot = key_slot(&e.key);
             if !set.contains(slot) {

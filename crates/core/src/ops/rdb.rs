@@ -47,6 +47,7 @@ pub fn open(path: &Path) -> Result<Box<dyn Read + Send>, RdbFileError> {
     }
 }
 
+/// A parser that decodes every value (see [`Parser::decode_values`] to only walk them).
 pub fn parser(path: &Path) -> Result<Parser<Box<dyn Read + Send>>, RdbFileError> {
     Parser::new(open(path)?).map_err(|source| RdbFileError::Rdb {
         path: path.display().to_string(),
@@ -78,12 +79,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Walks a file, calling `on_entry` for every key; returns the summary.
+/// Walks a file, calling `on_entry` for every key (values decoded when `decode`); returns
+/// the summary.
 pub fn scan(
     path: &Path,
+    decode: bool,
     mut on_entry: impl FnMut(&rcops_rdb::Entry),
 ) -> Result<RdbInfo, RdbFileError> {
-    let mut p = parser(path)?;
+    let mut p = parser(path)?.decode_values(decode);
     let mut info = RdbInfo {
         version: p.version(),
         ..Default::default()
@@ -159,7 +162,7 @@ pub struct RdbMemory {
 pub fn memory(path: &Path, top: usize, delimiter: &str) -> Result<RdbMemory, RdbFileError> {
     let mut m = RdbMemory::default();
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<Ranked>> = Default::default();
-    m.info = scan(path, |e| {
+    m.info = scan(path, true, |e| {
         let size = e.raw.len() as u64;
         let kind = type_name(e.type_byte);
         let key = String::from_utf8_lossy(&e.key).into_owned();

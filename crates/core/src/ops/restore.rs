@@ -286,8 +286,9 @@ pub async fn preflight(
     let mut existing: Vec<String> = Vec::new();
     let mut existing_count = 0u64;
     for src in sources {
-        let mut p = crate::ops::rdb::parser(&src.path)?;
+        let p = crate::ops::rdb::parser(&src.path)?;
         let file_version = p.version();
+        let mut p = p.decode_values(file_version > target_version);
         let mut batch: HashMap<Addr, Vec<Vec<u8>>> = HashMap::new();
         let mut pending = 0usize;
         loop {
@@ -481,8 +482,10 @@ async fn restore_file(
     let opts2 = opts.clone();
     let batch = opts.batch.max(1);
     let producer = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-        let mut p = crate::ops::rdb::parser(&path)?;
+        let p = crate::ops::rdb::parser(&path)?;
         let file_version = p.version();
+        // Values are only decoded when the target may need them re-encoded.
+        let mut p = p.decode_values(file_version > target_version);
         let now = crate::ops::rdb::now_ms();
         let mut index = 0u64;
         let mut out = Vec::with_capacity(batch);

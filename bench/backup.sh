@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Benchmarks for backup and restore on a 3-master lab (1 replica each) with 1M+ keys:
+#   1. `rcops backup` vs `redis-cli --cluster backup` (sizes too).
+#   2. RDB parsing: `rcops rdb info` vs rdbtools (`rdbtools-tikon93`, the maintained fork;
+#      rdbtools 0.1.15 refuses RDB version 10) on one shard's RDB.
+#   3. `rcops restore` into an empty 3-master lab vs `redis-benchmark --cluster -P 32` SET
+#      into the same lab (the box's physical limit for small writes).
+# Results go to bench/out/backup.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-deps
+cargo build --release --locked
+rcops=$PWD/target/release/rcops
+out=bench/out; mkdir -p "$out"; md="$out/backup.md"; : > "$md"
+dir=$(mktemp -d)
+trap '$rcops lab down --dir "$dir/src" >/dev/null 2>&1 || true; $rcops lab down --dir "$dir/dst" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+python3 -m pip install -q rdbtools-tikon93 python-lzf >/dev/null 2>&1 || python3 -m pip install -q rdbtools-tikon93 >/dev/null 2>&1 || true
+n=${KEYS:-1000000}
+$rcops lab up --masters 3 --replicas 1 --port 7400 --dir "$dir/src" >/dev/null
+$rcops lab load --dir "$dir/src" --keys "$n" >/dev/null
+export RCOPS_STATE_DIR="$dir/state"
+t() { local s; s=$(date +%s.%N); "$@" >/dev/null; python3 -c "print(round($(date +%s.%N)-$s,3))"; }
+
+a=$(t $rcops backup -c 127.0.0.1:7400)
+mkdir -p "$dir/redis-cli-backup"
+b=$(t redis-cli --cluster backup 127.0.0.1:7400 "$dir/redis-cli-backup")
+raw=$(du -cb "$dir"/redis-cli-backup/*.rdb | tail -1 | cut -f1)
+zst=$(du -cb "$dir"/state/backups/*/*.zst | tail -1 | cut -f1)
+{
+echo "| $n keys, 3 masters | time |"
+echo "|---|---:|"
+echo "| rcops backup (3 shards at once, from replicas, zstd + SHA-256 + parse) | $a s |"
+echo "| redis-cli --cluster backup (one master after another) | $b s |"
+python3 -c "print(f'\nratio: {$b/$a:.1f}x; files: rcops {$zst/1e6:.1f} MB zstd vs {$raw/1e6:.1f} MB raw RDB = {100*$zst/$raw:.0f}%')"
+} | tee -a "$md"
+
+# Parsing one shard's RDB (the raw file redis-cli wrote).
+f=$(ls "$dir"/redis-cli-backup/*.rdb | head -1)
+keys=$($rcops rdb info --json "$f" | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys"])')
+p=$(t $rcops rdb info "$f")
+q=$(t $rcops rdb dump "$f")
+if command -v rdb >/dev/null; then
+  r=$(t rdb --command json "$f" || echo nan)
+else
+  r=nan
+fi
+{
+echo
+echo "| parse one shard's RDB ($keys keys, $(du -b "$f" | cut -f1) bytes) | time | keys/s |"
+echo "|---|---:|---:|"
+python3 -c "
+k=$keys
+for name, s in (('rcops rdb info', $p), ('rcops rdb dump (JSON Lines of every value)', $q), ('rdbtools-tikon93 rdb --command json', float('$r'))):
+    print(f'| {name} | {s} s | {k/s:,.0f} |' if s==s else f'| {name} | failed | - |')
+print(f'\nratio (rdb dump vs rdbtools json): {$r/$q:.0f}x' if $r==$r else '')
+"
+} | tee -a "$md"
+
+# Restore into an empty 3-master lab vs redis-benchmark SETs into the same lab.
+$rcops lab up --masters 3 --replicas 0 --port 7500 --dir "$dir/dst" >/dev/null
+id=$($rcops backup list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+s=$(date +%s.%N)
+$rcops restore "$id" -c 127.0.0.1:7500 --yes --json > "$dir/restore.json"
+e=$(date +%s.%N)
+rk=$(python3 -c "import json; print(json.load(open('$dir/restore.json'))['total']['restored'])")
+rb=$(redis-benchmark --cluster -h 127.0.0.1 -p 7500 -t set -c 50 -P 32 -n 2000000 -d 3 -r 1000000 --csv 2>/dev/null | tail -1 | python3 -c 'import csv,sys; print(next(csv.reader(sys.stdin))[1])')
+{
+echo
+echo "| restore into an empty 3-master lab | keys/s |"
+echo "|---|---:|"
+python3 -c "
+k=$rk; s=$e-$s
+print(f'| rcops restore ({k} keys, all types, TTLs, {s:.2f} s wall incl. start-up and checks) | {k/s:,.0f} |')
+print(f'| redis-benchmark --cluster -P 32 SET (3-byte values) | {float($rb):,.0f} |')
+print(f'\nrcops restore reaches {100*k/s/float($rb):.0f}% of redis-benchmark SET throughput')
+"
+} | tee -a "$md"
