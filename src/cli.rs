@@ -150,15 +150,22 @@ pub enum BackupCommand {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Backup id (or a unique prefix), a backup folder, or an RDB file
-    pub source: String,
+    #[arg(required_unless_present = "aof")]
+    pub source: Option<String>,
+    /// Replay an append-only file or a Redis 7 appendonlydir instead
+    #[arg(long, value_name = "FILE|DIR", conflicts_with_all = ["source", "files", "on_conflict", "resume"])]
+    pub aof: Option<PathBuf>,
+    /// With --aof: stop at the first #TS annotation after this time (RFC 3339 or Unix seconds)
+    #[arg(long, requires = "aof", value_name = "TIME")]
+    pub until: Option<String>,
     /// More RDB files
     pub files: Vec<PathBuf>,
     /// Where backup sets live [default: STATE_DIR/backups]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// When the target already holds a key: fail before writing anything, skip it, or replace it
-    #[arg(long, default_value = "fail", value_parser = ["fail", "skip", "replace"])]
-    pub on_conflict: String,
+    #[arg(long, value_parser = ["fail", "skip", "replace"])]
+    pub on_conflict: Option<String>,
     /// Only keys matching this glob
     #[arg(long = "match", value_name = "PATTERN")]
     pub pattern: Option<String>,

@@ -229,9 +229,13 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
 }
 
 pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
+    if let Some(aof) = &a.aof {
+        return replay_aof(g, a, aof).await;
+    }
     let dir = backup_dir(g, &a.dir);
+    let source = a.source.clone().unwrap_or_default();
     // Sources: a backup set (id, prefix or folder), or RDB files.
-    let src_path = Path::new(&a.source);
+    let src_path = Path::new(&source);
     let (label, mut sources, expected): (String, Vec<SourceFile>, Option<u64>) = if src_path
         .is_file()
     {
@@ -241,13 +245,13 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             vec![SourceFile {
-                label: a.source.clone(),
+                label: source.clone(),
                 path: src_path.to_path_buf(),
             }],
             None,
         )
     } else {
-        let (folder, m) = backup::find(&dir, &a.source).map_err(Failure::failed)?;
+        let (folder, m) = backup::find(&dir, &source).map_err(Failure::failed)?;
         if m.status != "complete" {
             return Err(Failure::failed(format!(
                     "backup {} is {}: some shards are missing; restore its files one by one if you must",
@@ -282,7 +286,8 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         rcops_core::ops::rdb::parser(&s.path).map_err(Failure::failed)?;
     }
     let (exec, view) = view_light(g, Detail::Health).await?;
-    let on_conflict = match a.on_conflict.as_str() {
+    let policy = a.on_conflict.clone().unwrap_or_else(|| "fail".into());
+    let on_conflict = match policy.as_str() {
         "skip" => OnConflict::Skip,
         "replace" => OnConflict::Replace,
         _ => OnConflict::Fail,
@@ -315,7 +320,7 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
             sources.len(),
             expected.map(|k| format!(" ({k} keys)")).unwrap_or_default(),
             existing,
-            a.on_conflict,
+            policy,
             if a.resume { ", resuming from the checkpoint" } else { "" }
         );
     }
@@ -414,6 +419,93 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     Ok(if report.total.failed > 0 {
         EXIT_FAILED
     } else if report.total.skipped_existing > 0 {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `--until`: RFC 3339 or Unix seconds.
+fn parse_until(s: &str) -> Result<u64, Failure> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--until {s:?}: expected RFC 3339 (2026-11-25T10:00:00Z) or Unix seconds"
+            ))
+        })
+}
+
+async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
+    let until = a.until.as_deref().map(parse_until).transpose()?;
+    let files = rcops_core::ops::aof::files(path).map_err(Failure::failed)?;
+    for f in &files {
+        if !f.is_file() {
+            return Err(Failure::failed(format!(
+                "{}: no such file (listed by the manifest?)",
+                f.display()
+            )));
+        }
+    }
+    let (exec, view) = view_light(g, Detail::Health).await?;
+    if !g.json {
+        crate::outln!(
+            "plan: replay {} file(s) from {} into {} master(s){}",
+            files.len(),
+            path.display(),
+            view.masters().filter(|m| m.slot_count() > 0).count(),
+            until
+                .map(|u| format!(", stopping after {u} (Unix)"))
+                .unwrap_or_default()
+        );
+    }
+    if a.dry_run {
+        return Ok(EXIT_OK);
+    }
+    if !a.yes {
+        return Err(Failure::usage("pass --yes to replay (or --dry-run)"));
+    }
+    let target_version = restore::target_rdb_version(&exec, &view)
+        .await
+        .map_err(Failure::failed)?;
+    let opts = rcops_core::ops::aof::AofOptions {
+        until_unix: until,
+        batch: a.batch as usize,
+    };
+    let report = rcops_core::ops::aof::replay(&exec, &view, path, &opts, target_version)
+        .await
+        .map_err(Failure::failed)?;
+    if g.json {
+        output::print_json(&report);
+    } else {
+        crate::outln!(
+            "{} command(s) read, {} sent, {} failed; {} key(s) from an RDB preamble/base; {} transaction(s), {} split across slots",
+            report.commands, report.sent, report.failed, report.preamble_keys, report.transactions, report.transactions_split
+        );
+        for (name, n) in &report.keyless_skipped {
+            output::warn(format!("{n} {name} command(s) without keys not replayed"));
+        }
+        if report.other_db_skipped > 0 {
+            output::warn(format!(
+                "{} command(s) for databases other than 0 skipped",
+                report.other_db_skipped
+            ));
+        }
+        if let Some(ts) = report.stopped_at_ts {
+            crate::outln!("stopped at the first entry after --until (#TS:{ts})");
+        }
+        for e in &report.errors {
+            output::error(e);
+        }
+    }
+    Ok(if report.failed > 0 {
+        EXIT_FAILED
+    } else if !report.keyless_skipped.is_empty() || report.transactions_split > 0 {
         EXIT_FINDINGS
     } else {
         EXIT_OK

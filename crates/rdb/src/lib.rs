@@ -11,7 +11,9 @@
 //! - [`reader`]: byte source with offset, running CRC64, raw-byte capture, length encodings.
 //! - [`encodings`]: ziplist, listpack, intset, zipmap and LZF decoding.
 //! - [`parser`]: opcodes and value types.
+//! - [`aof`]: append-only files (RESP commands, `#TS:` annotations, multi-part manifests).
 
+pub mod aof;
 pub mod encodings;
 pub mod parser;
 pub mod reader;

@@ -197,6 +197,12 @@ impl<R: Read> Parser<R> {
         self.r.offset()
     }
 
+    /// After the end: unconsumed bytes and the underlying reader (an AOF's commands follow
+    /// its RDB preamble).
+    pub fn into_rest(self) -> (Vec<u8>, R) {
+        self.r.into_rest()
+    }
+
     fn next_item(&mut self) -> Result<Item, RdbError> {
         let mut expire_ms = None;
         let mut idle = None;

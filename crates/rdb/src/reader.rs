@@ -85,6 +85,12 @@ impl<R: Read> Reader<R> {
         self.capture.take().unwrap_or_default()
     }
 
+    /// The bytes read ahead but not consumed, and the underlying reader: what follows an RDB
+    /// preamble in an AOF.
+    pub fn into_rest(self) -> (Vec<u8>, R) {
+        (self.buf[self.pos..self.end].to_vec(), self.inner)
+    }
+
     fn record(&mut self, bytes: &[u8]) {
         self.offset += bytes.len() as u64;
         self.crc.update(bytes);

@@ -2,6 +2,7 @@
 //! [`crate::ClusterView`] plus its options, and returns a serialisable report that the CLI
 //! renders and the server returns as JSON.
 
+pub mod aof;
 pub mod backup;
 pub mod bench;
 pub mod check;
