@@ -113,3 +113,46 @@ mod tests {
         assert_eq!(dump_payload(b"\x00\x05hello", 10), want);
     }
 }
+
+/// Rewrites a stream of RDB type 21 (Redis 7.2+/Valkey: consumers carry an active time) as
+/// type 19 (Redis 7.0), dropping only each consumer's active-time field, so a stream from a
+/// newer server restores into a 7.0 target.
+pub fn stream_v3_to_v2(raw: &[u8]) -> Result<Vec<u8>, RdbError> {
+    if raw.first() != Some(&21) {
+        return Err(RdbError::Unsupported {
+            offset: 0,
+            what: "downgrading anything but a type-21 stream".into(),
+        });
+    }
+    let mut r = reader::Reader::new(&raw[1..]);
+    r.start_capture(&[19]);
+    for _ in 0..r.count()? {
+        r.skip_string()?;
+        r.skip_string()?;
+    }
+    // length, last id (2), first id (2), max deleted id (2), entries added.
+    for _ in 0..8 {
+        r.length()?;
+    }
+    for _ in 0..r.count()? {
+        r.skip_string()?;
+        r.length()?;
+        r.length()?;
+        r.length()?; // entries read
+        for _ in 0..r.count()? {
+            r.skip(16 + 8)?;
+            r.length()?;
+        }
+        for _ in 0..r.count()? {
+            r.skip_string()?;
+            r.skip(8)?; // seen time
+            let kept = r.take_capture();
+            r.skip(8)?; // active time: not in type 19
+            r.start_capture(&kept);
+            for _ in 0..r.count()? {
+                r.skip(16)?;
+            }
+        }
+    }
+    Ok(r.take_capture())
+}

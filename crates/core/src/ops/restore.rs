@@ -250,6 +250,10 @@ fn payload_for(e: &Entry, file_version: u16, target_version: u16) -> Result<Vec<
     if file_version <= target_version || min_version_for_type(e.type_byte) <= target_version {
         return Ok(dump_payload(&e.raw, file_version.min(target_version)));
     }
+    if e.type_byte == 21 && target_version >= 10 {
+        let raw = rcops_rdb::stream_v3_to_v2(&e.raw).map_err(|err| err.to_string())?;
+        return Ok(dump_payload(&raw, 10));
+    }
     match reencode(&e.value) {
         Some(raw) => Ok(dump_payload(&raw, target_version.min(9))),
         None => Err(format!(
