@@ -94,26 +94,6 @@ pub fn dump_payload(raw: &[u8], rdb_version: u16) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc64_is_redis_crc64() {
-        // The check value of CRC-64/REDIS, as redis' own crc64 test asserts.
-        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
-    }
-
-    #[test]
-    fn dump_payload_matches_redis() {
-        // `DUMP` of the string "hello" on Redis 7.0.15 (RDB version 10).
-        let want = [
-            0, 5, 104, 101, 108, 108, 111, 10, 0, 99, 114, 223, 118, 101, 52, 32, 10,
-        ];
-        assert_eq!(dump_payload(b"\x00\x05hello", 10), want);
-    }
-}
-
 /// Rewrites a stream of RDB type 21 (Redis 7.2+/Valkey: consumers carry an active time) as
 /// type 19 (Redis 7.0), dropping only each consumer's active-time field, so a stream from a
 /// newer server restores into a 7.0 target.
@@ -155,4 +135,24 @@ pub fn stream_v3_to_v2(raw: &[u8]) -> Result<Vec<u8>, RdbError> {
         }
     }
     Ok(r.take_capture())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc64_is_redis_crc64() {
+        // The check value of CRC-64/REDIS, as redis' own crc64 test asserts.
+        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
+    }
+
+    #[test]
+    fn dump_payload_matches_redis() {
+        // `DUMP` of the string "hello" on Redis 7.0.15 (RDB version 10).
+        let want = [
+            0, 5, 104, 101, 108, 108, 111, 10, 0, 99, 114, 223, 118, 101, 52, 32, 10,
+        ];
+        assert_eq!(dump_payload(b"\x00\x05hello", 10), want);
+    }
 }
