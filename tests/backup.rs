@@ -241,14 +241,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
     let src = Lab::start(LabSpec::default());
     let state = tempfile::tempdir().unwrap();
     let st = state.path().display().to_string();
-    let r = run(&mut rcops(&[
-        "lab",
-        "load",
-        "--keys",
-        "4000",
-        "--dir",
-        &src.path().display().to_string(),
-    ]));
+    let r = src.load(4000);
     assert_eq!(r.code, 0, "{}", r.stderr);
     plant_extras(&src);
     let src_ports: Vec<u16> = (src.port..src.port + 3).collect();
@@ -400,14 +393,7 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     });
     let state = tempfile::tempdir().unwrap();
     let st = state.path().display().to_string();
-    run(&mut rcops(&[
-        "lab",
-        "load",
-        "--keys",
-        "2000",
-        "--dir",
-        &src.path().display().to_string(),
-    ]));
+    assert_eq!(src.load(2000).code, 0);
 
     // A master that dies while its snapshot streams: that shard fails, the set is partial.
     let victim = src.port + 1;

@@ -8,15 +8,7 @@ fn read_only_commands_on_a_shared_lab() {
     let lab = Lab::start(LabSpec::default());
 
     // Sample data of every type lands on the masters that own the keys.
-    let r = run(&mut rcops(&[
-        "lab",
-        "load",
-        "--keys",
-        "3000",
-        "--json",
-        "--dir",
-        &lab.path().display().to_string(),
-    ]));
+    let r = lab.load(3000);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let load = r.json();
     assert_eq!(load["keys"], 3000);

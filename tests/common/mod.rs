@@ -178,6 +178,15 @@ impl Lab {
         lab
     }
 
+    /// `rcops lab load --keys N --json` into this lab.
+    pub fn load(&self, keys: u32) -> Run {
+        let k = keys.to_string();
+        let d = self.path().display().to_string();
+        run(&mut rcops(&[
+            "lab", "load", "--keys", &k, "--json", "--dir", &d,
+        ]))
+    }
+
     pub fn seed(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -593,16 +593,8 @@ async fn send_batch(
             match owner {
                 Some(a) => by_node.entry(a).or_default().push((p, asking)),
                 None => {
-                    counts.failed += 1;
-                    note(
-                        errors,
-                        format!(
-                            "{:?}: slot {} has no owner in the target",
-                            String::from_utf8_lossy(&p.key),
-                            p.slot
-                        ),
-                    );
-                    bump(per_type, p.kind, |c| c.failed += 1);
+                    let why = format!("slot {} has no owner in the target", p.slot);
+                    fail(&mut counts, per_type, errors, &p, why);
                 }
             }
         }
@@ -617,12 +609,7 @@ async fn send_batch(
                 Err(e) => {
                     exec.forget(&addr);
                     for (p, _) in items {
-                        counts.failed += 1;
-                        bump(per_type, p.kind, |c| c.failed += 1);
-                        note(
-                            errors,
-                            format!("{:?}: {e}", String::from_utf8_lossy(&p.key)),
-                        );
+                        fail(&mut counts, per_type, errors, &p, e.to_string());
                     }
                 }
                 Ok(replies) => {
@@ -652,15 +639,8 @@ async fn send_batch(
                                         bump(per_type, p.kind, |c| c.skipped_existing += 1);
                                     }
                                     _ => {
-                                        counts.failed += 1;
-                                        bump(per_type, p.kind, |c| c.failed += 1);
-                                        note(
-                                            errors,
-                                            format!(
-                                                "{addr}: {:?}: {text}",
-                                                String::from_utf8_lossy(&p.key)
-                                            ),
-                                        );
+                                        let why = format!("{addr}: {text}");
+                                        fail(&mut counts, per_type, errors, &p, why);
                                     }
                                 }
                             }
@@ -671,17 +651,26 @@ async fn send_batch(
         }
     }
     for (p, _, _) in todo {
-        counts.failed += 1;
-        bump(per_type, p.kind, |c| c.failed += 1);
-        note(
-            errors,
-            format!(
-                "{:?}: still redirected after 5 attempts",
-                String::from_utf8_lossy(&p.key)
-            ),
-        );
+        let why = "still redirected after 5 attempts".to_string();
+        fail(&mut counts, per_type, errors, &p, why);
     }
     counts
+}
+
+/// Counts one key as failed, per type too, keeping the reason among the first errors.
+fn fail(
+    counts: &mut Counts,
+    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
+    errors: &Mutex<Vec<String>>,
+    p: &Prepared,
+    why: String,
+) {
+    counts.failed += 1;
+    bump(per_type, p.kind, |c| c.failed += 1);
+    note(
+        errors,
+        format!("{:?}: {why}", String::from_utf8_lossy(&p.key)),
+    );
 }
 
 fn note(errors: &Mutex<Vec<String>>, e: String) {
