@@ -312,11 +312,13 @@ pub async fn change_flow(
         Err(e) => return Err(Failure::failed(e)),
     };
     plan.skipped = skipped;
+    // JSON shows the plan and the result with secrets masked, like every other output.
     let out = |result: Option<&ApplyReport>, before: Option<String>, after: Option<String>| {
+        let result = result.map(ApplyReport::masked);
         output::print_json(&ChangeOutput {
-            plan: &plan,
+            plan: &plan.masked(),
             applied: result.is_some(),
-            result,
+            result: result.as_ref(),
             history_before: before,
             history_after: after,
         })

@@ -192,6 +192,24 @@ impl Plan {
     pub fn nodes_changing(&self) -> usize {
         self.nodes.iter().filter(|n| !n.changes.is_empty()).count()
     }
+
+    /// A copy fit for output: secret values masked.
+    pub fn masked(&self) -> Plan {
+        let mut p = self.clone();
+        for n in &mut p.nodes {
+            mask_changes(&mut n.changes);
+        }
+        p
+    }
+}
+
+/// Masks secret values in changes (the real ones are needed to apply and restore, never to
+/// show).
+pub fn mask_changes(changes: &mut [Change]) {
+    for c in changes {
+        c.from = shown(&c.param, &c.from);
+        c.to = shown(&c.param, &c.to);
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -365,6 +383,15 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
+    /// A copy fit for output: secret values masked.
+    pub fn masked(&self) -> ApplyReport {
+        let mut r = self.clone();
+        for n in &mut r.nodes {
+            mask_changes(&mut n.changes);
+        }
+        r
+    }
+
     pub fn count(&self, s: NodeStatus) -> usize {
         self.nodes.iter().filter(|n| n.status == s).count()
     }
@@ -931,6 +958,11 @@ mod tests {
             }]
         );
         assert_eq!((p.changes(), p.nodes_changing()), (1, 1));
+        let mut secret = p.clone();
+        secret.nodes[1].changes[0].param = "requirepass".into();
+        secret.nodes[1].changes[0].to = "hunter2".into();
+        let shown = serde_json::to_string(&secret.masked()).unwrap();
+        assert!(!shown.contains("hunter2"));
         let bad = uniform(&targets, &params(&[("maxmemroy", "1")]));
         assert!(matches!(
             plan(&targets, &current, &bad),
