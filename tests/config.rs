@@ -175,9 +175,20 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
     let r = c.run(&["config", "set", "masterauth", "s3cr3t-pa55", "--yes"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stdout.contains("s3cr3t") && !r.stderr.contains("s3cr3t"));
-    let r = c.run(&["config", "set", "masterauth", "s3cr3t-two", "--yes", "--json"]);
+    let r = c.run(&[
+        "config",
+        "set",
+        "masterauth",
+        "s3cr3t-two",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!r.stdout.contains("s3cr3t"), "secret in JSON output:\n{}", r.stdout);
+    assert!(
+        !r.stdout.contains("s3cr3t"),
+        "secret in JSON output:\n{}",
+        r.stdout
+    );
     let r = c.run(&["config", "get", "masterauth"]);
     assert!(!r.stdout.contains("s3cr3t"));
     let r = c.run(&["config", "history", "--json"]);

@@ -13,6 +13,7 @@ pub mod lab;
 pub mod node;
 pub mod ops;
 pub mod topology;
+pub mod transport;
 
 pub use fanout::{Executor, FanOut};
 pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};

@@ -83,6 +83,14 @@ pub fn min_version_for_type(type_byte: u8) -> u16 {
     }
 }
 
+/// Turns a raw value into its DUMP payload in place (no copy of the value).
+pub fn into_dump_payload(mut raw: Vec<u8>, rdb_version: u16) -> Vec<u8> {
+    raw.extend_from_slice(&rdb_version.to_le_bytes());
+    let crc = CRC64.checksum(&raw);
+    raw.extend_from_slice(&crc.to_le_bytes());
+    raw
+}
+
 /// A `DUMP`/`RESTORE` payload: the serialized value, the RDB version (2 bytes LE) and the
 /// CRC64 of both (8 bytes LE).
 pub fn dump_payload(raw: &[u8], rdb_version: u16) -> Vec<u8> {

@@ -17,6 +17,7 @@ use super::{rtt_histogram, Percentiles};
 use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
+use crate::transport::Transport;
 
 /// Every key `bench` writes starts with this.
 pub const KEY_PREFIX: &str = "__rcops:bench:";
@@ -75,182 +76,50 @@ pub enum BenchError {
     Node(#[from] NodeError),
 }
 
-/// How a client talks to its master. Plain TCP writes pre-encoded RESP and frames replies
-/// without decoding them — the per-request cost redis-benchmark has; TLS goes through
-/// redis-rs, whose multiplexed connection adds a channel hop per round trip.
-enum Transport {
-    Raw {
-        stream: tokio::net::TcpStream,
-        out: Vec<u8>,
-        buf: Vec<u8>,
-        timeout: Duration,
-    },
-    Redis(redis::aio::MultiplexedConnection),
-}
-
-impl Transport {
-    async fn open(opts: &crate::node::ConnectOptions, addr: &Addr) -> Result<Self, NodeError> {
-        if opts.tls_enabled() {
-            return Ok(Transport::Redis(opts.connect(addr).await?));
-        }
-        let timeout = opts.timeout;
-        let stream = match tokio::time::timeout(
-            timeout,
-            tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(NodeError::Unreachable {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(NodeError::Timeout {
-                    addr: addr.clone(),
-                    after: timeout,
-                })
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let mut t = Transport::Raw {
-            stream,
-            out: Vec::new(),
-            buf: Vec::with_capacity(64 * 1024),
-            timeout,
-        };
-        if let Some(pw) = &opts.password {
-            let mut args: Vec<&[u8]> = vec![b"AUTH"];
-            if let Some(u) = &opts.user {
-                args.push(u.as_bytes());
-            }
-            args.push(pw.expose().as_bytes());
-            let auth = t.raw(addr, 1, |out| {
-                rcops_formats::resp::encode_command(&args, out)
-            });
-            if let Some(Some(err)) = auth.await?.pop() {
-                return Err(NodeError::Auth {
-                    addr: addr.clone(),
-                    reason: err,
-                });
-            }
-        }
-        Ok(t)
-    }
-
-    /// Sends `n` commands that `encode` writes into the output buffer; returns per command
-    /// `Some(error text)` or `None`.
-    async fn raw(
-        &mut self,
-        addr: &Addr,
-        n: usize,
-        encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<Vec<Option<String>>, NodeError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Transport::Raw {
-            stream,
-            out,
-            buf,
-            timeout,
-        } = self
-        else {
-            return Err(NodeError::Command {
-                addr: addr.clone(),
-                reason: "raw command on a redis-rs connection".into(),
-            });
-        };
-        out.clear();
-        encode(out);
-        let io = |e: std::io::Error| NodeError::Unreachable {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        };
-        let timed_out = |_| NodeError::Timeout {
-            addr: addr.clone(),
-            after: *timeout,
-        };
-        // One budget for the whole round trip, writing and reading.
-        let deadline = tokio::time::Instant::now() + *timeout;
-        tokio::time::timeout_at(deadline, stream.write_all(out))
-            .await
-            .map_err(timed_out)?
-            .map_err(io)?;
-        loop {
-            let replies =
-                rcops_formats::resp::scan_replies(buf, n).map_err(|e| NodeError::Command {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
-            if replies.len() == n {
-                let out = replies
-                    .iter()
-                    .map(|r| r.error.then(|| rcops_formats::resp::error_text(buf, r)))
-                    .collect();
-                let used = replies.last().map_or(0, |r| r.end);
-                buf.drain(..used);
-                return Ok(out);
-            }
-            let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
-                .await
-                .map_err(timed_out)?
-                .map_err(io)?;
-            if read == 0 {
-                return Err(NodeError::Unreachable {
-                    addr: addr.clone(),
-                    reason: "connection closed by the server".into(),
-                });
-            }
-        }
-    }
-
-    /// One batch of SET/GET as a single round trip.
-    async fn round_trip(
-        &mut self,
-        addr: &Addr,
-        batch: &[(bool, &str)],
-        value: &[u8],
-    ) -> Result<Vec<Option<String>>, NodeError> {
-        match self {
-            Transport::Raw { .. } => {
-                self.raw(addr, batch.len(), |out| {
-                    for (is_set, key) in batch {
-                        let cmd: &[&[u8]] = if *is_set {
-                            &[b"SET", key.as_bytes(), value]
-                        } else {
-                            &[b"GET", key.as_bytes()]
-                        };
-                        rcops_formats::resp::encode_command(cmd, out);
-                    }
-                })
-                .await
-            }
-            Transport::Redis(conn) => {
-                let mut pipe = redis::pipe();
+/// One batch of SET/GET as a single round trip.
+async fn round_trip(
+    t: &mut Transport,
+    addr: &Addr,
+    batch: &[(bool, &str)],
+    value: &[u8],
+) -> Result<Vec<Option<String>>, NodeError> {
+    match t {
+        Transport::Raw { .. } => {
+            t.raw(addr, batch.len(), |out| {
                 for (is_set, key) in batch {
-                    if *is_set {
-                        pipe.cmd("SET").arg(*key).arg(value);
+                    let cmd: &[&[u8]] = if *is_set {
+                        &[b"SET", key.as_bytes(), value]
                     } else {
-                        pipe.cmd("GET").arg(*key);
-                    }
+                        &[b"GET", key.as_bytes()]
+                    };
+                    rcops_formats::resp::encode_command(cmd, out);
                 }
-                let values: Vec<redis::Value> = pipe
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| NodeError::from_redis(addr, &e))?;
-                Ok(values
-                    .into_iter()
-                    .map(|v| match v {
-                        redis::Value::ServerError(e) => Some(format!("{e:?}")),
-                        _ => None,
-                    })
-                    .collect())
+            })
+            .await
+        }
+        Transport::Redis(conn) => {
+            let mut pipe = redis::pipe();
+            for (is_set, key) in batch {
+                if *is_set {
+                    pipe.cmd("SET").arg(*key).arg(value);
+                } else {
+                    pipe.cmd("GET").arg(*key);
+                }
             }
+            let values: Vec<redis::Value> = pipe
+                .query_async(conn)
+                .await
+                .map_err(|e| NodeError::from_redis(addr, &e))?;
+            Ok(values
+                .into_iter()
+                .map(|v| match v {
+                    redis::Value::ServerError(e) => Some(format!("{e:?}")),
+                    _ => None,
+                })
+                .collect())
         }
     }
 }
-
 /// Waits for a batch's intended send time with microsecond precision. Tokio's timers tick
 /// in milliseconds — late by up to a millisecond, which would count as latency — and spinning
 /// instead steals a core from the servers on a small box, which shows up as multi-millisecond
@@ -451,7 +320,7 @@ pub async fn bench(
                     seq += 1;
                     batch.push((is_set, key.as_str()));
                 }
-                let reply = conn.round_trip(&node, &batch, &value).await;
+                let reply = round_trip(&mut conn, &node, &batch, &value).await;
                 let us = intended.elapsed().as_micros().max(1) as u64;
                 match reply {
                     Ok(failed) => {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
+use crate::transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -246,9 +247,13 @@ struct Prepared {
 }
 
 /// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
-fn payload_for(e: &Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
+fn payload_for(e: &mut Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
     if file_version <= target_version || min_version_for_type(e.type_byte) <= target_version {
-        return Ok(dump_payload(&e.raw, file_version.min(target_version)));
+        let raw = std::mem::take(&mut e.raw);
+        return Ok(rcops_rdb::into_dump_payload(
+            raw,
+            file_version.min(target_version),
+        ));
     }
     if e.type_byte == 21 && target_version >= 10 {
         let raw = rcops_rdb::stream_v3_to_v2(&e.raw).map_err(|err| err.to_string())?;
@@ -303,11 +308,11 @@ pub async fn preflight(
                     path: src.path.display().to_string(),
                     source,
                 })?;
-                if let Item::Entry(e) = item {
+                if let Item::Entry(mut e) = item {
                     if !selected(&e, opts) {
                         continue;
                     }
-                    payload_for(&e, file_version, target_version).map_err(|why| {
+                    payload_for(&mut e, file_version, target_version).map_err(|why| {
                         RestoreError::Refused(format!(
                             "{}: key {:?}: {why}; nothing was written",
                             src.label,
@@ -396,6 +401,7 @@ pub async fn restore(
     }));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let per_type = Arc::new(Mutex::new(BTreeMap::<&'static str, Counts>::new()));
+    let pool = Arc::new(Pool::default());
     let pace = Arc::new(Pace {
         start: Instant::now(),
         rate: opts.rate,
@@ -403,6 +409,7 @@ pub async fn restore(
     });
     let jobs = sources.iter().map(|src| {
         let pace = pace.clone();
+        let pool = pool.clone();
         let checkpoint = checkpoint.clone();
         let router = router.clone();
         let errors = errors.clone();
@@ -428,6 +435,7 @@ pub async fn restore(
                 &progress,
                 &checkpoint,
                 &pace,
+                &pool,
             )
             .await;
             (src.label.clone(), r)
@@ -474,6 +482,7 @@ async fn restore_file(
     progress: &Arc<dyn Fn(u64) + Send + Sync>,
     checkpoint: &Mutex<Checkpoint>,
     pace: &Pace,
+    pool: &Pool,
 ) -> Result<Counts, RestoreError> {
     let mut counts = Counts {
         already_done: skip,
@@ -499,7 +508,7 @@ async fn restore_file(
                 path: path.display().to_string(),
                 source,
             })?;
-            let Item::Entry(e) = item else { continue };
+            let Item::Entry(mut e) = item else { continue };
             index += 1;
             if index <= skip {
                 continue;
@@ -509,7 +518,7 @@ async fn restore_file(
             } else if e.expire_ms.is_some_and(|x| x <= now) {
                 c.skipped_expired += 1;
             } else {
-                let payload = payload_for(&e, file_version, target_version).map_err(|why| {
+                let payload = payload_for(&mut e, file_version, target_version).map_err(|why| {
                     RestoreError::Refused(format!(
                         "{label}: key {:?}: {why}",
                         String::from_utf8_lossy(&e.key)
@@ -545,7 +554,7 @@ async fn restore_file(
         let replace = opts.on_conflict == OnConflict::Replace || first;
         first = false;
         pace.admit(batch.len() as u64).await;
-        let sent = send_batch(exec, batch, replace, router, errors, per_type).await;
+        let sent = send_batch(exec, pool, batch, replace, router, errors, per_type).await;
         counts.restored += sent.restored;
         counts.skipped_existing += sent.skipped_existing;
         counts.failed += sent.failed;
@@ -569,6 +578,7 @@ async fn restore_file(
 /// come back MOVED/ASK are retried at the new owner.
 async fn send_batch(
     exec: &Executor,
+    pool: &Pool,
     batch: Vec<Prepared>,
     replace: bool,
     router: &Mutex<Router>,
@@ -600,14 +610,13 @@ async fn send_batch(
         }
         let rounds =
             futures::future::join_all(by_node.into_iter().map(|(addr, items)| async move {
-                let r = pipeline(exec, &addr, &items, replace).await;
+                let r = pipeline(exec, pool, &addr, &items, replace).await;
                 (addr, items, r)
             }))
             .await;
         for (addr, items, r) in rounds {
             match r {
                 Err(e) => {
-                    exec.forget(&addr);
                     for (p, _) in items {
                         fail(&mut counts, per_type, errors, &p, e.to_string());
                     }
@@ -691,40 +700,115 @@ fn bump(
     }
 }
 
-/// One pipeline of RESTOREs to one node; per key `Ok` or the error text.
+/// Bulk connections per node, shared by the files being restored: taken for one pipeline,
+/// put back after it (dropped after an error).
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<Addr, Vec<Transport>>>,
+}
+
+impl Pool {
+    async fn take(&self, exec: &Executor, addr: &Addr) -> Result<Transport, NodeError> {
+        let idle = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(addr).and_then(Vec::pop));
+        match idle {
+            Some(t) => Ok(t),
+            None => Transport::open(exec.options(), addr).await,
+        }
+    }
+
+    fn put(&self, addr: &Addr, t: Transport) {
+        if let Ok(mut m) = self.idle.lock() {
+            m.entry(addr.clone()).or_default().push(t);
+        }
+    }
+}
+
+/// One pipeline of RESTOREs to one node; per key `Ok` or the error text. On plain TCP the
+/// commands are encoded straight into the socket buffer and replies framed, not decoded.
 async fn pipeline(
     exec: &Executor,
+    pool: &Pool,
     addr: &Addr,
     items: &[(Prepared, bool)],
     replace: bool,
 ) -> Result<Vec<Result<(), String>>, NodeError> {
-    let mut conn = exec.conn(addr).await?;
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for (p, asking) in items {
-        if *asking {
-            pipe.cmd("ASKING").ignore();
+    let mut t = pool.take(exec, addr).await?;
+    let r = match &mut t {
+        Transport::Raw { .. } => {
+            let n = items.len() + items.iter().filter(|(_, a)| *a).count();
+            let replies = t
+                .raw(addr, n, |out| {
+                    for (p, asking) in items {
+                        if *asking {
+                            rcops_formats::resp::encode_command(&[b"ASKING"], out);
+                        }
+                        let ttl = p.abs_ttl.to_string();
+                        let mut args: Vec<&[u8]> =
+                            vec![b"RESTORE", &p.key, ttl.as_bytes(), &p.payload];
+                        if replace {
+                            args.push(b"REPLACE");
+                        }
+                        if p.abs_ttl > 0 {
+                            args.push(b"ABSTTL");
+                        }
+                        rcops_formats::resp::encode_command(&args, out);
+                    }
+                })
+                .await;
+            replies.map(|replies| {
+                let mut it = replies.into_iter();
+                items
+                    .iter()
+                    .map(|(_, asking)| {
+                        if *asking {
+                            it.next(); // ASKING's +OK
+                        }
+                        match it.next().flatten() {
+                            None => Ok(()),
+                            Some(e) => Err(e),
+                        }
+                    })
+                    .collect()
+            })
         }
-        let cmd = pipe
-            .cmd("RESTORE")
-            .arg(&p.key)
-            .arg(p.abs_ttl)
-            .arg(&p.payload);
-        if replace {
-            cmd.arg("REPLACE");
+        Transport::Redis(conn) => {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (p, asking) in items {
+                if *asking {
+                    pipe.cmd("ASKING").ignore();
+                }
+                let cmd = pipe
+                    .cmd("RESTORE")
+                    .arg(&p.key)
+                    .arg(p.abs_ttl)
+                    .arg(&p.payload);
+                if replace {
+                    cmd.arg("REPLACE");
+                }
+                if p.abs_ttl > 0 {
+                    cmd.arg("ABSTTL");
+                }
+            }
+            pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+                .await
+                .map_err(|e| NodeError::from_redis(addr, &e))
+                .map(|replies| {
+                    replies
+                        .into_iter()
+                        .map(|r| r.map(|_| ()).map_err(|e| redis_error_text(&e)))
+                        .collect()
+                })
         }
-        if p.abs_ttl > 0 {
-            cmd.arg("ABSTTL");
-        }
+    };
+    if r.is_ok() {
+        pool.put(addr, t);
     }
-    let replies: Vec<redis::RedisResult<redis::Value>> = pipe
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| NodeError::from_redis(addr, &e))?;
-    Ok(replies
-        .into_iter()
-        .map(|r| r.map(|_| ()).map_err(|e| redis_error_text(&e)))
-        .collect())
+    r
 }
 
 /// `MOVED 123 host:port`, `BUSYKEY …`: the server's error as it sent it.

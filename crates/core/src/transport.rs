@@ -1,0 +1,138 @@
+//! A connection for bulk traffic (the load generator, restores): on plain TCP, commands are
+//! written as pre-encoded RESP and replies framed without being decoded; with TLS it falls
+//! back to a redis-rs connection.
+
+use std::time::Duration;
+
+use crate::node::{Addr, NodeError};
+
+/// How a bulk client talks to one node. Plain TCP writes pre-encoded RESP and frames replies
+/// without decoding them — the per-request cost redis-benchmark has; TLS goes through
+/// redis-rs, whose multiplexed connection adds a channel hop per round trip.
+pub enum Transport {
+    Raw {
+        stream: tokio::net::TcpStream,
+        out: Vec<u8>,
+        buf: Vec<u8>,
+        timeout: Duration,
+    },
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl Transport {
+    pub async fn open(opts: &crate::node::ConnectOptions, addr: &Addr) -> Result<Self, NodeError> {
+        if opts.tls_enabled() {
+            return Ok(Transport::Redis(opts.connect(addr).await?));
+        }
+        let timeout = opts.timeout;
+        let stream = match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(NodeError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(NodeError::Timeout {
+                    addr: addr.clone(),
+                    after: timeout,
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut t = Transport::Raw {
+            stream,
+            out: Vec::new(),
+            buf: Vec::with_capacity(64 * 1024),
+            timeout,
+        };
+        if let Some(pw) = &opts.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(u) = &opts.user {
+                args.push(u.as_bytes());
+            }
+            args.push(pw.expose().as_bytes());
+            let auth = t.raw(addr, 1, |out| {
+                rcops_formats::resp::encode_command(&args, out)
+            });
+            if let Some(Some(err)) = auth.await?.pop() {
+                return Err(NodeError::Auth {
+                    addr: addr.clone(),
+                    reason: err,
+                });
+            }
+        }
+        Ok(t)
+    }
+
+    /// Sends `n` commands that `encode` writes into the output buffer; returns per command
+    /// `Some(error text)` or `None`.
+    pub async fn raw(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Option<String>>, NodeError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Transport::Raw {
+            stream,
+            out,
+            buf,
+            timeout,
+        } = self
+        else {
+            return Err(NodeError::Command {
+                addr: addr.clone(),
+                reason: "raw command on a redis-rs connection".into(),
+            });
+        };
+        out.clear();
+        encode(out);
+        let io = |e: std::io::Error| NodeError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let timed_out = |_| NodeError::Timeout {
+            addr: addr.clone(),
+            after: *timeout,
+        };
+        // One budget for the whole round trip, writing and reading.
+        let deadline = tokio::time::Instant::now() + *timeout;
+        tokio::time::timeout_at(deadline, stream.write_all(out))
+            .await
+            .map_err(timed_out)?
+            .map_err(io)?;
+        loop {
+            let replies =
+                rcops_formats::resp::scan_replies(buf, n).map_err(|e| NodeError::Command {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            if replies.len() == n {
+                let out = replies
+                    .iter()
+                    .map(|r| r.error.then(|| rcops_formats::resp::error_text(buf, r)))
+                    .collect();
+                let used = replies.last().map_or(0, |r| r.end);
+                buf.drain(..used);
+                return Ok(out);
+            }
+            let read = tokio::time::timeout_at(deadline, stream.read_buf(buf))
+                .await
+                .map_err(timed_out)?
+                .map_err(io)?;
+            if read == 0 {
+                return Err(NodeError::Unreachable {
+                    addr: addr.clone(),
+                    reason: "connection closed by the server".into(),
+                });
+            }
+        }
+    }
+}
