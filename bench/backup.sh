@@ -58,7 +58,8 @@ python3 -c "
 k=$keys
 for name, s in (('rcops rdb info', $p), ('rcops rdb dump (JSON Lines of every value)', $q), ('rdbtools-tikon93 rdb --command json', float('$r'))):
     print(f'| {name} | {s} s | {k/s:,.0f} |' if s==s else f'| {name} | failed | - |')
-print(f'\nratio (rdb dump vs rdbtools json): {$r/$q:.0f}x' if $r==$r else '')
+r = float('$r')
+print(f'\nratio (rdb dump vs rdbtools json): {r/$q:.0f}x' if r == r else '')
 "
 } | tee -a "$md"
 

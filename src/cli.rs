@@ -133,7 +133,10 @@ pub enum BackupCommand {
     /// Backup sets, newest first: id, age, shards, size, status, verified
     List,
     /// Checksums and a full parse of every file against the manifest
-    Verify { id: String },
+    Verify {
+        /// Backup id, unique id prefix, `latest`, or a backup folder
+        id: String,
+    },
     /// Delete old backup sets (plan; --yes to delete)
     Prune {
         /// Keep sets younger than this many days
@@ -149,7 +152,7 @@ pub enum BackupCommand {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id (or a unique prefix), a backup folder, or an RDB file
+    /// Backup id (a unique prefix, or `latest`), a backup folder, or an RDB file
     #[arg(required_unless_present = "aof")]
     pub source: Option<String>,
     /// Replay an append-only file or a Redis 7 appendonlydir instead

@@ -609,17 +609,25 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>, BackupError> {
     Ok(out)
 }
 
-/// Finds a backup by id (or unique id prefix), or takes a path to a backup folder.
+/// Finds a backup by id (or unique id prefix, or `latest`), or takes a path to a backup
+/// folder.
 pub fn find(dir: &Path, id_or_path: &str) -> Result<(PathBuf, Manifest), BackupError> {
     let p = Path::new(id_or_path);
     let folder = if p.join(MANIFEST).is_file() {
         p.to_path_buf()
     } else {
         let all = list(dir)?;
-        let hits: Vec<&Listed> = all
-            .iter()
-            .filter(|l| l.id.starts_with(id_or_path) && l.manifest.is_some())
-            .collect();
+        let hits: Vec<&Listed> = if id_or_path == "latest" {
+            // Newest first: the most recent set with a manifest.
+            all.iter()
+                .filter(|l| l.manifest.is_some())
+                .take(1)
+                .collect()
+        } else {
+            all.iter()
+                .filter(|l| l.id.starts_with(id_or_path) && l.manifest.is_some())
+                .collect()
+        };
         match hits.as_slice() {
             [one] => PathBuf::from(&one.path),
             _ => {

@@ -292,6 +292,16 @@ pub async fn preflight(
         .into_iter()
         .map(|o| o.and_then(line_addr))
         .collect();
+    // Nothing to check when no key can exist and every file is readable by the target.
+    if !check_existing {
+        let mut all_readable = true;
+        for src in sources {
+            all_readable &= crate::ops::rdb::parser(&src.path)?.version() <= target_version;
+        }
+        if all_readable {
+            return Ok(());
+        }
+    }
     let mut existing: Vec<String> = Vec::new();
     let mut existing_count = 0u64;
     for src in sources {
