@@ -126,6 +126,9 @@ pub struct BackupArgs {
     /// Read every shard from its master, even when it has a healthy replica
     #[arg(long)]
     pub from_masters: bool,
+    /// Read each shard from a healthy replica when it has one (the default)
+    #[arg(long, conflicts_with = "from_masters")]
+    pub from_replicas: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -175,6 +175,7 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
         dir: dir.to_path_buf(),
         from_replicas: !a.from_masters,
         idle_timeout: Duration::from_secs(60).max(g.timeout * 10),
+        concurrency: g.concurrency as usize,
     };
     let (m, folder) = backup::backup(exec.options(), &view, cluster_nodes, &opts, progress)
         .await

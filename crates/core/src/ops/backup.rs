@@ -4,6 +4,7 @@
 //! a backup set written under a temporary name and renamed when complete. Also `list`,
 //! `verify` and `prune`.
 
+use futures::StreamExt;
 use rcops_formats::slot::{format_ranges, key_slot, SlotRange, SlotSet};
 use rcops_rdb::{Item, Parser};
 use serde::{Deserialize, Serialize};
@@ -439,6 +440,8 @@ pub struct BackupOptions {
     pub from_replicas: bool,
     /// Longest silence tolerated on a replication stream.
     pub idle_timeout: Duration,
+    /// Most shards streamed at once.
+    pub concurrency: usize,
 }
 
 /// Backs up every shard at once into `DIR/<id>/` (written as `DIR/.<id>.partial/`, renamed
@@ -517,7 +520,13 @@ pub async fn backup(
             m
         }
     });
-    let shards = futures::future::join_all(jobs).await;
+    let mut shards: Vec<(usize, ShardManifest)> = futures::stream::iter(jobs.enumerate())
+        .map(|(i, job)| async move { (i, job.await) })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    shards.sort_by_key(|(i, _)| *i);
+    let shards: Vec<ShardManifest> = shards.into_iter().map(|(_, s)| s).collect();
     let complete = shards.iter().all(|s| s.ok);
     let manifest = Manifest {
         id: id.clone(),
