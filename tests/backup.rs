@@ -462,6 +462,36 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["keys"], good["keys"]);
+    let nkeys = good["keys"].as_u64().unwrap() as usize;
+    // keys, dump and memory over the same file: one line / one JSON document per key; the
+    // zstd shard reads the same as the plain file.
+    let p = plain.to_str().unwrap();
+    let keys = run(&mut rcops(&["rdb", "keys", p]));
+    assert_eq!(keys.code, 0, "{}", keys.stderr);
+    assert_eq!(keys.stdout.lines().count(), nkeys);
+    let hashes = run(&mut rcops(&["rdb", "keys", p, "--match", "lab:hash:*"]));
+    assert!(hashes.stdout.lines().all(|k| k.starts_with("lab:hash:")));
+    assert!(hashes.stdout.lines().count() > 0);
+    let dump = run(&mut rcops(&["rdb", "dump", zst.to_str().unwrap()]));
+    assert_eq!(dump.code, 0, "{}", dump.stderr);
+    let docs: Vec<serde_json::Value> = dump
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), nkeys);
+    assert!(docs.iter().any(|d| d["value"]["type"] == "stream"));
+    let mem = run(&mut rcops(&["rdb", "memory", p, "--top", "3", "--json"]));
+    assert_eq!(mem.code, 0, "{}", mem.stderr);
+    let m = mem.json();
+    assert_eq!(m["top"].as_array().unwrap().len(), 3);
+    let counted: u64 = m["by_type"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t["keys"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, nkeys);
     let mut flipped = raw.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x5a;
@@ -497,6 +527,36 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     ]));
     assert_eq!(r.code, 2);
     assert!(r.stdout.contains("SHA-256 mismatch"), "{}", r.stdout);
+    // Prune: a plan without --yes (exit 64, nothing deleted), then the deletion.
+    let r = run(&mut rcops(&[
+        "backup",
+        "prune",
+        "--keep-last",
+        "0",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(std::path::Path::new(folder).is_dir());
+    let r = run(&mut rcops(&[
+        "backup",
+        "prune",
+        "--keep-last",
+        "0",
+        "--yes",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!std::path::Path::new(folder).exists());
+    let r = run(&mut rcops(&[
+        "backup",
+        "list",
+        "--json",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.json().as_array().unwrap().len(), 0);
     // Not an RDB at all.
     let r = run(&mut rcops(&["rdb", "info", "Cargo.toml"]));
     assert_eq!(r.code, 2);

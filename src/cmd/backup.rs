@@ -297,7 +297,7 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         .await
         .map_err(Failure::failed)?;
     let existing = restore::target_keys(&exec, &view).await;
-    let key = super::config::file_stem_of(&view);
+    let key = rcops_core::ops::config::cluster_key(&view);
     let checkpoint = g
         .state_dir
         .clone()

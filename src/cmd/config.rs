@@ -218,11 +218,6 @@ fn node_list(nodes: &[String]) -> String {
     }
 }
 
-/// A cluster's name for state files (its lowest node address).
-pub fn file_stem_of(view: &ClusterView) -> String {
-    cluster_key(view)
-}
-
 /// The history repository for this cluster.
 pub fn open_history(g: &GlobalOpts, view: &ClusterView) -> Result<History, Failure> {
     let base = g.state_dir.clone().unwrap_or_else(default_state_dir);
