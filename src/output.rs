@@ -16,8 +16,45 @@ pub const EXIT_USAGE: u8 = 64;
 /// with success, like ripgrep, instead of panicking.
 pub fn write_line(args: std::fmt::Arguments) {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{args}") {
+    quiet_on_closed_pipe(writeln!(std::io::stdout().lock(), "{args}"));
+}
+
+/// Many lines to stdout (`rdb keys`, `rdb dump`): block-buffered rather than one write per
+/// line; a closed pipe ends the process quietly, as in [`write_line`].
+pub struct Lines(std::io::BufWriter<std::io::StdoutLock<'static>>);
+
+impl Lines {
+    pub fn new() -> Self {
+        Lines(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout().lock(),
+        ))
+    }
+
+    pub fn line(&mut self, args: std::fmt::Arguments) {
+        use std::io::Write;
+        quiet_on_closed_pipe(writeln!(self.0, "{args}"));
+    }
+
+    pub fn json<T: Serialize>(&mut self, value: &T) {
+        use std::io::Write;
+        match serde_json::to_writer(&mut self.0, value) {
+            Ok(()) => quiet_on_closed_pipe(self.0.write_all(b"\n")),
+            Err(e) if e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe) => {
+                std::process::exit(0)
+            }
+            Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
+        }
+    }
+
+    pub fn finish(mut self) {
+        use std::io::Write;
+        quiet_on_closed_pipe(self.0.flush());
+    }
+}
+
+fn quiet_on_closed_pipe(r: std::io::Result<()>) {
+    if let Err(e) = r {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -92,14 +129,6 @@ pub fn print_table(t: &Table) {
 
 pub fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => crate::outln!("{s}"),
-        Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
-    }
-}
-
-/// One compact JSON document per line (JSON Lines).
-pub fn print_json_line<T: Serialize>(value: &T) {
-    match serde_json::to_string(value) {
         Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("rcops: error: cannot encode JSON: {e}"),
     }

@@ -49,29 +49,33 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
             Ok(EXIT_OK)
         }
         RdbCommand::Keys { file, pattern } => {
+            let mut out = output::Lines::new();
             scan(file, false, |e| {
                 if !matches(pattern, &e.key) {
                     return;
                 }
                 if g.json {
-                    output::print_json_line(&serde_json::json!({
+                    out.json(&serde_json::json!({
                         "db": e.db, "key": String::from_utf8_lossy(&e.key),
                         "type": rcops_core::ops::rdb::type_name(e.type_byte), "expire_ms": e.expire_ms,
                     }));
                 } else {
-                    crate::outln!("{}", String::from_utf8_lossy(&e.key));
+                    out.line(format_args!("{}", String::from_utf8_lossy(&e.key)));
                 }
             })
             .map_err(Failure::failed)?;
+            out.finish();
             Ok(EXIT_OK)
         }
         RdbCommand::Dump { file, pattern } => {
+            let mut out = output::Lines::new();
             scan(file, true, |e| {
                 if matches(pattern, &e.key) {
-                    output::print_json_line(e);
+                    out.json(e);
                 }
             })
             .map_err(Failure::failed)?;
+            out.finish();
             Ok(EXIT_OK)
         }
         RdbCommand::Memory {

@@ -49,23 +49,56 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Bytes as a JSON string without a copy: valid UTF-8 as is, anything else lossily (U+FFFD).
+struct Text<'a>(&'a [u8]);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl std::fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{FFFD}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A score as a JSON string (`"1.5"`, `"inf"`), written without an intermediate `String`.
+struct Score(f64);
+
+impl Serialize for Score {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 fn ser_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&text(v))
+    Text(v).serialize(s)
 }
 
 fn ser_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|x| text(x)))
+    s.collect_seq(v.iter().map(|x| Text(x)))
 }
 
 fn ser_zset<S: serde::Serializer>(v: &[(Vec<u8>, f64)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|(m, sc)| (text(m), sc.to_string())))
+    s.collect_seq(v.iter().map(|(m, sc)| (Text(m), Score(*sc))))
 }
 
 fn ser_hash<S: serde::Serializer>(
     v: &[(Vec<u8>, Vec<u8>, Option<i64>)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|(f, x, e)| (text(f), text(x), e)))
+    s.collect_seq(v.iter().map(|(f, x, e)| (Text(f), Text(x), e)))
 }
 
 /// A stream: entries with their fields, and the consumer groups.
@@ -98,9 +131,13 @@ pub struct Entry {
     pub freq: Option<u8>,
     pub type_byte: u8,
     pub value: Value,
-    /// Type byte + the value's serialization: the body of a DUMP payload.
+    /// Type byte + the value's serialization: the body of a DUMP payload (empty when the
+    /// parser does not keep raw bytes, see [`Parser::keep_raw`]).
     #[serde(skip)]
     pub raw: Vec<u8>,
+    /// Length of that serialization, known whether or not the bytes were kept.
+    #[serde(skip)]
+    pub raw_len: u64,
     /// Offset of the type byte in the file.
     pub offset: u64,
 }
@@ -147,6 +184,7 @@ pub struct Parser<R: Read> {
     db: u64,
     done: bool,
     decode: bool,
+    keep_raw: bool,
 }
 
 impl<R: Read> Parser<R> {
@@ -179,6 +217,7 @@ impl<R: Read> Parser<R> {
             db: 0,
             done: false,
             decode: true,
+            keep_raw: true,
         })
     }
 
@@ -186,6 +225,13 @@ impl<R: Read> Parser<R> {
     /// counting, backups and restores need, several times faster.
     pub fn decode_values(mut self, decode: bool) -> Self {
         self.decode = decode;
+        self
+    }
+
+    /// With `false`, entries carry no `raw` bytes (only `raw_len`): counting and checking
+    /// need no copy of every value.
+    pub fn keep_raw(mut self, keep: bool) -> Self {
+        self.keep_raw = keep;
         self
     }
 
@@ -279,13 +325,21 @@ impl<R: Read> Parser<R> {
                 }
                 t => {
                     let key = self.r.string()?;
-                    self.r.start_capture(&[t]);
+                    let value_at = self.r.offset();
+                    if self.keep_raw {
+                        self.r.start_capture(&[t]);
+                    }
                     let value = if self.decode {
                         self.value(t, at)
                     } else {
                         self.skip_value(t, at)
                     };
-                    let raw = self.r.take_capture();
+                    let raw = if self.keep_raw {
+                        self.r.take_capture()
+                    } else {
+                        Vec::new()
+                    };
+                    let raw_len = 1 + self.r.offset() - value_at;
                     return Ok(Item::Entry(Entry {
                         db: self.db,
                         key,
@@ -295,6 +349,7 @@ impl<R: Read> Parser<R> {
                         type_byte: t,
                         value: value?,
                         raw,
+                        raw_len,
                         offset: at,
                     }));
                 }
@@ -504,7 +559,7 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    /// Walks a value without decoding it; streams (rare, intricate) are decoded anyway.
+    /// Walks a value without decoding it.
     fn skip_value(&mut self, t: u8, at: u64) -> Result<Value, RdbError> {
         let r = &mut self.r;
         match t {
@@ -561,6 +616,33 @@ impl<R: Read> Parser<R> {
                     r.skip(8)?;
                 }
                 r.skip_string()?;
+            }
+            15 | 19 | 21 => {
+                // Listpack nodes: a 128-bit master ID and the listpack.
+                for _ in 0..r.count()? {
+                    r.skip_string()?;
+                    r.skip_string()?;
+                }
+                // Length and last ID; since type 19 also first ID, max deleted ID, entries added.
+                for _ in 0..if t >= 19 { 8 } else { 3 } {
+                    r.length()?;
+                }
+                for _ in 0..r.count()? {
+                    r.skip_string()?; // group name
+                    for _ in 0..if t >= 19 { 3 } else { 2 } {
+                        r.length()?; // last ID, entries read
+                    }
+                    for _ in 0..r.count()? {
+                        r.skip(16 + 8)?; // PEL: ID, delivery time
+                        r.length()?; // delivery count
+                    }
+                    for _ in 0..r.count()? {
+                        r.skip_string()?; // consumer name
+                        r.skip(if t >= 21 { 16 } else { 8 })?; // seen (and active) time
+                        let pel = r.count()?;
+                        r.skip(pel.saturating_mul(16))?;
+                    }
+                }
             }
             _ => return self.value(t, at),
         }
@@ -807,6 +889,61 @@ mod tests {
         assert_eq!(st.groups[0].name, "g");
         assert_eq!((st.groups[0].pending, st.groups[0].consumers.len()), (1, 1));
         assert_eq!(get(&all, b"db1key").db, 1);
+    }
+
+    /// A reader that hands out at most 7 bytes per call: every refill boundary falls inside
+    /// lengths, strings and the trailer.
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = out.len().min(self.0.len()).min(7);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn small_reads_and_dropped_raw_bytes_change_nothing() {
+        let whole = entries();
+        let trickled: Vec<Item> = Parser::new(Trickle(ALL_TYPES))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let trickled: Vec<&Entry> = trickled
+            .iter()
+            .filter_map(|i| match i {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(whole.len(), trickled.len());
+        for (a, b) in whole.iter().zip(&trickled) {
+            assert_eq!(a, *b);
+            assert_eq!(a.raw_len, a.raw.len() as u64);
+        }
+        // Without raw bytes: same keys, same lengths, checksum still verified.
+        let items: Vec<Item> = Parser::new(Trickle(ALL_TYPES))
+            .unwrap()
+            .decode_values(false)
+            .keep_raw(false)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(matches!(
+            items.last(),
+            Some(Item::End { checksum: Some(_) })
+        ));
+        let lean: Vec<&Entry> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        for (a, b) in whole.iter().zip(&lean) {
+            assert!(b.raw.is_empty());
+            assert_eq!((&a.key, a.raw_len), (&b.key, b.raw_len));
+        }
     }
 
     #[test]

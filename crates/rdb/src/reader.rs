@@ -23,7 +23,12 @@ pub struct Reader<R: Read> {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
-    offset: u64,
+    /// File offset of `buf[0]`.
+    base: u64,
+    /// `buf[..hashed]` is already in the CRC (and the capture). Consumed bytes are hashed in
+    /// bulk when the buffer is refilled or the CRC/capture is asked for: one CRC call per
+    /// buffer instead of one per length byte.
+    hashed: usize,
     crc: crc::Digest<'static, u64, crc::Table<16>>,
     capture: Option<Vec<u8>>,
 }
@@ -35,53 +40,84 @@ impl<R: Read> Reader<R> {
             buf: vec![0u8; 64 * 1024].into_boxed_slice(),
             pos: 0,
             end: 0,
-            offset: 0,
+            base: 0,
+            hashed: 0,
             crc: CRC64.digest(),
             capture: None,
         }
     }
 
+    #[inline]
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.base + self.pos as u64
     }
 
-    /// Like `Read::read`, served from the internal buffer.
-    fn read_some(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos == self.end {
-            // Large reads bypass the buffer.
-            if dst.len() >= self.buf.len() {
-                return self.inner.read(dst);
-            }
-            self.end = self.inner.read(&mut self.buf)?;
-            self.pos = 0;
-            if self.end == 0 {
-                return Ok(0);
+    /// Adds the consumed, not yet hashed bytes to the CRC and the capture.
+    fn flush(&mut self) {
+        let s = &self.buf[self.hashed..self.pos];
+        self.crc.update(s);
+        if let Some(c) = &mut self.capture {
+            c.extend_from_slice(s);
+        }
+        self.hashed = self.pos;
+    }
+
+    /// Refills the (fully consumed) buffer; `false` at the end of the input.
+    fn refill(&mut self) -> Result<bool, RdbError> {
+        debug_assert_eq!(self.pos, self.end);
+        self.flush();
+        loop {
+            match self.inner.read(&mut self.buf) {
+                Ok(n) => {
+                    self.base += self.end as u64;
+                    self.pos = 0;
+                    self.hashed = 0;
+                    self.end = n;
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(RdbError::Io {
+                        offset: self.offset(),
+                        source: e,
+                    })
+                }
             }
         }
-        let n = dst.len().min(self.end - self.pos);
-        dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+    }
+
+    /// The next buffered bytes (at least one), refilling when empty; `Truncated` at the end.
+    #[inline]
+    fn available(&mut self) -> Result<&[u8], RdbError> {
+        if self.pos == self.end && !self.refill()? {
+            return Err(RdbError::Truncated {
+                offset: self.offset(),
+            });
+        }
+        Ok(&self.buf[self.pos..self.end])
     }
 
     /// CRC64 of everything read so far.
-    pub fn crc(&self) -> u64 {
+    pub fn crc(&mut self) -> u64 {
+        self.flush();
         self.crc.clone().finalize()
     }
 
     pub fn corrupt(&self, reason: impl Into<String>) -> RdbError {
         RdbError::Corrupt {
-            offset: self.offset,
+            offset: self.offset(),
             reason: reason.into(),
         }
     }
 
     /// Starts capturing the bytes read, seeded with `first`.
     pub fn start_capture(&mut self, first: &[u8]) {
+        self.flush();
         self.capture = Some(first.to_vec());
     }
 
     pub fn take_capture(&mut self) -> Vec<u8> {
+        self.flush();
         self.capture.take().unwrap_or_default()
     }
 
@@ -91,76 +127,57 @@ impl<R: Read> Reader<R> {
         (self.buf[self.pos..self.end].to_vec(), self.inner)
     }
 
-    fn record(&mut self, bytes: &[u8]) {
-        self.offset += bytes.len() as u64;
-        self.crc.update(bytes);
-        if let Some(c) = &mut self.capture {
-            c.extend_from_slice(bytes);
-        }
-    }
-
     /// Exactly `buf.len()` bytes, or `Truncated`.
+    #[inline]
     pub fn fill(&mut self, buf: &mut [u8]) -> Result<(), RdbError> {
         // Fast path: the bytes are already buffered.
         if self.end - self.pos >= buf.len() {
-            let slice = &self.buf[self.pos..self.pos + buf.len()];
-            buf.copy_from_slice(slice);
-            self.crc.update(slice);
-            if let Some(c) = &mut self.capture {
-                c.extend_from_slice(slice);
-            }
-            self.offset += buf.len() as u64;
+            buf.copy_from_slice(&self.buf[self.pos..self.pos + buf.len()]);
             self.pos += buf.len();
             return Ok(());
         }
         let mut got = 0;
         while got < buf.len() {
-            match self.read_some(&mut buf[got..]) {
-                Ok(0) => {
-                    return Err(RdbError::Truncated {
-                        offset: self.offset + got as u64,
-                    })
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(RdbError::Io {
-                        offset: self.offset + got as u64,
-                        source: e,
-                    })
-                }
-            }
+            let a = self.available()?;
+            let k = a.len().min(buf.len() - got);
+            buf[got..got + k].copy_from_slice(&a[..k]);
+            self.pos += k;
+            got += k;
         }
-        self.record(buf);
         Ok(())
     }
 
-    /// Bytes read without entering the CRC or the capture (the trailer itself).
+    /// Up to `buf.len()` bytes that do not enter the CRC or the capture (the trailer itself);
+    /// fewer only at the end of the input.
     pub fn fill_unhashed(&mut self, buf: &mut [u8]) -> Result<usize, RdbError> {
+        self.flush();
         let mut got = 0;
         while got < buf.len() {
-            match self.read_some(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(RdbError::Io {
-                        offset: self.offset,
-                        source: e,
-                    })
-                }
+            if self.pos == self.end && !self.refill()? {
+                break;
             }
+            let k = (self.end - self.pos).min(buf.len() - got);
+            buf[got..got + k].copy_from_slice(&self.buf[self.pos..self.pos + k]);
+            self.pos += k;
+            self.hashed = self.pos;
+            got += k;
         }
-        self.offset += got as u64;
         Ok(got)
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, RdbError> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            return Ok(b);
+        }
         let mut b = [0u8; 1];
         self.fill(&mut b)?;
         Ok(b[0])
     }
 
+    #[inline]
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], RdbError> {
         let mut b = [0u8; N];
         self.fill(&mut b)?;
@@ -173,36 +190,20 @@ impl<R: Read> Reader<R> {
         if n > MAX_STRING {
             return Err(self.corrupt(format!("string length {n} exceeds 4 GiB")));
         }
-        // Up to 1 MiB is allocated at once; beyond that the vector grows only as bytes
-        // arrive, so a corrupt length cannot allocate more than the input holds.
-        let start = self.offset;
-        let mut out = vec![0u8; n.min(1 << 20) as usize];
-        let mut got = 0usize;
-        loop {
-            while got < out.len() {
-                match self.read_some(&mut out[got..]) {
-                    Ok(0) => {
-                        return Err(RdbError::Truncated {
-                            offset: start + got as u64,
-                        })
-                    }
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(RdbError::Io {
-                            offset: start + got as u64,
-                            source: e,
-                        })
-                    }
-                }
-            }
-            if got as u64 == n {
-                break;
-            }
-            let next = (out.len() * 2).min(n as usize);
-            out.resize(next, 0);
+        let n = n as usize;
+        if self.end - self.pos >= n {
+            let v = self.buf[self.pos..self.pos + n].to_vec();
+            self.pos += n;
+            return Ok(v);
         }
-        self.record(&out);
+        // Up to 1 MiB is reserved at once; beyond that the vector grows with the bytes.
+        let mut out = Vec::with_capacity(n.min(1 << 20));
+        while out.len() < n {
+            let a = self.available()?;
+            let k = a.len().min(n - out.len());
+            out.extend_from_slice(&a[..k]);
+            self.pos += k;
+        }
         Ok(out)
     }
 
@@ -252,7 +253,7 @@ impl<R: Read> Reader<R> {
                 if len > MAX_STRING {
                     return Err(self.corrupt(format!("LZF length {len} exceeds 4 GiB")));
                 }
-                let at = self.offset;
+                let at = self.offset();
                 let data = self.bytes(clen)?;
                 crate::encodings::lzf_decompress(&data, len as usize).map_err(|reason| {
                     RdbError::Corrupt {
@@ -267,35 +268,12 @@ impl<R: Read> Reader<R> {
 
     /// Consumes `n` bytes without keeping them (they still count for the CRC and capture),
     /// straight from the internal buffer.
+    #[inline]
     pub fn skip(&mut self, mut n: u64) -> Result<(), RdbError> {
         while n > 0 {
-            if self.pos == self.end {
-                self.end = match self.inner.read(&mut self.buf) {
-                    Ok(k) => k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(RdbError::Io {
-                            offset: self.offset,
-                            source: e,
-                        })
-                    }
-                };
-                self.pos = 0;
-                if self.end == 0 {
-                    return Err(RdbError::Truncated {
-                        offset: self.offset,
-                    });
-                }
-            }
-            let k = (n as usize).min(self.end - self.pos);
-            let slice = &self.buf[self.pos..self.pos + k];
-            self.crc.update(slice);
-            if let Some(c) = &mut self.capture {
-                c.extend_from_slice(slice);
-            }
-            self.offset += k as u64;
-            self.pos += k;
-            n -= k as u64;
+            let k = (self.available()?.len() as u64).min(n);
+            self.pos += k as usize;
+            n -= k;
         }
         Ok(())
     }

@@ -79,14 +79,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Walks a file, calling `on_entry` for every key (values decoded when `decode`); returns
-/// the summary.
+/// Walks a file, calling `on_entry` for every key (values decoded when `decode`; raw value
+/// bytes not kept, only their length); returns the summary.
 pub fn scan(
     path: &Path,
     decode: bool,
     mut on_entry: impl FnMut(&rcops_rdb::Entry),
 ) -> Result<RdbInfo, RdbFileError> {
-    let mut p = parser(path)?.decode_values(decode);
+    let mut p = parser(path)?.decode_values(decode).keep_raw(false);
     let mut info = RdbInfo {
         version: p.version(),
         ..Default::default()
@@ -106,7 +106,7 @@ pub fn scan(
             }
             Item::Entry(e) => {
                 info.keys += 1;
-                info.serialized_bytes += e.raw.len() as u64;
+                info.serialized_bytes += e.raw_len;
                 if let Some(x) = e.expire_ms {
                     info.expires += 1;
                     if x <= now {
@@ -163,7 +163,7 @@ pub fn memory(path: &Path, top: usize, delimiter: &str) -> Result<RdbMemory, Rdb
     let mut m = RdbMemory::default();
     let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<Ranked>> = Default::default();
     m.info = scan(path, true, |e| {
-        let size = e.raw.len() as u64;
+        let size = e.raw_len;
         let kind = type_name(e.type_byte);
         let key = String::from_utf8_lossy(&e.key).into_owned();
         let t = m.by_type.entry(kind).or_default();
