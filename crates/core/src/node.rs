@@ -120,6 +120,105 @@ struct TlsMaterial {
     insecure: bool,
 }
 
+/// What [`ConnectOptions::connect_raw`] returns: TCP or TLS, read and written alike.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
+impl TlsMaterial {
+    /// The rustls client configuration for raw streams: the given CA (else the system's
+    /// roots), the client certificate when given, no verification with `--insecure`.
+    fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let builder = if self.insecure {
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(NoVerification))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.root {
+                Some(pem) => {
+                    for c in CertificateDer::pem_slice_iter(pem) {
+                        let c = c.map_err(|e| format!("CA certificate: {e}"))?;
+                        roots.add(c).map_err(|e| format!("CA certificate: {e}"))?;
+                    }
+                }
+                None => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
+                }
+            }
+            rustls::ClientConfig::builder().with_root_certificates(roots)
+        };
+        match &self.client {
+            Some(c) => {
+                let chain = CertificateDer::pem_slice_iter(&c.client_cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(&c.client_key)
+                    .map_err(|e| format!("client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))
+            }
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+/// `--insecure`: any certificate is accepted (the handshake signature is still checked
+/// against the certificate presented).
+#[derive(Debug)]
+struct NoVerification;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// How to reach any node of the cluster.
 #[derive(Clone)]
 pub struct ConnectOptions {
@@ -217,6 +316,51 @@ impl ConnectOptions {
             ),
             _ => redis::Client::open(info),
         }
+    }
+
+    /// A plain byte stream to the node (TCP, or TLS with the same certificates redis-rs
+    /// uses), for protocols redis-rs does not speak: the replication stream. Not
+    /// authenticated: the caller speaks first.
+    pub async fn connect_raw(&self, addr: &Addr) -> Result<Box<dyn RawStream>, NodeError> {
+        let timeout = |_| NodeError::Timeout {
+            addr: addr.clone(),
+            after: self.timeout,
+        };
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
+        )
+        .await
+        .map_err(timeout)?
+        .map_err(|e| NodeError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let Some(t) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let tls_err = |reason: String| NodeError::Tls {
+            addr: addr.clone(),
+            reason,
+        };
+        let config = t.rustls_config().map_err(tls_err)?;
+        let name = rustls::pki_types::ServerName::try_from(addr.host.clone())
+            .map_err(|e| tls_err(format!("bad server name {:?}: {e}", addr.host)))?;
+        let stream = tokio::time::timeout(
+            self.timeout,
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .map_err(timeout)?
+        .map_err(|e| {
+            let mut reason = e.to_string();
+            if reason.contains("UnknownIssuer") {
+                reason.push_str(" (pass the CA with --cacert, or --insecure)");
+            }
+            tls_err(reason)
+        })?;
+        Ok(Box::new(stream))
     }
 
     /// Opens a multiplexed connection, authenticated, within the timeout.

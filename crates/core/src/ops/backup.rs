@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{Addr, ConnectOptions};
+use crate::node::{Addr, ConnectOptions, RawStream};
 use crate::topology::{line_addr, ClusterView};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -67,10 +67,6 @@ pub enum BackupError {
     NotFound(String, String),
     #[error("no master owns slots: nothing to back up")]
     NoShards,
-    #[error(
-        "backups over TLS are not supported yet (the replication stream is read on a plain socket)"
-    )]
-    Tls,
 }
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BackupError {
@@ -273,7 +269,7 @@ impl Out<'_> {
 
 /// Reads one line (up to `\n`) from the socket, for the replication handshake.
 async fn read_line(
-    s: &mut tokio::net::TcpStream,
+    s: &mut Box<dyn RawStream>,
     pending: &mut Vec<u8>,
     idle: Duration,
 ) -> Result<String, String> {
@@ -302,16 +298,15 @@ async fn stream_shard(
     out: &mut Out<'_>,
     idle: Duration,
 ) -> Result<(String, u64), String> {
-    let mut s = tokio::time::timeout(
-        opts.timeout,
-        tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("unreachable: {e}"))?;
+    let mut s = opts.connect_raw(addr).await.map_err(|e| {
+        // The caller names the node; keep only the cause.
+        let text = e.to_string();
+        let prefix = format!("{addr}: ");
+        text.strip_prefix(&prefix).unwrap_or(&text).to_string()
+    })?;
     let mut pending = Vec::new();
     // One command at a time: PSYNC is refused while earlier replies are still unread.
-    let call = async |s: &mut tokio::net::TcpStream,
+    let call = async |s: &mut Box<dyn RawStream>,
                       pending: &mut Vec<u8>,
                       args: &[&[u8]],
                       wait: bool|
@@ -459,9 +454,6 @@ pub async fn backup(
     opts: &BackupOptions,
     progress: std::sync::Arc<dyn Fn(usize, u64) + Send + Sync>,
 ) -> Result<(Manifest, PathBuf), BackupError> {
-    if opts_conn.tls_enabled() {
-        return Err(BackupError::Tls);
-    }
     let srcs = sources(view, opts.from_replicas);
     if srcs.is_empty() {
         return Err(BackupError::NoShards);
