@@ -395,6 +395,26 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     let st = state.path().display().to_string();
     assert_eq!(src.load(2000).code, 0);
 
+    // A full disk (here: a 1 KiB file-size limit, SIGXFSZ ignored so writes fail with
+    // EFBIG): the command fails naming the cause and leaves nothing that looks complete.
+    let full = tempfile::tempdir().unwrap();
+    let fd = full.path().display().to_string();
+    let mut c = Command::new("bash");
+    c.args(["-c", "trap '' XFSZ; ulimit -f 1; exec \"$@\"", "rcops"])
+        .arg(bin())
+        .args(["backup", "--dir", &fd, "-c", &src.seed()]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("File too large"), "{}", r.stderr);
+    let r = run(&mut rcops(&["backup", "list", "--json", "--dir", &fd]));
+    let sets = r.json();
+    assert_eq!(sets.as_array().unwrap().len(), 1, "{sets}");
+    assert_ne!(sets[0]["status"], "complete", "{sets}");
+    let unfinished = sets[0]["id"].as_str().unwrap();
+    let r = src.run(&["restore", unfinished, "--dir", &fd, "--yes"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no backup"), "{}", r.stderr);
+
     // A master that dies while its snapshot streams: that shard fails, the set is partial.
     let victim = src.port + 1;
     let mut c = conn(victim);

@@ -153,6 +153,8 @@ struct Tee<W: Write> {
     pos: usize,
     out: W,
     raw: u64,
+    /// A failed write to the file (full disk, …), told apart from a bad stream.
+    write_error: Option<String>,
 }
 
 impl<W: Write> Read for Tee<W> {
@@ -160,7 +162,10 @@ impl<W: Write> Read for Tee<W> {
         if self.pos == self.buf.len() {
             match self.rx.blocking_recv() {
                 Some(chunk) => {
-                    self.out.write_all(&chunk)?;
+                    if let Err(e) = self.out.write_all(&chunk) {
+                        self.write_error = Some(e.to_string());
+                        return Err(e);
+                    }
                     self.raw += chunk.len() as u64;
                     self.buf = chunk;
                     self.pos = 0;
@@ -209,24 +214,42 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
         pos: 0,
         out: enc,
         raw: 0,
+        write_error: None,
     };
     let mut keys = 0u64;
     let mut server_version = String::new();
     let rdb_version;
     {
-        let mut p = Parser::new(&mut tee)
-            .map_err(|e| format!("RDB stream: {e}"))?
-            .decode_values(false)
-            .keep_raw(false);
+        let stream_error = |e: rcops_rdb::RdbError, tee: &Tee<_>| match &tee.write_error {
+            Some(w) => w.clone(),
+            None => format!("RDB stream: {e}"),
+        };
+        let p = Parser::new(&mut tee);
+        let mut p = match p {
+            Ok(p) => p.decode_values(false).keep_raw(false),
+            Err(e) => return Err(stream_error(e, &tee)),
+        };
         rdb_version = p.version();
+        let mut failed = None;
         for item in &mut p {
-            match item.map_err(|e| format!("RDB stream: {e}"))? {
+            let item = match item {
+                Ok(i) => i,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            match item {
                 Item::Entry(_) => keys += 1,
                 Item::Aux { key, value } if key == b"redis-ver" || key == b"valkey-ver" => {
                     server_version = String::from_utf8_lossy(&value).into_owned();
                 }
                 _ => {}
             }
+        }
+        drop(p);
+        if let Some(e) = failed {
+            return Err(stream_error(e, &tee));
         }
     }
     // Anything after the trailer still belongs in the file.
@@ -248,6 +271,8 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
     })
 }
 
+const WRITER_STOPPED: &str = "the disk writer stopped";
+
 /// Where the network side hands the payload: the disk writer's channel, with a running count
 /// for the progress bar.
 struct Out<'a> {
@@ -263,7 +288,7 @@ impl Out<'_> {
         self.tx
             .send(chunk)
             .await
-            .map_err(|_| "the disk writer stopped (see its error)".to_string())
+            .map_err(|_| WRITER_STOPPED.to_string())
     }
 }
 
@@ -511,7 +536,15 @@ pub async fn backup(
                     m.keys = w.keys;
                     m.ok = true;
                 }
-                (Err(e), _) | (Ok(_), Err(e)) => {
+                // The disk writer's own failure (full disk, …) is the cause when it stopped
+                // the stream; otherwise the network side's error is.
+                (Err(e), Err(w)) if e == WRITER_STOPPED => {
+                    m.error = Some(format!("{}: writing {}: {w}", src.addr, m.file));
+                }
+                (Ok(_), Err(w)) => {
+                    m.error = Some(format!("{}: writing {}: {w}", src.addr, m.file));
+                }
+                (Err(e), _) => {
                     m.error = Some(format!("{}: {e}", src.addr));
                 }
             }
