@@ -51,6 +51,10 @@ pub struct History {
     root: PathBuf,
 }
 
+/// Every commit lands as a pack of its own, and libgit2 opens (and maps) the index of every
+/// pack for lookups: beyond this many they are folded into one, as `git gc` would.
+const MAX_PACKS: usize = 16;
+
 const HEADER: &str = "# rcops config snapshot: CONFIG GET * of one node, secrets masked";
 
 /// A node's snapshot file: a header naming the node, then valid redis.conf lines.
@@ -264,6 +268,10 @@ impl History {
         repo.reference(&branch, id, true, message.lines().next().unwrap_or("rcops"))
             .map_err(|e| self.err(e))?;
         tracing::debug!("history commit written");
+        // Best effort: a failed repack leaves more packs, never fewer objects.
+        if let Err(e) = consolidate_packs(&repo) {
+            tracing::warn!("history at {}: repack failed: {e}", self.root.display());
+        }
         self.sync_workdir(&repo, &tree, &files)?;
         tracing::debug!("history working tree synced");
         let commit = repo.find_commit(id).map_err(|e| self.err(e))?;
@@ -387,6 +395,42 @@ impl History {
     }
 }
 
+/// Packs in the repository's object store.
+fn packs(repo: &Repository) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(repo.path().join("objects").join("pack"))? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "pack") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Past [`MAX_PACKS`], writes everything reachable from HEAD as one pack, then removes the
+/// packs it replaces (the new one is complete before any old one goes).
+fn consolidate_packs(repo: &Repository) -> Result<(), String> {
+    let old = packs(repo).map_err(|e| e.to_string())?;
+    if old.len() <= MAX_PACKS {
+        return Ok(());
+    }
+    let mut pb = repo.packbuilder().map_err(|e| e.to_string())?;
+    let mut walk = repo.revwalk().map_err(|e| e.to_string())?;
+    walk.push_head().map_err(|e| e.to_string())?;
+    pb.insert_walk(&mut walk).map_err(|e| e.to_string())?;
+    let dir = repo.path().join("objects").join("pack");
+    pb.write(&dir, 0o444).map_err(|e| e.to_string())?;
+    let keep = format!("pack-{}", pb.name().ok().flatten().ok_or("unnamed pack")?);
+    for p in old {
+        if p.file_stem().is_some_and(|s| s.to_string_lossy() == keep) {
+            continue;
+        }
+        let _ = std::fs::remove_file(p.with_extension("idx"));
+        let _ = std::fs::remove_file(&p);
+    }
+    Ok(())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -489,5 +533,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.load("HEAD").unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn packs_are_folded_and_every_revision_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        let present: BTreeSet<String> = ["a:1".to_string()].into();
+        let mut revs = Vec::new();
+        for i in 0..(MAX_PACKS + 5) {
+            let v = [nc("a:1", &[("hz", &i.to_string())])];
+            revs.push(h.record(&v, &present, "step", "t", false).unwrap().unwrap());
+            assert!(packs(&h.repo).unwrap().len() <= MAX_PACKS + 1);
+        }
+        assert!(packs(&h.repo).unwrap().len() < MAX_PACKS);
+        let h = History::open(dir.path()).unwrap();
+        for (i, r) in revs.iter().enumerate() {
+            assert_eq!(h.load(&r.id).unwrap().1[0].params["hz"], i.to_string());
+        }
+        assert_eq!(h.log(100, None, None).unwrap().len(), MAX_PACKS + 5);
     }
 }
