@@ -6,6 +6,7 @@
 //! afterwards unless kept.
 
 use hdrhistogram::Histogram;
+use rcops_formats::resp;
 use rcops_formats::slot::key_slot;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -76,23 +77,26 @@ pub enum BenchError {
     Node(#[from] NodeError),
 }
 
-/// One batch of SET/GET as a single round trip.
+/// One batch of SET/GET as a single round trip. Keys and the value come RESP-encoded
+/// ([`resp::bulk`]): a request is three copies of ready bytes.
 async fn round_trip(
     t: &mut Transport,
     addr: &Addr,
-    batch: &[(bool, &str)],
+    batch: &[(bool, &[u8])],
     value: &[u8],
 ) -> Result<Vec<Option<String>>, NodeError> {
+    const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n";
+    const GET: &[u8] = b"*2\r\n$3\r\nGET\r\n";
     match t {
         Transport::Raw { .. } => {
             t.raw(addr, batch.len(), |out| {
+                out.reserve(batch.iter().map(|(_, k)| k.len() + 14 + value.len()).sum());
                 for (is_set, key) in batch {
-                    let cmd: &[&[u8]] = if *is_set {
-                        &[b"SET", key.as_bytes(), value]
-                    } else {
-                        &[b"GET", key.as_bytes()]
-                    };
-                    rcops_formats::resp::encode_command(cmd, out);
+                    out.extend_from_slice(if *is_set { SET } else { GET });
+                    out.extend_from_slice(key);
+                    if *is_set {
+                        out.extend_from_slice(value);
+                    }
                 }
             })
             .await
@@ -100,10 +104,11 @@ async fn round_trip(
         Transport::Redis(conn) => {
             let mut pipe = redis::pipe();
             for (is_set, key) in batch {
+                let key = resp::bulk_arg(key);
                 if *is_set {
-                    pipe.cmd("SET").arg(*key).arg(value);
+                    pipe.cmd("SET").arg(key).arg(resp::bulk_arg(value));
                 } else {
-                    pipe.cmd("GET").arg(*key);
+                    pipe.cmd("GET").arg(key);
                 }
             }
             let values: Vec<redis::Value> = pipe
@@ -228,19 +233,22 @@ pub async fn bench(
         return Err(BenchError::NoMasters);
     }
     let mut keys_of: BTreeMap<Addr, Vec<u64>> = BTreeMap::new();
-    // Names built once per master and shared by its clients: formatting per request would
-    // cost more than the request.
-    let mut names_of: BTreeMap<Addr, Vec<String>> = BTreeMap::new();
+    // Names built and RESP-encoded once per master and shared by its clients: formatting per
+    // request would cost more than the request.
+    let mut names_of: BTreeMap<Addr, Vec<Box<[u8]>>> = BTreeMap::new();
     for i in 0..opts.keyspace {
         let name = key_name(i);
         if let Some(a) = owners[usize::from(key_slot(name.as_bytes()))].and_then(line_addr) {
             keys_of.entry(a.clone()).or_default().push(i);
-            names_of.entry(a).or_default().push(name);
+            names_of
+                .entry(a)
+                .or_default()
+                .push(resp::bulk(name.as_bytes()).into());
         }
     }
-    let names_of: BTreeMap<Addr, Arc<[String]>> =
+    let names_of: BTreeMap<Addr, Arc<[Box<[u8]>]>> =
         names_of.into_iter().map(|(a, n)| (a, n.into())).collect();
-    let value: Arc<[u8]> = vec![b'x'; opts.value_size].into();
+    let value: Arc<[u8]> = resp::bulk(&vec![b'x'; opts.value_size]).into();
     let issued = Arc::new(AtomicU64::new(0));
     let (pipeline, requests) = (opts.pipeline, opts.requests);
     let started = Instant::now();
@@ -255,7 +263,7 @@ pub async fn bench(
 
     let clients = (0..opts.clients).map(|c| {
         let node = masters[c % masters.len()].clone();
-        let keys: Arc<[String]> = names_of.get(&node).cloned().unwrap_or_else(|| Arc::new([]));
+        let keys: Arc<[Box<[u8]>]> = names_of.get(&node).cloned().unwrap_or_else(|| Arc::new([]));
         let value = value.clone();
         let issued = issued.clone();
         let stop = stop.clone();
@@ -309,7 +317,7 @@ pub async fn bench(
                     None => Instant::now(),
                 };
                 batch_no += 1;
-                let mut batch: Vec<(bool, &str)> = Vec::with_capacity(n as usize);
+                let mut batch: Vec<(bool, &[u8])> = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     // xorshift: cheap, deterministic per client.
                     rng_state ^= rng_state << 13;
@@ -318,7 +326,7 @@ pub async fn bench(
                     let key = &keys[(rng_state % keys.len() as u64) as usize];
                     let is_set = seq % cycle < sets;
                     seq += 1;
-                    batch.push((is_set, key.as_str()));
+                    batch.push((is_set, &key[..]));
                 }
                 let reply = round_trip(&mut conn, &node, &batch, &value).await;
                 let us = intended.elapsed().as_micros().max(1) as u64;
