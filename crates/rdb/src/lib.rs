@@ -20,10 +20,17 @@ pub mod reader;
 
 pub use parser::{Entry, Item, Parser, StreamValue, Value};
 
-/// The CRC-64 redis uses (Jones polynomial, reflected): DUMP payloads and the RDB trailer.
-/// Slice-by-16 tables: the checksum runs over every byte of every file.
-pub const CRC64: crc::Crc<u64, crc::Table<16>> =
-    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_REDIS);
+/// The CRC-64 redis uses (`CRC-64/REDIS`: Jones polynomial, reflected) for DUMP payloads and
+/// the RDB trailer. It runs over every byte of every file and every restored value, so it is
+/// crc-fast's carry-less-multiply (PCLMULQDQ) version, ~6× the slice-by-16 table here.
+pub fn crc64(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Redis, data)
+}
+
+/// A running [`crc64`].
+pub fn crc64_digest() -> crc_fast::Digest {
+    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Redis)
+}
 
 /// A failure reading an RDB, with the byte offset where it was noticed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +93,7 @@ pub fn min_version_for_type(type_byte: u8) -> u16 {
 /// Turns a raw value into its DUMP payload in place (no copy of the value).
 pub fn into_dump_payload(mut raw: Vec<u8>, rdb_version: u16) -> Vec<u8> {
     raw.extend_from_slice(&rdb_version.to_le_bytes());
-    let crc = CRC64.checksum(&raw);
+    let crc = crc64(&raw);
     raw.extend_from_slice(&crc.to_le_bytes());
     raw
 }
@@ -97,7 +104,7 @@ pub fn dump_payload(raw: &[u8], rdb_version: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 10);
     out.extend_from_slice(raw);
     out.extend_from_slice(&rdb_version.to_le_bytes());
-    let crc = CRC64.checksum(&out);
+    let crc = crc64(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
@@ -152,7 +159,7 @@ mod tests {
     #[test]
     fn crc64_is_redis_crc64() {
         // The check value of CRC-64/REDIS, as redis' own crc64 test asserts.
-        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
+        assert_eq!(crc64(b"123456789"), 0xe9c6d914c4b8d9ca);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use crate::{RdbError, CRC64};
+use crate::RdbError;
 
 /// Largest single string accepted (redis' own `proto-max-bulk-len` ceiling).
 pub const MAX_STRING: u64 = 4 << 30;
@@ -29,7 +29,7 @@ pub struct Reader<R: Read> {
     /// bulk when the buffer is refilled or the CRC/capture is asked for: one CRC call per
     /// buffer instead of one per length byte.
     hashed: usize,
-    crc: crc::Digest<'static, u64, crc::Table<16>>,
+    crc: crc_fast::Digest,
     capture: Option<Vec<u8>>,
 }
 
@@ -42,7 +42,7 @@ impl<R: Read> Reader<R> {
             end: 0,
             base: 0,
             hashed: 0,
-            crc: CRC64.digest(),
+            crc: crate::crc64_digest(),
             capture: None,
         }
     }
@@ -100,7 +100,7 @@ impl<R: Read> Reader<R> {
     /// CRC64 of everything read so far.
     pub fn crc(&mut self) -> u64 {
         self.flush();
-        self.crc.clone().finalize()
+        self.crc.finalize()
     }
 
     pub fn corrupt(&self, reason: impl Into<String>) -> RdbError {

@@ -596,6 +596,8 @@ async fn send_batch(
     per_type: &Mutex<BTreeMap<&'static str, Counts>>,
 ) -> Counts {
     let mut counts = Counts::default();
+    // Per-type counts of this batch, merged into the shared map once at the end.
+    let mut local: BTreeMap<&'static str, Counts> = BTreeMap::new();
     let mut todo: Vec<(Prepared, Option<Addr>, bool)> =
         batch.into_iter().map(|p| (p, None, false)).collect();
     for _attempt in 0..5 {
@@ -603,18 +605,26 @@ async fn send_batch(
             break;
         }
         let mut by_node: HashMap<Addr, Vec<(Prepared, bool)>> = HashMap::new();
-        for (p, forced, asking) in todo.drain(..) {
-            let owner = forced.or_else(|| {
-                router
-                    .lock()
-                    .ok()
-                    .and_then(|r| r.owners[usize::from(p.slot)].clone())
-            });
-            match owner {
-                Some(a) => by_node.entry(a).or_default().push((p, asking)),
-                None => {
-                    let why = format!("slot {} has no owner in the target", p.slot);
-                    fail(&mut counts, per_type, errors, &p, why);
+        {
+            // One lock per batch, and an address cloned per node rather than per key.
+            let routes = router.lock().ok();
+            for (p, forced, asking) in todo.drain(..) {
+                let owner = forced.as_ref().or_else(|| {
+                    routes
+                        .as_ref()
+                        .and_then(|r| r.owners[usize::from(p.slot)].as_ref())
+                });
+                match owner {
+                    Some(a) => match by_node.get_mut(a) {
+                        Some(v) => v.push((p, asking)),
+                        None => {
+                            by_node.insert(a.clone(), vec![(p, asking)]);
+                        }
+                    },
+                    None => {
+                        let why = format!("slot {} has no owner in the target", p.slot);
+                        fail(&mut counts, &mut local, errors, &p, why);
+                    }
                 }
             }
         }
@@ -628,7 +638,7 @@ async fn send_batch(
             match r {
                 Err(e) => {
                     for (p, _) in items {
-                        fail(&mut counts, per_type, errors, &p, e.to_string());
+                        fail(&mut counts, &mut local, errors, &p, e.to_string());
                     }
                 }
                 Ok(replies) => {
@@ -636,7 +646,7 @@ async fn send_batch(
                         match reply {
                             Ok(()) => {
                                 counts.restored += 1;
-                                bump(per_type, p.kind, |c| c.restored += 1);
+                                local.entry(p.kind).or_default().restored += 1;
                             }
                             Err(text) => {
                                 let code = text.split_whitespace().next().unwrap_or("");
@@ -655,11 +665,11 @@ async fn send_batch(
                                     }
                                     "BUSYKEY" => {
                                         counts.skipped_existing += 1;
-                                        bump(per_type, p.kind, |c| c.skipped_existing += 1);
+                                        local.entry(p.kind).or_default().skipped_existing += 1;
                                     }
                                     _ => {
                                         let why = format!("{addr}: {text}");
-                                        fail(&mut counts, per_type, errors, &p, why);
+                                        fail(&mut counts, &mut local, errors, &p, why);
                                     }
                                 }
                             }
@@ -671,7 +681,12 @@ async fn send_batch(
     }
     for (p, _, _) in todo {
         let why = "still redirected after 5 attempts".to_string();
-        fail(&mut counts, per_type, errors, &p, why);
+        fail(&mut counts, &mut local, errors, &p, why);
+    }
+    if let Ok(mut m) = per_type.lock() {
+        for (kind, c) in local {
+            m.entry(kind).or_default().add(&c);
+        }
     }
     counts
 }
@@ -679,13 +694,13 @@ async fn send_batch(
 /// Counts one key as failed, per type too, keeping the reason among the first errors.
 fn fail(
     counts: &mut Counts,
-    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
+    per_type: &mut BTreeMap<&'static str, Counts>,
     errors: &Mutex<Vec<String>>,
     p: &Prepared,
     why: String,
 ) {
     counts.failed += 1;
-    bump(per_type, p.kind, |c| c.failed += 1);
+    per_type.entry(p.kind).or_default().failed += 1;
     note(
         errors,
         format!("{:?}: {why}", String::from_utf8_lossy(&p.key)),
@@ -697,16 +712,6 @@ fn note(errors: &Mutex<Vec<String>>, e: String) {
         if v.len() < 20 {
             v.push(e);
         }
-    }
-}
-
-fn bump(
-    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
-    kind: &'static str,
-    f: impl FnOnce(&mut Counts),
-) {
-    if let Ok(mut m) = per_type.lock() {
-        f(m.entry(kind).or_default());
     }
 }
 
@@ -757,15 +762,18 @@ async fn pipeline(
                             rcops_formats::resp::encode_command(&[b"ASKING"], out);
                         }
                         let ttl = p.abs_ttl.to_string();
-                        let mut args: Vec<&[u8]> =
-                            vec![b"RESTORE", &p.key, ttl.as_bytes(), &p.payload];
+                        let mut args: [&[u8]; 6] =
+                            [b"RESTORE", &p.key, ttl.as_bytes(), &p.payload, b"", b""];
+                        let mut n = 4;
                         if replace {
-                            args.push(b"REPLACE");
+                            args[n] = b"REPLACE";
+                            n += 1;
                         }
                         if p.abs_ttl > 0 {
-                            args.push(b"ABSTTL");
+                            args[n] = b"ABSTTL";
+                            n += 1;
                         }
-                        rcops_formats::resp::encode_command(&args, out);
+                        rcops_formats::resp::encode_command(&args[..n], out);
                     }
                 })
                 .await;
