@@ -129,7 +129,7 @@ fn tls_and_passwords_and_acl_users() {
         );
     }
 
-    // bench over TLS with a password (redis-rs transport).
+    // bench over TLS with a password (the raw RESP transport on rustls).
     // (Few clients: 50 TLS handshakes at once in a debug build can outlast --timeout.)
     let r = lab.run(&[
         "bench",

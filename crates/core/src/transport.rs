@@ -1,56 +1,27 @@
-//! A connection for bulk traffic (the load generator, restores): on plain TCP, commands are
-//! written as pre-encoded RESP and replies framed without being decoded; with TLS it falls
-//! back to a redis-rs connection.
+//! A connection for bulk traffic (the load generator, restores): commands are written as
+//! pre-encoded RESP and replies framed without being decoded, over TCP or TLS alike.
 
 use std::time::Duration;
 
-use crate::node::{Addr, NodeError};
+use crate::node::{Addr, NodeError, RawStream};
 
-/// How a bulk client talks to one node. Plain TCP writes pre-encoded RESP and frames replies
-/// without decoding them — the per-request cost redis-benchmark has; TLS goes through
-/// redis-rs, whose multiplexed connection adds a channel hop per round trip.
-pub enum Transport {
-    Raw {
-        stream: tokio::net::TcpStream,
-        out: Vec<u8>,
-        buf: Vec<u8>,
-        timeout: Duration,
-    },
-    Redis(redis::aio::MultiplexedConnection),
+/// How a bulk client talks to one node: pre-encoded RESP out, replies framed but not decoded
+/// — the per-request cost redis-benchmark has.
+pub struct Transport {
+    stream: Box<dyn RawStream>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    timeout: Duration,
 }
 
 impl Transport {
+    /// Connects (TLS when configured) and authenticates.
     pub async fn open(opts: &crate::node::ConnectOptions, addr: &Addr) -> Result<Self, NodeError> {
-        if opts.tls_enabled() {
-            return Ok(Transport::Redis(opts.connect(addr).await?));
-        }
-        let timeout = opts.timeout;
-        let stream = match tokio::time::timeout(
-            timeout,
-            tokio::net::TcpStream::connect((addr.host.as_str(), addr.port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(NodeError::Unreachable {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(NodeError::Timeout {
-                    addr: addr.clone(),
-                    after: timeout,
-                })
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let mut t = Transport::Raw {
-            stream,
+        let mut t = Transport {
+            stream: opts.connect_raw(addr).await?,
             out: Vec::new(),
             buf: Vec::with_capacity(64 * 1024),
-            timeout,
+            timeout: opts.timeout,
         };
         if let Some(pw) = &opts.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -80,18 +51,12 @@ impl Transport {
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Vec<Option<String>>, NodeError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Transport::Raw {
+        let Transport {
             stream,
             out,
             buf,
             timeout,
-        } = self
-        else {
-            return Err(NodeError::Command {
-                addr: addr.clone(),
-                reason: "raw command on a redis-rs connection".into(),
-            });
-        };
+        } = self;
         out.clear();
         encode(out);
         let io = |e: std::io::Error| NodeError::Unreachable {

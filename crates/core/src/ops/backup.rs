@@ -216,42 +216,12 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
         raw: 0,
         write_error: None,
     };
-    let mut keys = 0u64;
-    let mut server_version = String::new();
-    let rdb_version;
-    {
-        let stream_error = |e: rcops_rdb::RdbError, tee: &Tee<_>| match &tee.write_error {
-            Some(w) => w.clone(),
+    // A parse failure caused by a failed write (full disk, …) reports the write.
+    let (rdb_version, keys, server_version) =
+        walk_stream(&mut tee).map_err(|e| match tee.write_error.take() {
+            Some(w) => w,
             None => format!("RDB stream: {e}"),
-        };
-        let p = Parser::new(&mut tee);
-        let mut p = match p {
-            Ok(p) => p.decode_values(false).keep_raw(false),
-            Err(e) => return Err(stream_error(e, &tee)),
-        };
-        rdb_version = p.version();
-        let mut failed = None;
-        for item in &mut p {
-            let item = match item {
-                Ok(i) => i,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
-            match item {
-                Item::Entry(_) => keys += 1,
-                Item::Aux { key, value } if key == b"redis-ver" || key == b"valkey-ver" => {
-                    server_version = String::from_utf8_lossy(&value).into_owned();
-                }
-                _ => {}
-            }
-        }
-        drop(p);
-        if let Some(e) = failed {
-            return Err(stream_error(e, &tee));
-        }
-    }
+        })?;
     // Anything after the trailer still belongs in the file.
     std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| e.to_string())?;
     let raw = tee.raw;
@@ -269,6 +239,22 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
         server_version,
         keys,
     })
+}
+
+/// Walks an RDB stream without decoding values: (RDB version, keys, server version).
+fn walk_stream(r: impl Read) -> Result<(u16, u64, String), rcops_rdb::RdbError> {
+    let mut p = Parser::new(r)?.decode_values(false).keep_raw(false);
+    let (mut keys, mut server_version) = (0u64, String::new());
+    for item in &mut p {
+        match item? {
+            Item::Entry(_) => keys += 1,
+            Item::Aux { key, value } if key == b"redis-ver" || key == b"valkey-ver" => {
+                server_version = String::from_utf8_lossy(&value).into_owned();
+            }
+            _ => {}
+        }
+    }
+    Ok((p.version(), keys, server_version))
 }
 
 const WRITER_STOPPED: &str = "the disk writer stopped";

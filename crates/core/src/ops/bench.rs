@@ -87,44 +87,19 @@ async fn round_trip(
 ) -> Result<Vec<Option<String>>, NodeError> {
     const SET: &[u8] = b"*3\r\n$3\r\nSET\r\n";
     const GET: &[u8] = b"*2\r\n$3\r\nGET\r\n";
-    match t {
-        Transport::Raw { .. } => {
-            t.raw(addr, batch.len(), |out| {
-                out.reserve(batch.iter().map(|(_, k)| k.len() + 14 + value.len()).sum());
-                for (is_set, key) in batch {
-                    out.extend_from_slice(if *is_set { SET } else { GET });
-                    out.extend_from_slice(key);
-                    if *is_set {
-                        out.extend_from_slice(value);
-                    }
-                }
-            })
-            .await
-        }
-        Transport::Redis(conn) => {
-            let mut pipe = redis::pipe();
-            for (is_set, key) in batch {
-                let key = resp::bulk_arg(key);
-                if *is_set {
-                    pipe.cmd("SET").arg(key).arg(resp::bulk_arg(value));
-                } else {
-                    pipe.cmd("GET").arg(key);
-                }
+    t.raw(addr, batch.len(), |out| {
+        out.reserve(batch.iter().map(|(_, k)| k.len() + 14 + value.len()).sum());
+        for (is_set, key) in batch {
+            out.extend_from_slice(if *is_set { SET } else { GET });
+            out.extend_from_slice(key);
+            if *is_set {
+                out.extend_from_slice(value);
             }
-            let values: Vec<redis::Value> = pipe
-                .query_async(conn)
-                .await
-                .map_err(|e| NodeError::from_redis(addr, &e))?;
-            Ok(values
-                .into_iter()
-                .map(|v| match v {
-                    redis::Value::ServerError(e) => Some(format!("{e:?}")),
-                    _ => None,
-                })
-                .collect())
         }
-    }
+    })
+    .await
 }
+
 /// Waits for a batch's intended send time with microsecond precision. Tokio's timers tick
 /// in milliseconds — late by up to a millisecond, which would count as latency — and spinning
 /// instead steals a core from the servers on a small box, which shows up as multi-millisecond

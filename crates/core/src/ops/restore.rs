@@ -742,8 +742,8 @@ impl Pool {
     }
 }
 
-/// One pipeline of RESTOREs to one node; per key `Ok` or the error text. On plain TCP the
-/// commands are encoded straight into the socket buffer and replies framed, not decoded.
+/// One pipeline of RESTOREs to one node; per key `Ok` or the error text. Commands are encoded
+/// straight into the output buffer and replies framed, not decoded (TCP or TLS alike).
 async fn pipeline(
     exec: &Executor,
     pool: &Pool,
@@ -752,90 +752,48 @@ async fn pipeline(
     replace: bool,
 ) -> Result<Vec<Result<(), String>>, NodeError> {
     let mut t = pool.take(exec, addr).await?;
-    let r = match &mut t {
-        Transport::Raw { .. } => {
-            let n = items.len() + items.iter().filter(|(_, a)| *a).count();
-            let replies = t
-                .raw(addr, n, |out| {
-                    for (p, asking) in items {
-                        if *asking {
-                            rcops_formats::resp::encode_command(&[b"ASKING"], out);
-                        }
-                        let ttl = p.abs_ttl.to_string();
-                        let mut args: [&[u8]; 6] =
-                            [b"RESTORE", &p.key, ttl.as_bytes(), &p.payload, b"", b""];
-                        let mut n = 4;
-                        if replace {
-                            args[n] = b"REPLACE";
-                            n += 1;
-                        }
-                        if p.abs_ttl > 0 {
-                            args[n] = b"ABSTTL";
-                            n += 1;
-                        }
-                        rcops_formats::resp::encode_command(&args[..n], out);
-                    }
-                })
-                .await;
-            replies.map(|replies| {
-                let mut it = replies.into_iter();
-                items
-                    .iter()
-                    .map(|(_, asking)| {
-                        if *asking {
-                            it.next(); // ASKING's +OK
-                        }
-                        match it.next().flatten() {
-                            None => Ok(()),
-                            Some(e) => Err(e),
-                        }
-                    })
-                    .collect()
-            })
-        }
-        Transport::Redis(conn) => {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
+    let n = items.len() + items.iter().filter(|(_, a)| *a).count();
+    let replies = t
+        .raw(addr, n, |out| {
             for (p, asking) in items {
                 if *asking {
-                    pipe.cmd("ASKING").ignore();
+                    rcops_formats::resp::encode_command(&[b"ASKING"], out);
                 }
-                let cmd = pipe
-                    .cmd("RESTORE")
-                    .arg(&p.key)
-                    .arg(p.abs_ttl)
-                    .arg(&p.payload);
+                let ttl = p.abs_ttl.to_string();
+                let mut args: [&[u8]; 6] =
+                    [b"RESTORE", &p.key, ttl.as_bytes(), &p.payload, b"", b""];
+                let mut n = 4;
                 if replace {
-                    cmd.arg("REPLACE");
+                    args[n] = b"REPLACE";
+                    n += 1;
                 }
                 if p.abs_ttl > 0 {
-                    cmd.arg("ABSTTL");
+                    args[n] = b"ABSTTL";
+                    n += 1;
                 }
+                rcops_formats::resp::encode_command(&args[..n], out);
             }
-            pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
-                .await
-                .map_err(|e| NodeError::from_redis(addr, &e))
-                .map(|replies| {
-                    replies
-                        .into_iter()
-                        .map(|r| r.map(|_| ()).map_err(|e| redis_error_text(&e)))
-                        .collect()
-                })
-        }
-    };
+        })
+        .await;
+    let r = replies.map(|replies| {
+        let mut it = replies.into_iter();
+        items
+            .iter()
+            .map(|(_, asking)| {
+                if *asking {
+                    it.next(); // ASKING's +OK
+                }
+                match it.next().flatten() {
+                    None => Ok(()),
+                    Some(e) => Err(e),
+                }
+            })
+            .collect()
+    });
     if r.is_ok() {
         pool.put(addr, t);
     }
     r
-}
-
-/// `MOVED 123 host:port`, `BUSYKEY …`: the server's error as it sent it.
-fn redis_error_text(e: &redis::RedisError) -> String {
-    match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        (Some(code), None) => code.to_string(),
-        _ => e.to_string(),
-    }
 }
 
 /// Sum of `DBSIZE` over the target's masters (0: nothing can conflict).
