@@ -159,13 +159,7 @@ fn tls_and_passwords_and_acl_users() {
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     let m = &r.json()["manifest"];
     assert_eq!(m["status"], "complete");
-    let keys: u64 = m["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["keys"].as_u64().unwrap())
-        .sum();
-    assert_eq!(keys, total);
+    assert_eq!(manifest_keys(m), total);
     let id = m["id"].as_str().unwrap().to_string();
     let manifest = std::fs::read_to_string(
         std::path::Path::new(&st)

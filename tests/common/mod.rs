@@ -289,3 +289,13 @@ impl Drop for Lab {
         let _ = rcops(&["lab", "down", "--dir", &self.path().display().to_string()]).output();
     }
 }
+
+/// Keys over all shards of a backup manifest (`backup --json`'s `manifest`).
+pub fn manifest_keys(m: &Value) -> u64 {
+    m["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["keys"].as_u64().expect("keys"))
+        .sum()
+}

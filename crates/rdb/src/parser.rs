@@ -903,6 +903,16 @@ mod tests {
         }
     }
 
+    fn only_entries(items: &[Item]) -> Vec<&Entry> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn small_reads_and_dropped_raw_bytes_change_nothing() {
         let whole = entries();
@@ -910,13 +920,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let trickled: Vec<&Entry> = trickled
-            .iter()
-            .filter_map(|i| match i {
-                Item::Entry(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let trickled = only_entries(&trickled);
         assert_eq!(whole.len(), trickled.len());
         for (a, b) in whole.iter().zip(&trickled) {
             assert_eq!(a, *b);
@@ -933,13 +937,7 @@ mod tests {
             items.last(),
             Some(Item::End { checksum: Some(_) })
         ));
-        let lean: Vec<&Entry> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Entry(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let lean = only_entries(&items);
         for (a, b) in whole.iter().zip(&lean) {
             assert!(b.raw.is_empty());
             assert_eq!((&a.key, a.raw_len), (&b.key, b.raw_len));
