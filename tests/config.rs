@@ -407,3 +407,68 @@ fn advise_finds_planted_problems_and_apply_fixes_them() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn a_node_without_a_config_file_is_reported_not_failed() {
+    let c = ConfigLab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    // Restart the last master with its settings on the command line and no file.
+    let port = c.lab.port + 2;
+    let dir = c.lab.path().join(port.to_string());
+    let conf = std::fs::read_to_string(dir.join("redis.conf")).unwrap();
+    let mut args: Vec<String> = Vec::new();
+    for line in conf.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+        args.push(format!("--{k}"));
+        args.extend(
+            v.split_whitespace()
+                .map(|w| w.trim_matches('"').to_string()),
+        );
+    }
+    c.lab.kill_node(port);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Killed on drop, also when an assertion fails: `lab down` no longer knows its pid.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Reaped(
+        Command::new("redis-server")
+            .args(&args)
+            .current_dir(&dir)
+            .spawn()
+            .unwrap(),
+    );
+    c.lab
+        .check_until(std::time::Duration::from_secs(30), |_, r| {
+            r["findings"]
+                .as_array()
+                .is_some_and(|f| f.iter().all(|f| f["code"] != "node_unreachable"))
+                && r["slots_covered"] == 16384
+        });
+    let r = c.run(&["config", "set", "hz", "13", "--yes", "--json"]);
+    assert_eq!(
+        r.code, 0,
+        "reported, not a failure: {}\n{}",
+        r.stderr, r.stdout
+    );
+    assert_eq!(c.get(port, "hz"), "13", "applied in memory");
+    let nodes = r.json()["result"]["nodes"].clone();
+    for n in nodes.as_array().unwrap() {
+        let want = if n["addr"] == format!("127.0.0.1:{port}").as_str() {
+            "no_config_file"
+        } else {
+            "rewritten"
+        };
+        assert_eq!(n["status"], "applied", "{n}");
+        assert_eq!(n["rewrite"]["status"], want, "{n}");
+    }
+}
