@@ -118,6 +118,11 @@ struct TlsMaterial {
     root: Option<Vec<u8>>,
     client: Option<ClientTlsConfig>,
     insecure: bool,
+    /// The rustls configuration for raw streams, built on first use and shared by every
+    /// clone (a bench opens one connection per client; PEM parsing and the system's roots
+    /// once is enough).
+    raw_config:
+        std::sync::Arc<std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>>>,
 }
 
 /// What [`ConnectOptions::connect_raw`] returns: TCP or TLS, read and written alike.
@@ -278,6 +283,7 @@ impl ConnectOptions {
             root,
             client,
             insecure: tls.insecure,
+            raw_config: Default::default(),
         });
         Ok(self)
     }
@@ -344,12 +350,16 @@ impl ConnectOptions {
             addr: addr.clone(),
             reason,
         };
-        let config = t.rustls_config().map_err(tls_err)?;
+        let config = t
+            .raw_config
+            .get_or_init(|| t.rustls_config().map(std::sync::Arc::new))
+            .clone()
+            .map_err(tls_err)?;
         let name = rustls::pki_types::ServerName::try_from(addr.host.clone())
             .map_err(|e| tls_err(format!("bad server name {:?}: {e}", addr.host)))?;
         let stream = tokio::time::timeout(
             self.timeout,
-            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
         )
         .await
         .map_err(timeout)?
