@@ -903,6 +903,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn json_text_is_lossy_utf8_like_before() {
+        for b in [
+            &b"plain"[..],
+            b"quote\"and\\back\n",
+            b"\xff\xfebin\x80ary\xe2\x82",
+            "\u{e9}t\u{e9}".as_bytes(),
+        ] {
+            let want = serde_json::to_string(&String::from_utf8_lossy(b)).unwrap();
+            assert_eq!(serde_json::to_string(&Text(b)).unwrap(), want);
+        }
+        assert_eq!(serde_json::to_string(&Score(1.5)).unwrap(), "\"1.5\"");
+        assert_eq!(
+            serde_json::to_string(&Score(f64::INFINITY)).unwrap(),
+            "\"inf\""
+        );
+    }
+
     fn only_entries(items: &[Item]) -> Vec<&Entry> {
         items
             .iter()
