@@ -111,10 +111,13 @@ pub enum RestoreError {
     Checkpoint { path: String, reason: String },
 }
 
-/// Progress per source: how many entries of the file (in file order) are done.
+/// Progress per source: how many entries of the file (in file order) are done, and the
+/// batch size of the run that wrote it (which bounds what it sent past `done`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub done: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub batch: Option<u64>,
 }
 
 fn load_checkpoint(path: &Path) -> Result<Checkpoint, RestoreError> {
@@ -128,6 +131,24 @@ fn load_checkpoint(path: &Path) -> Result<Checkpoint, RestoreError> {
             path: path.display().to_string(),
             reason: e.to_string(),
         }),
+    }
+}
+
+/// Batches between two checkpoint saves.
+const CHECKPOINT_EVERY: u64 = 16;
+
+/// Marks `file` done up to entry `index` and saves the checkpoint.
+fn record_progress(
+    checkpoint: &Mutex<Checkpoint>,
+    path: &Path,
+    file: &str,
+    index: u64,
+    batch: usize,
+) {
+    if let Ok(mut cp) = checkpoint.lock() {
+        cp.done.insert(file.to_string(), index);
+        cp.batch = Some(batch as u64);
+        save_checkpoint(path, &cp);
     }
 }
 
@@ -555,27 +576,60 @@ async fn restore_file(
         let _ = tx.blocking_send((out, c, index));
         Ok(())
     });
-    // The first batch after a checkpoint may have been partly written before the
-    // interruption: those keys are ours, so they are replaced.
-    let mut first = opts.resume && skip > 0;
+    // The checkpoint is saved every CHECKPOINT_EVERY batches (each save is a rename, which
+    // ext4 turns into a data flush), on Ctrl-C and at the end of the file. After a crash, up
+    // to CHECKPOINT_EVERY + 1 batches of the interrupted run past the checkpoint may already
+    // be in the target: those keys are ours, so on resume they are replaced. Counted in keys
+    // sent, so a resume with another --batch covers them too (same file and filters; only
+    // more keys can have expired since, which moves the window further, never shorter).
+    let mut replace_left: u64 = if opts.resume && skip > 0 {
+        let earlier_batch = checkpoint
+            .lock()
+            .ok()
+            .and_then(|c| c.batch)
+            .unwrap_or(opts.batch as u64);
+        (CHECKPOINT_EVERY + 1) * earlier_batch
+    } else {
+        0
+    };
+    let mut since_save = 0u64;
+    let mut last_index = None;
     while let Some((batch, c, index)) = rx.recv().await {
         counts.skipped_filtered += c.skipped_filtered;
         counts.skipped_expired += c.skipped_expired;
-        let replace = opts.on_conflict == OnConflict::Replace || first;
-        first = false;
+        let replace = opts.on_conflict == OnConflict::Replace || replace_left > 0;
+        replace_left = replace_left.saturating_sub(batch.len() as u64);
         pace.admit(batch.len() as u64).await;
         let sent = send_batch(exec, pool, batch, replace, router, errors, per_type).await;
         counts.restored += sent.restored;
         counts.skipped_existing += sent.skipped_existing;
         counts.failed += sent.failed;
         progress(sent.restored + sent.skipped_existing + sent.failed);
-        if let Ok(mut cp) = checkpoint.lock() {
-            cp.done.insert(src.label.clone(), index);
-            save_checkpoint(&opts.checkpoint, &cp);
+        last_index = Some(index);
+        since_save += 1;
+        let stopping = stop.load(Ordering::Relaxed);
+        if since_save >= CHECKPOINT_EVERY || stopping {
+            record_progress(
+                checkpoint,
+                &opts.checkpoint,
+                &src.label,
+                index,
+                opts.batch.max(1),
+            );
+            since_save = 0;
         }
-        if stop.load(Ordering::Relaxed) {
+        if stopping {
             break;
         }
+    }
+    if let (Some(index), true) = (last_index, since_save > 0) {
+        record_progress(
+            checkpoint,
+            &opts.checkpoint,
+            &src.label,
+            index,
+            opts.batch.max(1),
+        );
     }
     drop(rx);
     producer
