@@ -331,8 +331,9 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         ..Default::default()
     });
     let dst2_ports = vec![dst2.port, dst2.port + 1];
-    let child = dst2
-        .cmd(&[
+    // A slow restore in the background, to be interrupted.
+    let slow_restore = || {
+        dst2.cmd(&[
             "restore",
             &id,
             "--state-dir",
@@ -346,7 +347,26 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+    };
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            &id,
+            "--state-dir",
+            &st,
+            "--yes",
+            "--resume",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = dst2.run(&args);
+        assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+        let v = r.json();
+        assert!(v["total"]["already_done"].as_u64().unwrap() > 0, "{v}");
+        v
+    };
+    let child = slow_restore();
     std::thread::sleep(std::time::Duration::from_millis(700));
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -363,18 +383,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         partial > 0 && partial < before.len(),
         "interrupted after {partial} keys"
     );
-    let r = dst2.run(&[
-        "restore",
-        &id,
-        "--state-dir",
-        &st,
-        "--yes",
-        "--resume",
-        "--json",
-    ]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
-    let v = r.json();
-    assert!(v["total"]["already_done"].as_u64().unwrap() > 0);
+    resume(&[]);
     assert_same(&before, &snapshot(&dst2_ports));
 
     // Killed outright (no chance to save a checkpoint): the batches written after the last
@@ -383,22 +392,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         let _: () = redis::cmd("FLUSHALL").query(&mut conn(*port)).unwrap();
     }
     let _ = std::fs::remove_dir_all(std::path::Path::new(&st).join("restore"));
-    let mut child = dst2
-        .cmd(&[
-            "restore",
-            &id,
-            "--state-dir",
-            &st,
-            "--yes",
-            "--batch",
-            "20",
-            "--rate",
-            "2000",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = slow_restore();
     std::thread::sleep(std::time::Duration::from_millis(900));
     let _ = child.kill();
     let _ = child.wait();
@@ -408,20 +402,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
         "killed after {partial} keys"
     );
     // Resumed with smaller batches than the killed run: the window counts keys, not batches.
-    let r = dst2.run(&[
-        "restore",
-        &id,
-        "--state-dir",
-        &st,
-        "--yes",
-        "--resume",
-        "--batch",
-        "7",
-        "--json",
-    ]);
-    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
-    let v = r.json();
-    assert!(v["total"]["already_done"].as_u64().unwrap() > 0, "{v}");
+    let v = resume(&["--batch", "7"]);
     assert_eq!(
         (
             v["total"]["skipped_existing"].as_u64(),

@@ -592,6 +592,15 @@ async fn restore_file(
     } else {
         0
     };
+    let save = |index| {
+        record_progress(
+            checkpoint,
+            &opts.checkpoint,
+            &src.label,
+            index,
+            opts.batch.max(1),
+        )
+    };
     let mut since_save = 0u64;
     let mut last_index = None;
     while let Some((batch, c, index)) = rx.recv().await {
@@ -609,13 +618,7 @@ async fn restore_file(
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
-            record_progress(
-                checkpoint,
-                &opts.checkpoint,
-                &src.label,
-                index,
-                opts.batch.max(1),
-            );
+            save(index);
             since_save = 0;
         }
         if stopping {
@@ -623,13 +626,7 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
-        record_progress(
-            checkpoint,
-            &opts.checkpoint,
-            &src.label,
-            index,
-            opts.batch.max(1),
-        );
+        save(index);
     }
     drop(rx);
     producer
