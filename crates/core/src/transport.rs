@@ -69,10 +69,14 @@ impl Transport {
         };
         // One budget for the whole round trip, writing and reading.
         let deadline = tokio::time::Instant::now() + *timeout;
-        tokio::time::timeout_at(deadline, stream.write_all(out))
-            .await
-            .map_err(timed_out)?
-            .map_err(io)?;
+        // The flush matters on TLS: rustls may still hold records the socket did not take.
+        tokio::time::timeout_at(deadline, async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(timed_out)?
+        .map_err(io)?;
         loop {
             let replies =
                 rcops_formats::resp::scan_replies(buf, n).map_err(|e| NodeError::Command {

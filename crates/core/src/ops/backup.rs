@@ -325,6 +325,7 @@ async fn stream_shard(
         let mut send = Vec::new();
         rcops_formats::resp::encode_command(args, &mut send);
         s.write_all(&send).await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?; // TLS: push out what rustls buffered
         if wait {
             read_line(s, pending, idle).await
         } else {
