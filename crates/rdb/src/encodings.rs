@@ -98,7 +98,9 @@ pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
         return Err("ziplist shorter than its header".into());
     }
     let mut i = 10;
-    let mut out = Vec::new();
+    // The header's count (65535: unknown) sizes the vector; each entry takes ≥ 2 bytes.
+    let count = usize::from(u16::from_le_bytes([b[8], b[9]]));
+    let mut out = Vec::with_capacity(count.min(b.len() / 2));
     loop {
         let first = *b.get(i).ok_or("ziplist without end marker")?;
         if first == 0xff {
@@ -170,7 +172,9 @@ pub fn listpack(b: &[u8]) -> Result<Vec<Element>, String> {
         return Err("listpack shorter than its header".into());
     }
     let mut i = 6;
-    let mut out = Vec::new();
+    // The header's count (65535: unknown) sizes the vector; each entry takes ≥ 2 bytes.
+    let count = usize::from(u16::from_le_bytes([b[4], b[5]]));
+    let mut out = Vec::with_capacity(count.min(b.len() / 2));
     loop {
         let enc = *b.get(i).ok_or("listpack without end marker")?;
         if enc == 0xff {

@@ -45,6 +45,12 @@ impl Value {
     }
 }
 
+/// Room reserved for a collection whose count comes from the file: capped, so a corrupt count
+/// cannot allocate beyond what the bytes can back (the vector still grows past the cap).
+fn presize(n: u64) -> usize {
+    n.min(4096) as usize
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -359,7 +365,7 @@ impl<R: Read> Parser<R> {
 
     fn strings(&mut self) -> Result<Vec<Vec<u8>>, RdbError> {
         let n = self.r.count()?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(presize(n));
         for _ in 0..n {
             out.push(self.r.string()?);
         }
@@ -391,8 +397,8 @@ impl<R: Read> Parser<R> {
                 reason: "odd number of elements in a pair encoding".into(),
             });
         }
+        let mut out = Vec::with_capacity(elems.len() / 2);
         let mut it = elems.into_iter();
-        let mut out = Vec::new();
         while let (Some(a), Some(b)) = (it.next(), it.next()) {
             out.push((a, b));
         }
@@ -400,7 +406,7 @@ impl<R: Read> Parser<R> {
     }
 
     fn zset_of(elems: Vec<Element>, at: u64) -> Result<Value, RdbError> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(elems.len() / 2);
         for (m, s) in Self::pairs(elems, at)? {
             let score = s.as_f64().ok_or(RdbError::Corrupt {
                 offset: at,
@@ -418,7 +424,7 @@ impl<R: Read> Parser<R> {
             2 => Value::Set(self.strings()?),
             3 | 5 => {
                 let n = self.r.count()?;
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(presize(n));
                 for _ in 0..n {
                     let m = self.r.string()?;
                     let s = if t == 5 {
@@ -432,7 +438,7 @@ impl<R: Read> Parser<R> {
             }
             4 => {
                 let n = self.r.count()?;
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(presize(n));
                 for _ in 0..n {
                     let f = self.r.string()?;
                     let v = self.r.string()?;
@@ -510,7 +516,7 @@ impl<R: Read> Parser<R> {
                     0
                 };
                 let n = self.r.count()?;
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(presize(n));
                 for _ in 0..n {
                     let ttl = self.r.length()?;
                     let f = self.r.string()?;
@@ -536,7 +542,7 @@ impl<R: Read> Parser<R> {
                             .into(),
                     });
                 }
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(e.len() / 3);
                 let mut it = e.into_iter();
                 while let (Some(f), Some(v), Some(x)) = (it.next(), it.next(), it.next()) {
                     let exp = x.as_i64().filter(|&x| x > 0);
