@@ -172,6 +172,11 @@ impl TlsMaterial {
     }
 }
 
+/// The signature algorithms of the process's crypto provider (ring).
+fn sig_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
 /// `--insecure`: any certificate is accepted (the handshake signature is still checked
 /// against the certificate presented).
 #[derive(Debug)]
@@ -195,12 +200,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &sig_algs())
     }
 
     fn verify_tls13_signature(
@@ -209,18 +209,11 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &sig_algs())
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        sig_algs().supported_schemes()
     }
 }
 
@@ -286,10 +279,6 @@ impl ConnectOptions {
             raw_config: Default::default(),
         });
         Ok(self)
-    }
-
-    pub fn tls_enabled(&self) -> bool {
-        self.tls.is_some()
     }
 
     fn client(&self, addr: &Addr) -> redis::RedisResult<redis::Client> {

@@ -112,7 +112,7 @@ pub enum RestoreError {
 }
 
 /// Progress per source: how many entries of the file (in file order) are done, and the
-/// batch size of the run that wrote it (which bounds what it sent past `done`).
+/// largest batch size of the runs that wrote it (which bounds what they sent past `done`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub done: BTreeMap<String, u64>,
@@ -147,7 +147,9 @@ fn record_progress(
 ) {
     if let Ok(mut cp) = checkpoint.lock() {
         cp.done.insert(file.to_string(), index);
-        cp.batch = Some(batch as u64);
+        // The largest batch of any run on this checkpoint: a file that starts later in a
+        // resumed run still sizes its replace window for the run that was interrupted.
+        cp.batch = Some(cp.batch.unwrap_or(0).max(batch as u64));
         save_checkpoint(path, &cp);
     }
 }
