@@ -13,7 +13,9 @@ rcops=$PWD/target/release/rcops
 out=bench/out; mkdir -p "$out"; md="$out/config.md"
 dir=$(mktemp -d)
 trap '$rcops lab down --dir "$dir/lab" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-$rcops lab up --masters 60 --replicas 1 --port 8000 --dir "$dir/lab" >/dev/null
+# Redis's default node timeout (the lab's 5 s is for quick failover tests): 120 servers
+# gossiping at 5 s burn half of this 2-core box while idle, at 15 s a quarter.
+$rcops lab up --masters 60 --replicas 1 --port 8000 --dir "$dir/lab" --node-timeout 15000 >/dev/null
 export RCOPS_STATE_DIR="$dir/state"
 python3 - "$rcops" <<'PY' | tee "$md"
 import statistics, subprocess, sys, time

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::{view_light as view, CmdResult, Failure};
+use super::{view_seeds as view, CmdResult, Failure};
 use crate::cli::{ChangeArgs, ConfigCommand, GlobalOpts, SelectArgs};
 use crate::output::{self, paint, EXIT_FINDINGS, EXIT_OK};
 
@@ -292,6 +292,7 @@ pub async fn change_flow(
 ) -> CmdResult {
     let all = targets(view, &Selection::default());
     let (configs, readings) = snapshot(exec, &all).await;
+    tracing::debug!(nodes = configs.len(), "configurations read");
     if let Some(e) = t.iter().find_map(|x| readings.failed.get(&x.addr)) {
         return Err(Failure::failed(format!("nothing changed: {e}")));
     }
@@ -394,7 +395,7 @@ pub async fn change_flow(
         }
     }
     let message = format!("{desc}: {}\n\nby {user}", outcome_line(&report));
-    let after_configs = cfg::configs_of(&all, &after);
+    let after_configs = cfg::into_configs(&all, after);
     // Git work on a blocking thread while the nodes rewrite their config files.
     let record_after = tokio::task::spawn_blocking(move || {
         let rev = h.record(&after_configs, &present, &message, &user, true);
@@ -613,7 +614,7 @@ fn print_grouped(readings: &BTreeMap<String, Params>) {
 }
 
 async fn get(g: &GlobalOpts, params: &[String], select: &SelectArgs) -> CmdResult {
-    let (exec, view) = super::view_light(g, Detail::Health).await?;
+    let (exec, view) = view(g, Detail::Health).await?;
     let t = select_targets(&view, select)?;
     let patterns: Vec<String> = params.iter().map(|p| p.to_ascii_lowercase()).collect();
     let mut readings = cfg::read(&exec, &t, &patterns).await;

@@ -19,7 +19,8 @@ mod slowlog;
 
 use rcops_core::topology::Detail;
 use rcops_core::{
-    discover, discover_light, Addr, ClusterView, ConnectOptions, Executor, Secret, TlsOptions,
+    discover, discover_light, discover_seeds, Addr, ClusterView, ConnectOptions, Executor, Secret,
+    TlsOptions,
 };
 
 use crate::cli::{Cli, Command, GlobalOpts};
@@ -144,6 +145,19 @@ pub async fn view_light(
 ) -> Result<(Executor, ClusterView), Failure> {
     let (exec, seeds) = executor(g)?;
     let view = discover_light(&exec, &seeds, detail)
+        .await
+        .map_err(Failure::failed)?;
+    Ok((exec, view))
+}
+
+/// The cluster as the seeds see it (see `discover_seeds`): for commands that then talk to
+/// every node and report the ones that fail.
+pub async fn view_seeds(
+    g: &GlobalOpts,
+    detail: Detail,
+) -> Result<(Executor, ClusterView), Failure> {
+    let (exec, seeds) = executor(g)?;
+    let view = discover_seeds(&exec, &seeds, detail)
         .await
         .map_err(Failure::failed)?;
     Ok((exec, view))

@@ -182,40 +182,57 @@ pub fn split_args(line: &str) -> Result<Vec<String>, String> {
 
 /// Quotes a value for a redis.conf line when it needs it (empty, spaces, quotes, controls).
 pub fn quote(value: &str) -> String {
+    let mut s = String::with_capacity(value.len());
+    push_quoted(&mut s, value);
+    s
+}
+
+/// [`quote`] into `out`: a snapshot writes ~200 values per node, without an allocation each.
+fn push_quoted(out: &mut String, value: &str) {
     let plain = !value.is_empty()
         && value
             .bytes()
             .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\'' && c != b'\\');
     if plain {
-        return value.to_string();
+        out.push_str(value);
+        return;
     }
-    let mut s = String::from("\"");
+    out.push('"');
     for c in value.chars() {
         match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => s.push_str(&format!("\\x{:02x}", c as u32)),
-            c => s.push(c),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
         }
     }
-    s.push('"');
-    s
+    out.push('"');
 }
 
 /// Writes parameters as redis.conf lines, sorted, one per parameter. Multi-word values
 /// (`save 3600 1 300 100`) are quoted as one argument so they read back as one value.
 pub fn write_conf(params: &Params) -> String {
     let mut out = String::new();
+    write_conf_into(&mut out, params, false);
+    out
+}
+
+/// Appends `params` as redis.conf lines to `out`; with `masked`, secrets that are set are
+/// written as [`MASK`] (what history stores) without copying the parameters first.
+pub fn write_conf_into(out: &mut String, params: &Params, masked: bool) {
     for (k, v) in params {
         out.push_str(k);
         out.push(' ');
-        out.push_str(&quote(v));
+        if masked && is_secret(k) && !v.is_empty() {
+            out.push_str(MASK);
+        } else {
+            push_quoted(out, v);
+        }
         out.push('\n');
     }
-    out
 }
 
 /// A size as redis' `memtoull` reads it: `k`=1000, `kb`=1024, `m`, `mb`, `g`, `gb`,

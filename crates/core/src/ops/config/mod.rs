@@ -137,10 +137,15 @@ pub async fn snapshot(exec: &Executor, targets: &[Target]) -> (Vec<NodeConfig>, 
 
 /// Snapshots (secrets masked) of the targets that have values in `values`.
 pub fn configs_of(targets: &[Target], values: &BTreeMap<Addr, Params>) -> Vec<NodeConfig> {
+    into_configs(targets, values.clone())
+}
+
+/// [`configs_of`], taking the values instead of copying them.
+pub fn into_configs(targets: &[Target], mut values: BTreeMap<Addr, Params>) -> Vec<NodeConfig> {
     targets
         .iter()
         .filter_map(|t| {
-            let mut params = values.get(&t.addr)?.clone();
+            let mut params = values.remove(&t.addr)?;
             conf::mask_secrets(&mut params);
             Some(NodeConfig {
                 addr: t.addr.to_string(),
@@ -691,6 +696,7 @@ pub async fn rewrite_applied(exec: &Executor, report: &mut ApplyReport) {
     for (i, r) in done {
         report.nodes[i].rewrite = Some(r);
     }
+    tracing::debug!(nodes = addrs.len(), "config files rewritten");
 }
 
 /// Every node's configuration after an apply, without reading 100+ full configurations
