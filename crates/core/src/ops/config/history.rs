@@ -195,7 +195,7 @@ impl History {
         let started = std::time::Instant::now();
         let repo = Repository::open(&self.root).map_err(|e| self.err(e))?;
         let odb = repo.odb().map_err(|e| self.err(e))?;
-        let mempack = odb.add_new_mempack_backend(1000).map_err(|e| self.err(e))?;
+        let _mempack = odb.add_new_mempack_backend(1000).map_err(|e| self.err(e))?;
         let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parent_tree = parent.as_ref().and_then(|p| p.tree().ok());
         // The tree is built in memory: blobs that did not change are only hashed, never
@@ -255,7 +255,6 @@ impl History {
             .map_err(|e| self.err(e))?;
         new_objects.extend([tree_id, id]);
         let pack = whole_object_pack(&odb, &new_objects).map_err(|e| self.err(e))?;
-        drop(mempack);
         let mut writer = odb.packwriter().map_err(|e| self.err(e))?;
         std::io::Write::write_all(&mut writer, &pack).map_err(|e| self.err(e))?;
         writer.commit().map_err(|e| self.err(e))?;
