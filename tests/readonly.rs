@@ -97,6 +97,8 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     );
     let p = &v["commands"]["GET"];
     assert!(p["p50_ms"].as_f64().unwrap() <= p["p99_ms"].as_f64().unwrap());
+    assert!(p["mean_ms"].as_f64().unwrap() > 0.0);
+    assert!(p.get("service").is_none(), "unpaced: one latency only");
     assert!(v["keys_deleted"].as_u64().unwrap() > 500);
     assert_eq!(bench_keys_left(lab), 0);
     // The servers saw at least every request.
@@ -143,6 +145,18 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let total = r.json()["total"].as_u64().unwrap();
     assert!((1000..=2600).contains(&total), "2000/s for 1s gave {total}");
+    // Paced, each command also reports latency from the real send, which cannot exceed the
+    // latency from the intended send of the same requests.
+    for (cmd, c) in r.json()["commands"].as_object().unwrap() {
+        let service = &c["service"];
+        for q in ["mean_ms", "p50_ms", "p99_ms", "max_ms"] {
+            let (sent, intended) = (service[q].as_f64().unwrap(), c[q].as_f64().unwrap());
+            assert!(
+                sent > 0.0 && sent <= intended,
+                "{cmd} {q}: {sent} vs {intended}"
+            );
+        }
+    }
 
     for bad in [
         &["bench", "--clients", "0"][..],

@@ -72,13 +72,23 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
             ];
             row.extend(output::percentile_cells(&c.latency));
             t.add_row(row);
+            if let Some(service) = &c.service {
+                let mut row = vec![
+                    format!("  {name} sent"),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ];
+                row.extend(output::percentile_cells(service));
+                t.add_row(row);
+            }
         }
         output::align_right(&mut t, &[1, 2, 3, 4, 5, 6, 7, 8]);
         output::print_table(&t);
         crate::outln!(
             "latencies in ms{}",
             if a.rate.is_some() {
-                ", from each batch's intended send time"
+                ", from each batch's intended send time (\"sent\": from its real send)"
             } else {
                 ""
             }

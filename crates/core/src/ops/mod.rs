@@ -36,6 +36,7 @@ pub fn rtt_histogram() -> hdrhistogram::Histogram<u64> {
 /// Latency percentiles in milliseconds (µs precision), as every latency report shows them.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Percentiles {
+    pub mean_ms: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -48,6 +49,7 @@ impl Percentiles {
     pub fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
         let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         Percentiles {
+            mean_ms: h.mean().round() / 1000.0,
             p50_ms: q(0.5),
             p95_ms: q(0.95),
             p99_ms: q(0.99),

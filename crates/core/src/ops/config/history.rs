@@ -246,7 +246,10 @@ impl History {
             return Ok(None);
         }
         let tree = repo.find_tree(tree_id).map_err(|e| self.err(e))?;
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "history tree written");
+        tracing::debug!(
+            us = started.elapsed().as_micros() as u64,
+            "history tree written"
+        );
         let host = hostname();
         let sig = Signature::now(author, &format!("{author}@{host}")).map_err(|e| self.err(e))?;
         let parents: Vec<&git2::Commit> = parent.iter().collect();
@@ -613,7 +616,10 @@ mod tests {
         let mut revs = Vec::new();
         for v in [&long, &short, &long] {
             revs.push(h.record(v, &present, "step", "t", false).unwrap().unwrap());
-            assert_eq!(std::fs::read_to_string(&file_a).unwrap(), render_node(&v[0]));
+            assert_eq!(
+                std::fs::read_to_string(&file_a).unwrap(),
+                render_node(&v[0])
+            );
             let statuses = h.repo.statuses(None).unwrap();
             assert!(statuses.is_empty(), "git status is not clean");
         }
