@@ -19,8 +19,7 @@ mod slowlog;
 
 use rcops_core::topology::Detail;
 use rcops_core::{
-    discover, discover_light, discover_seeds, Addr, ClusterView, ConnectOptions, Executor, Secret,
-    TlsOptions,
+    discover_with, Addr, ClusterView, ConnectOptions, Executor, Follow, Secret, TlsOptions,
 };
 
 use crate::cli::{Cli, Command, GlobalOpts};
@@ -143,11 +142,7 @@ pub async fn view_light(
     g: &GlobalOpts,
     detail: Detail,
 ) -> Result<(Executor, ClusterView), Failure> {
-    let (exec, seeds) = executor(g)?;
-    let view = discover_light(&exec, &seeds, detail)
-        .await
-        .map_err(Failure::failed)?;
-    Ok((exec, view))
+    view_by(g, detail, Follow::Light).await
 }
 
 /// The cluster as the seeds see it (see `discover_seeds`): for commands that then talk to
@@ -156,17 +151,21 @@ pub async fn view_seeds(
     g: &GlobalOpts,
     detail: Detail,
 ) -> Result<(Executor, ClusterView), Failure> {
-    let (exec, seeds) = executor(g)?;
-    let view = discover_seeds(&exec, &seeds, detail)
-        .await
-        .map_err(Failure::failed)?;
-    Ok((exec, view))
+    view_by(g, detail, Follow::No).await
 }
 
 /// Discovers the cluster or fails with the seeds' errors in one line.
 pub async fn view(g: &GlobalOpts, detail: Detail) -> Result<(Executor, ClusterView), Failure> {
+    view_by(g, detail, Follow::AllViews).await
+}
+
+async fn view_by(
+    g: &GlobalOpts,
+    detail: Detail,
+    follow: Follow,
+) -> Result<(Executor, ClusterView), Failure> {
     let (exec, seeds) = executor(g)?;
-    let view = discover(&exec, &seeds, detail)
+    let view = discover_with(&exec, &seeds, detail, follow)
         .await
         .map_err(Failure::failed)?;
     Ok((exec, view))

@@ -17,4 +17,6 @@ pub mod transport;
 
 pub use fanout::{Executor, FanOut};
 pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
-pub use topology::{discover, discover_light, discover_seeds, ClusterView, NodeSnapshot};
+pub use topology::{
+    discover, discover_light, discover_seeds, discover_with, ClusterView, Follow, NodeSnapshot,
+};

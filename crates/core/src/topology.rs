@@ -214,8 +214,8 @@ pub async fn discover_seeds(
 }
 
 /// How far discovery goes past the seeds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Follow {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
     /// Every node's own view.
     AllViews,
     /// Every node's INFO, with its line from the view that mentioned it.
@@ -224,7 +224,8 @@ enum Follow {
     No,
 }
 
-async fn discover_with(
+/// Discovery as far as `follow` says ([`discover`], [`discover_light`], [`discover_seeds`]).
+pub async fn discover_with(
     exec: &Executor,
     seeds: &[Addr],
     detail: Detail,
