@@ -442,22 +442,24 @@ async fn set_node(
     };
     let work = async {
         let mut conn = exec.conn(addr).await.map_err(unreachable)?;
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("SET");
+        // The SET and the read-back in one round trip: a refused SET fails the pipeline with
+        // its own error (and changed nothing), so the GET is only read after a SET that took.
+        let mut pipe = redis::pipe();
+        let set = pipe.cmd("CONFIG").arg("SET");
         for c in changes {
-            cmd.arg(&c.param).arg(pick(c));
+            set.arg(&c.param).arg(pick(c));
         }
-        query::<()>(addr, &mut conn, &cmd)
-            .await
-            .map_err(unreachable)?;
         // Aliases too: the read-back is what history records for this node afterwards.
         let names: Vec<String> = changes
             .iter()
             .flat_map(|c| std::iter::once(c.param.clone()).chain(conf::aliases(&c.param)))
             .collect();
-        let got = config_get(addr, &mut conn, &names)
+        pipe.cmd("CONFIG").arg("GET").arg(&names);
+        let (_, read_back): ((), redis::Value) = pipe
+            .query_async(&mut conn)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(NodeError::from_redis(addr, &e)))?;
+        let got = params_of(read_back);
         for c in changes {
             let want = pick(c);
             let now = got.get(&c.param).cloned().unwrap_or_default();
