@@ -830,7 +830,9 @@ fn valkey_9_backups_restore_into_redis_7() {
         .as_str()
         .unwrap()
         .starts_with('9'));
-    assert_eq!(m["shards"][0]["rdb_version"], 11);
+    // Its own format (VALKEY080), not the RDB 11 it falls back to for replicas that do not
+    // announce a version.
+    assert_eq!(m["shards"][0]["rdb_version"], 80);
     let id = m["id"].as_str().unwrap().to_string();
     let dst = Lab::start(LabSpec {
         masters: 2,
@@ -841,4 +843,61 @@ fn valkey_9_backups_restore_into_redis_7() {
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     assert_eq!(r.json()["target_rdb_version"], 10);
     assert_same(&before, &snapshot_with(&[dst.port, dst.port + 1], true));
+
+    // A hash with a field expiration, which only Valkey 9 has: before rcops announced a
+    // version, Valkey's sync child died on it ("Can't store key in RDB version 11") and the
+    // shard failed. Redis 7 must be refused before anything is written; Valkey gets it back.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    cli(&["HSET", "{hx}fields", "a", "1", "b", "2"]);
+    assert_eq!(
+        cli(&[
+            "HPEXPIREAT",
+            "{hx}fields",
+            "4102444800000",
+            "FIELDS",
+            "1",
+            "a"
+        ]),
+        "1"
+    );
+    let r = run(&mut rcops(&[
+        "backup",
+        "-c",
+        &seed,
+        "--state-dir",
+        &st,
+        "--json",
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let id = r.json()["manifest"]["id"].as_str().unwrap().to_string();
+    let only = ["--match", "{hx}*", "--state-dir", &st, "--yes"];
+    let r = dst.run(&[&["restore", &id][..], &only[..]].concat());
+    assert_eq!(r.code, 2, "{}\n{}", r.stderr, r.stdout);
+    assert!(
+        r.stderr.contains("{hx}fields") && r.stderr.contains("RDB version 80"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("nothing was written"), "{}", r.stderr);
+    assert_eq!(
+        dst.redis_cli(dst.port, &["-c", "EXISTS", "{hx}fields"]),
+        "0"
+    );
+    cli(&["DEL", "{hx}fields"]);
+    let r = run(&mut rcops(
+        &[&["restore", &id, "-c", &seed][..], &only[..]].concat(),
+    ));
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    assert_eq!(
+        cli(&["HPEXPIRETIME", "{hx}fields", "FIELDS", "2", "a", "b"]),
+        "4102444800000\n-1"
+    );
+    assert_eq!(cli(&["HGET", "{hx}fields", "b"]), "2");
 }

@@ -79,8 +79,10 @@ pub fn type_name(type_byte: u8) -> &'static str {
 
 /// The oldest RDB version that knows a value type: a DUMP payload of that type can be
 /// stamped with any version from there on.
-pub fn min_version_for_type(type_byte: u8) -> u16 {
+pub fn min_version_for_type(type_byte: u8, file_version: u16) -> u16 {
     match type_byte {
+        // Valkey's own types (RDB 80+): 22 is its hash with field expirations.
+        22.. if file_version >= 80 => 80 + u16::from(type_byte - 22),
         0..=5 | 9..=14 => 7,
         7 => 8,
         15 => 9,

@@ -194,17 +194,22 @@ pub struct Parser<R: Read> {
 }
 
 impl<R: Read> Parser<R> {
-    /// Reads the `REDISxxxx` header. Versions 1–12 and Valkey's 80+ are accepted.
+    /// Reads the header: `REDIS` and four digits, or `VALKEY` and three (what Valkey 9 writes
+    /// to disk, RDB 80+). Versions 1–12 and Valkey's 80+ are accepted.
     pub fn new(inner: R) -> Result<Self, RdbError> {
         let mut r = Reader::new(inner);
         let magic: [u8; 9] = r.array()?;
-        if &magic[..5] != b"REDIS" {
+        let digits = if magic.starts_with(b"REDIS") {
+            &magic[5..]
+        } else if magic.starts_with(b"VALKEY") {
+            &magic[6..]
+        } else {
             return Err(RdbError::Corrupt {
                 offset: 0,
-                reason: "not an RDB file (no REDIS magic)".into(),
+                reason: "not an RDB file (no REDIS or VALKEY magic)".into(),
             });
-        }
-        let version: u16 = std::str::from_utf8(&magic[5..])
+        };
+        let version: u16 = std::str::from_utf8(digits)
             .ok()
             .and_then(|v| v.parse().ok())
             .ok_or(RdbError::Corrupt {
@@ -509,6 +514,20 @@ impl<R: Read> Parser<R> {
             }
             20 => Value::Set(self.packed(true)?.into_iter().map(element_bytes).collect()),
             15 | 19 | 21 => Value::Stream(self.stream(t)?),
+            // Valkey 9 (RDB 80+): a hash with field expirations, each field followed by its
+            // absolute expiry in ms, -1 for none. Redis 7.4's pre-GA type 22 differs.
+            22 if self.version >= 80 => {
+                let n = self.r.count()?;
+                let mut out = Vec::with_capacity(presize(n));
+                for _ in 0..n {
+                    let f = self.r.string()?;
+                    let v = self.r.string()?;
+                    let exp = i64::from_le_bytes(self.r.array()?);
+                    out.push((f, v, (exp != -1).then_some(exp)));
+                }
+                Value::Hash(out)
+            }
+            23.. if self.version >= 80 => return Err(self.valkey_unsupported(at, t)),
             22 | 24 => {
                 let min = if t == 24 {
                     i64::from_le_bytes(self.r.array()?)
@@ -565,10 +584,28 @@ impl<R: Read> Parser<R> {
         })
     }
 
+    /// A value type Valkey numbers differently from Redis that rcops does not read (Valkey's
+    /// own type numbers start at 22; 23 is 9.2's path hash).
+    fn valkey_unsupported(&self, at: u64, t: u8) -> RdbError {
+        RdbError::Unsupported {
+            offset: at,
+            what: format!("Valkey value type {t} (RDB {})", self.version),
+        }
+    }
+
     /// Walks a value without decoding it.
     fn skip_value(&mut self, t: u8, at: u64) -> Result<Value, RdbError> {
+        let valkey = self.version >= 80;
         let r = &mut self.r;
         match t {
+            22 if valkey => {
+                for _ in 0..r.count()? {
+                    r.skip_string()?;
+                    r.skip_string()?;
+                    r.skip(8)?; // the field's expiry
+                }
+            }
+            23.. if valkey => return Err(self.valkey_unsupported(at, t)),
             0 | 9..=13 | 16 | 17 | 20 => r.skip_string()?,
             1 | 2 => {
                 for _ in 0..r.count()? {
@@ -966,6 +1003,70 @@ mod tests {
             assert!(b.raw.is_empty());
             assert_eq!((&a.key, a.raw_len), (&b.key, b.raw_len));
         }
+    }
+
+    /// `SAVE` of a Valkey 9.1.2 server: `VALKEY080` magic, and `hx` is a hash with one field
+    /// expiring (type 22, Valkey's hash with field expirations).
+    const VALKEY: &[u8] = include_bytes!("../testdata/valkey-9.1.2-all-types.rdb");
+
+    #[test]
+    fn reads_what_valkey_9_writes_to_disk() {
+        let p = Parser::new(VALKEY).unwrap();
+        assert_eq!(p.version(), 80);
+        let mut aux = std::collections::BTreeMap::new();
+        let mut all = Vec::new();
+        for item in p {
+            match item.unwrap() {
+                Item::Aux { key, value } => {
+                    aux.insert(key, value);
+                }
+                Item::Entry(e) => all.push(e),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            aux.get(&b"valkey-ver".to_vec()).map(|v| &v[..]),
+            Some(&b"9.1.2"[..])
+        );
+        assert_eq!(all.len(), 9);
+        let hx = get(&all, b"hx");
+        assert_eq!(hx.type_byte, 22);
+        let Value::Hash(fields) = &hx.value else {
+            panic!("{:?}", hx.value)
+        };
+        let mut fields = fields.clone();
+        fields.sort();
+        assert_eq!(
+            fields,
+            vec![
+                (b"a".to_vec(), b"1".to_vec(), Some(4_102_444_800_000)),
+                (b"b".to_vec(), b"2".to_vec(), None),
+                (b"c".to_vec(), b"3".to_vec(), None),
+            ]
+        );
+        assert_eq!(get(&all, b"ttl").expire_ms, Some(4_102_444_800_000));
+        assert!(matches!(get(&all, b"xs").value, Value::Stream(_)));
+        // Walking gives the same raw bytes, so a restore into Valkey sends them as they are.
+        let walked: Vec<Entry> = Parser::new(VALKEY)
+            .unwrap()
+            .decode_values(false)
+            .filter_map(|i| match i.unwrap() {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(walked.len(), all.len());
+        assert_eq!(get(&walked, b"hx").raw, hx.raw);
+        // The same header with a Redis-only type numbered in Valkey's range is refused.
+        let mut bad = VALKEY.to_vec();
+        let at = VALKEY.windows(4).position(|w| w == b"\x16\x02hx").unwrap();
+        bad[at] = 23;
+        let err = Parser::new(&bad[..])
+            .unwrap()
+            .find_map(|i| i.err())
+            .unwrap()
+            .to_string();
+        assert!(err.contains("Valkey value type 23"), "{err}");
     }
 
     #[test]

@@ -223,9 +223,9 @@ pub async fn replay(
         let mut br = BufReader::with_capacity(256 * 1024, f);
         let head = {
             use std::io::BufRead;
-            br.fill_buf()
-                .map_err(|e| e.to_string())?
-                .starts_with(b"REDIS")
+            let start = br.fill_buf().map_err(|e| e.to_string())?;
+            // Valkey 9 writes its preamble with its own magic.
+            start.starts_with(b"REDIS") || start.starts_with(b"VALKEY")
         };
         let (rest, offset): (Box<dyn std::io::BufRead>, u64) = if head {
             // RDB preamble (or an RDB base file): restore its keys first.

@@ -361,6 +361,17 @@ async fn stream_shard(
     if let Some(e) = capa.strip_prefix('-') {
         return Err(format!("REPLCONF refused: {e}"));
     }
+    // Valkey picks the RDB version of a diskless sync from the replica's announced version
+    // and, without one, falls back to RDB 11 — which cannot hold a hash with field
+    // expirations, so the sync fails. 9.1 asks for RDB 80, the newest format rcops reads;
+    // Redis refuses the option, which is not fatal.
+    let _ = call(
+        &mut s,
+        &mut pending,
+        &[b"REPLCONF", b"version", b"9.1.0"],
+        true,
+    )
+    .await?;
     // rdb-only is Redis 7+; an older server's refusal is not fatal.
     let _ = call(
         &mut s,

@@ -271,7 +271,9 @@ struct Prepared {
 
 /// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
 fn payload_for(e: &mut Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
-    if file_version <= target_version || min_version_for_type(e.type_byte) <= target_version {
+    if file_version <= target_version
+        || min_version_for_type(e.type_byte, file_version) <= target_version
+    {
         let raw = std::mem::take(&mut e.raw);
         return Ok(rcops_rdb::into_dump_payload(
             raw,
@@ -288,7 +290,7 @@ fn payload_for(e: &mut Entry, file_version: u16, target_version: u16) -> Result<
             "type {} (RDB type {}) needs RDB version {} but the target accepts {}",
             type_name(e.type_byte),
             e.type_byte,
-            min_version_for_type(e.type_byte),
+            min_version_for_type(e.type_byte, file_version),
             target_version
         )),
     }
