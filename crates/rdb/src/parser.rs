@@ -1025,7 +1025,7 @@ mod tests {
             }
         }
         assert_eq!(
-            aux.get(&b"valkey-ver".to_vec()).map(|v| &v[..]),
+            aux.get(b"valkey-ver".as_slice()).map(|v| &v[..]),
             Some(&b"9.1.2"[..])
         );
         assert_eq!(all.len(), 9);
