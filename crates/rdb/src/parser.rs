@@ -585,11 +585,13 @@ impl<R: Read> Parser<R> {
     }
 
     /// A value type Valkey numbers differently from Redis that rcops does not read (Valkey's
-    /// own type numbers start at 22; 23 is 9.2's path hash).
+    /// own type numbers start at 22; 23 is 9.2's path hash), or one of its new opcodes (243:
+    /// a slot import in progress when the snapshot was taken).
     fn valkey_unsupported(&self, at: u64, t: u8) -> RdbError {
+        let kind = if t >= 0xf0 { "opcode" } else { "value type" };
         RdbError::Unsupported {
             offset: at,
-            what: format!("Valkey value type {t} (RDB {})", self.version),
+            what: format!("Valkey {kind} {t} (RDB {})", self.version),
         }
     }
 
