@@ -816,16 +816,20 @@ fn valkey_9_backups_restore_into_redis_7() {
     let state = tempfile::tempdir().unwrap();
     let st = state.path().display().to_string();
     let seed = format!("127.0.0.1:{port}");
-    let r = run(&mut rcops(&[
-        "backup",
-        "-c",
-        &seed,
-        "--state-dir",
-        &st,
-        "--json",
-    ]));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let m = r.json()["manifest"].clone();
+    // A complete backup of the Valkey lab: its manifest.
+    let backup = || {
+        let r = run(&mut rcops(&[
+            "backup",
+            "-c",
+            &seed,
+            "--state-dir",
+            &st,
+            "--json",
+        ]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.json()["manifest"].clone()
+    };
+    let m = backup();
     assert!(m["shards"][0]["server_version"]
         .as_str()
         .unwrap()
@@ -867,16 +871,7 @@ fn valkey_9_backups_restore_into_redis_7() {
         ]),
         "1"
     );
-    let r = run(&mut rcops(&[
-        "backup",
-        "-c",
-        &seed,
-        "--state-dir",
-        &st,
-        "--json",
-    ]));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let id = r.json()["manifest"]["id"].as_str().unwrap().to_string();
+    let id = backup()["id"].as_str().unwrap().to_string();
     let only = ["--match", "{hx}*", "--state-dir", &st, "--yes"];
     let r = dst.run(&[&["restore", &id][..], &only[..]].concat());
     assert_eq!(r.code, 2, "{}\n{}", r.stderr, r.stdout);

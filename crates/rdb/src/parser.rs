@@ -866,8 +866,14 @@ mod tests {
     const ALL_TYPES: &[u8] = include_bytes!("../testdata/redis-7.0.15-all-types.rdb");
 
     fn entries() -> Vec<Entry> {
-        Parser::new(ALL_TYPES)
+        entries_of(ALL_TYPES, true)
+    }
+
+    /// The keys of a file, values decoded or only walked.
+    fn entries_of(file: &[u8], decode: bool) -> Vec<Entry> {
+        Parser::new(file)
             .unwrap()
+            .decode_values(decode)
             .filter_map(|i| match i.unwrap() {
                 Item::Entry(e) => Some(e),
                 _ => None,
@@ -1049,14 +1055,7 @@ mod tests {
         assert_eq!(get(&all, b"ttl").expire_ms, Some(4_102_444_800_000));
         assert!(matches!(get(&all, b"xs").value, Value::Stream(_)));
         // Walking gives the same raw bytes, so a restore into Valkey sends them as they are.
-        let walked: Vec<Entry> = Parser::new(VALKEY)
-            .unwrap()
-            .decode_values(false)
-            .filter_map(|i| match i.unwrap() {
-                Item::Entry(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let walked = entries_of(VALKEY, false);
         assert_eq!(walked.len(), all.len());
         assert_eq!(get(&walked, b"hx").raw, hx.raw);
         // The same header with a Redis-only type numbered in Valkey's range is refused.
@@ -1074,14 +1073,7 @@ mod tests {
     #[test]
     fn walking_without_decoding_keeps_the_same_raw_bytes() {
         let decoded = entries();
-        let walked: Vec<Entry> = Parser::new(ALL_TYPES)
-            .unwrap()
-            .decode_values(false)
-            .filter_map(|i| match i.unwrap() {
-                Item::Entry(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let walked = entries_of(ALL_TYPES, false);
         assert_eq!(decoded.len(), walked.len());
         for (a, b) in decoded.iter().zip(&walked) {
             assert_eq!((&a.key, &a.raw, a.expire_ms), (&b.key, &b.raw, b.expire_ms));
