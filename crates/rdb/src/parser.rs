@@ -199,10 +199,10 @@ impl<R: Read> Parser<R> {
     pub fn new(inner: R) -> Result<Self, RdbError> {
         let mut r = Reader::new(inner);
         let magic: [u8; 9] = r.array()?;
-        let digits = if magic.starts_with(b"REDIS") {
-            &magic[5..]
+        let (digits, at) = if magic.starts_with(b"REDIS") {
+            (&magic[5..], 5)
         } else if magic.starts_with(b"VALKEY") {
-            &magic[6..]
+            (&magic[6..], 6)
         } else {
             return Err(RdbError::Corrupt {
                 offset: 0,
@@ -213,12 +213,12 @@ impl<R: Read> Parser<R> {
             .ok()
             .and_then(|v| v.parse().ok())
             .ok_or(RdbError::Corrupt {
-                offset: 5,
+                offset: at,
                 reason: "unreadable RDB version".into(),
             })?;
         if version == 0 || (13..80).contains(&version) || version > 99 {
             return Err(RdbError::Unsupported {
-                offset: 5,
+                offset: at,
                 what: format!("RDB version {version}"),
             });
         }
@@ -333,6 +333,10 @@ impl<R: Read> Parser<R> {
                         size,
                         expires,
                     });
+                }
+                // Valkey's new opcodes (243: a slot import under way) have no key to read.
+                t @ 0xf0..=0xf3 if self.version >= 80 => {
+                    return Err(self.valkey_unsupported(at, t));
                 }
                 t => {
                     let key = self.r.string()?;
@@ -1068,6 +1072,14 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("Valkey value type 23"), "{err}");
+        // Its new opcodes (243: a slot import under way) are named, not read as keys.
+        bad[at] = 0xf3;
+        let err = Parser::new(&bad[..])
+            .unwrap()
+            .find_map(|i| i.err())
+            .unwrap()
+            .to_string();
+        assert!(err.contains("Valkey opcode 243"), "{err}");
     }
 
     #[test]

@@ -185,6 +185,11 @@ impl History {
         author: &str,
         always: bool,
     ) -> Result<Option<Revision>, HistoryError> {
+        // One record at a time per repository: two runs overwriting the same working-tree
+        // file in place could otherwise interleave. Released when `_lock` is dropped.
+        let _lock = std::fs::File::create(self.repo.path().join("rcops-record.lock"))
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| self.err(format!("locking the history: {e}")))?;
         let keep: BTreeSet<String> = present
             .iter()
             .chain(configs.iter().map(|c| &c.addr))
@@ -225,8 +230,9 @@ impl History {
                 oid
             };
             tb.insert(&name, oid, 0o100644).map_err(|e| self.err(e))?;
-            // Unchanged files are rewritten only when missing from the working tree.
-            if !unchanged || !self.root.join(&name).exists() {
+            // Unchanged files are rewritten only when the working tree's copy differs (missing,
+            // edited, or torn by a crash while it was overwritten in place).
+            if !unchanged || std::fs::read(self.root.join(&name)).ok().as_ref() != Some(&text) {
                 files.insert(name.clone(), text);
             }
             names.insert(name);
@@ -243,6 +249,11 @@ impl History {
         }
         let tree_id = tb.write().map_err(|e| self.err(e))?;
         if !always && parent_tree.as_ref().is_some_and(|t| t.id() == tree_id) {
+            // Nothing to commit; a working copy that drifted from the commit is put back.
+            if !files.is_empty() {
+                let tree = repo.find_tree(tree_id).map_err(|e| self.err(e))?;
+                self.sync_workdir(&repo, &tree, &files)?;
+            }
             return Ok(None);
         }
         let tree = repo.find_tree(tree_id).map_err(|e| self.err(e))?;
@@ -294,7 +305,8 @@ impl History {
     /// They are overwritten in place, not written aside and renamed: on ext4 a rename over a
     /// file (or a truncation to zero) starts a flush of it, which made this step 80 ms of a
     /// 120-node `config set`. The commit is the record; a copy torn by a crash shows in
-    /// `git status` and is rewritten by the next record.
+    /// `git status` and is rewritten by the next record (it differs from the commit). Concurrent
+    /// records are serialized by a lock file in the repository ([`History::record`]).
     fn sync_workdir(
         &self,
         repo: &Repository,
@@ -623,6 +635,15 @@ mod tests {
             let statuses = h.repo.statuses(None).unwrap();
             assert!(statuses.is_empty(), "git status is not clean");
         }
+        // A copy torn in place (same length, other bytes) is put back by the next record,
+        // even one that has nothing to commit.
+        let good = std::fs::read(&file_a).unwrap();
+        std::fs::write(&file_a, vec![b'#'; good.len()]).unwrap();
+        assert!(h
+            .record(&long, &present, "same", "t", false)
+            .unwrap()
+            .is_none());
+        assert_eq!(std::fs::read(&file_a).unwrap(), good);
         let odb = h.repo.odb().unwrap();
         let mut count = 0;
         odb.foreach(|oid| {

@@ -442,9 +442,11 @@ async fn set_node(
     };
     let work = async {
         let mut conn = exec.conn(addr).await.map_err(unreachable)?;
-        // The SET and the read-back in one round trip: a refused SET fails the pipeline with
-        // its own error (and changed nothing), so the GET is only read after a SET that took.
+        // The SET and the read-back in one round trip, each reply judged on its own: a
+        // refused SET changed nothing; a failed read-back after a SET that took leaves the
+        // node unverified (so it is rolled back and read again for history).
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         let set = pipe.cmd("CONFIG").arg("SET");
         for c in changes {
             set.arg(&c.param).arg(pick(c));
@@ -455,11 +457,20 @@ async fn set_node(
             .flat_map(|c| std::iter::once(c.param.clone()).chain(conf::aliases(&c.param)))
             .collect();
         pipe.cmd("CONFIG").arg("GET").arg(&names);
-        let (_, read_back): ((), redis::Value) = pipe
+        let mut replies: Vec<redis::RedisResult<redis::Value>> = pipe
             .query_async(&mut conn)
             .await
             .map_err(|e| unreachable(NodeError::from_redis(addr, &e)))?;
-        let got = params_of(read_back);
+        let (Some(read_back), Some(set)) = (replies.pop(), replies.pop()) else {
+            return Err((NodeStatus::NotVerified, format!("{addr}: short reply")));
+        };
+        set.map_err(|e| unreachable(NodeError::from_redis(addr, &e)))?;
+        let got = params_of(read_back.map_err(|e| {
+            (
+                NodeStatus::NotVerified,
+                NodeError::from_redis(addr, &e).to_string(),
+            )
+        })?);
         for c in changes {
             let want = pick(c);
             let now = got.get(&c.param).cloned().unwrap_or_default();
