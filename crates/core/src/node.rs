@@ -491,13 +491,18 @@ impl NodeError {
         if lower.contains("cluster support disabled") {
             return NodeError::NotCluster { addr };
         }
-        if lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake")
-            || lower.contains("invalidcontenttype")
-            || lower.contains("corrupt message")
-            || lower.contains("peer is incompatible")
-        {
+        // A reply from the server is never a TLS failure of the link, even when its text
+        // names TLS (a refused `CONFIG SET tls-…`: "Unable to update TLS configuration").
+        let server_reply = e.code().is_some();
+        let tls_words = [
+            "certificate",
+            "tls",
+            "handshake",
+            "invalidcontenttype",
+            "corrupt message",
+            "peer is incompatible",
+        ];
+        if !server_reply && tls_words.iter().any(|w| lower.contains(w)) {
             let mut reason = text;
             if lower.contains("unknownissuer") {
                 reason.push_str(" (pass the CA with --cacert, or --insecure)");
@@ -572,6 +577,21 @@ mod tests {
         assert_eq!(list, vec![Addr::new("a", 1), Addr::new("b", 2)]);
         assert!(Addr::parse_list(" , ").is_err());
         assert!(Addr::parse_list("a:1,b").is_err());
+    }
+
+    #[test]
+    fn a_server_reply_naming_tls_is_a_command_error_not_a_tls_failure() {
+        let addr = Addr::new("127.0.0.1", 7000);
+        let reply = b"-ERR CONFIG SET failed - Unable to update TLS configuration\r\n";
+        let redis::Value::ServerError(refusal) = redis::parse_redis_value(reply).unwrap() else {
+            panic!("not a server error")
+        };
+        let e = NodeError::from_redis(&addr, &redis::RedisError::from(refusal));
+        assert!(matches!(e, NodeError::Command { .. }), "{e:?}");
+        let link = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let e = NodeError::from_redis(&addr, &redis::RedisError::from(link));
+        assert!(matches!(e, NodeError::Tls { .. }), "{e:?}");
+        assert!(e.to_string().contains("--cacert"), "{e}");
     }
 
     #[test]
