@@ -848,6 +848,46 @@ fn valkey_9_backups_restore_into_redis_7() {
     assert_eq!(r.json()["target_rdb_version"], 10);
     assert_same(&before, &snapshot_with(&[dst.port, dst.port + 1], true));
 
+    // Valkey's AOF: its base file carries a VALKEY080 preamble. Turned on for one master,
+    // replayed into the emptied Redis 7 target: that master's keys, all of them.
+    let mut c = conn(port);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    for _ in 0..100 {
+        let info: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
+        if info.contains("aof_rewrite_in_progress:0")
+            && info.contains("aof_rewrite_scheduled:0")
+            && info.contains("aof_enabled:1")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let base_keys: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    let aofdir = dir.path().join(port.to_string()).join("appendonlydir");
+    let base = std::fs::read_dir(&aofdir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".base.rdb"))
+        .expect("a base file");
+    assert!(std::fs::read(base.path()).unwrap().starts_with(b"VALKEY"));
+    for p in [dst.port, dst.port + 1] {
+        dst.redis_cli(p, &["FLUSHALL"]);
+    }
+    let aof = aofdir.display().to_string();
+    let r = dst.run(&["restore", "--aof", &aof, "--yes", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    assert_eq!(r.json()["preamble_keys"], base_keys);
+    let restored: u64 = [dst.port, dst.port + 1]
+        .iter()
+        .map(|&p| dst.redis_cli(p, &["DBSIZE"]).parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(restored, base_keys);
+
     // A hash with a field expiration, which only Valkey 9 has: before rcops announced a
     // version, Valkey's sync child died on it ("Can't store key in RDB version 11") and the
     // shard failed. Redis 7 must be refused before anything is written; Valkey gets it back.

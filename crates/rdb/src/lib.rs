@@ -77,12 +77,16 @@ pub fn type_name(type_byte: u8) -> &'static str {
     }
 }
 
+/// The first RDB version of Valkey's own line (Valkey 9; 12–79 are Redis's): from here on,
+/// type numbers from 22 up mean Valkey's types, not Redis 7.4's.
+pub const VALKEY_RDB_MIN: u16 = 80;
+
 /// The oldest RDB version that knows a value type: a DUMP payload of that type can be
 /// stamped with any version from there on.
 pub fn min_version_for_type(type_byte: u8, file_version: u16) -> u16 {
     match type_byte {
-        // Valkey's own types (RDB 80+): 22 is its hash with field expirations.
-        22.. if file_version >= 80 => 80 + u16::from(type_byte - 22),
+        // Valkey's own types: 22 is its hash with field expirations (RDB 80).
+        22.. if file_version >= VALKEY_RDB_MIN => VALKEY_RDB_MIN + u16::from(type_byte - 22),
         0..=5 | 9..=14 => 7,
         7 => 8,
         15 => 9,

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use crate::encodings::{self, element_bytes, Element};
 use crate::reader::Reader;
-use crate::RdbError;
+use crate::{RdbError, VALKEY_RDB_MIN};
 
 /// A decoded value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -216,7 +216,7 @@ impl<R: Read> Parser<R> {
                 offset: at,
                 reason: "unreadable RDB version".into(),
             })?;
-        if version == 0 || (13..80).contains(&version) || version > 99 {
+        if version == 0 || (13..VALKEY_RDB_MIN).contains(&version) || version > 99 {
             return Err(RdbError::Unsupported {
                 offset: at,
                 what: format!("RDB version {version}"),
@@ -335,7 +335,7 @@ impl<R: Read> Parser<R> {
                     });
                 }
                 // Valkey's new opcodes (243: a slot import under way) have no key to read.
-                t @ 0xf0..=0xf3 if self.version >= 80 => {
+                t @ 0xf0..=0xf3 if self.valkey() => {
                     return Err(self.valkey_unsupported(at, t));
                 }
                 t => {
@@ -520,7 +520,7 @@ impl<R: Read> Parser<R> {
             15 | 19 | 21 => Value::Stream(self.stream(t)?),
             // Valkey 9 (RDB 80+): a hash with field expirations, each field followed by its
             // absolute expiry in ms, -1 for none. Redis 7.4's pre-GA type 22 differs.
-            22 if self.version >= 80 => {
+            22 if self.valkey() => {
                 let n = self.r.count()?;
                 let mut out = Vec::with_capacity(presize(n));
                 for _ in 0..n {
@@ -531,7 +531,7 @@ impl<R: Read> Parser<R> {
                 }
                 Value::Hash(out)
             }
-            23.. if self.version >= 80 => return Err(self.valkey_unsupported(at, t)),
+            23.. if self.valkey() => return Err(self.valkey_unsupported(at, t)),
             22 | 24 => {
                 let min = if t == 24 {
                     i64::from_le_bytes(self.r.array()?)
@@ -588,6 +588,11 @@ impl<R: Read> Parser<R> {
         })
     }
 
+    /// A file of Valkey's own RDB line, where type numbers from 22 up are Valkey's.
+    fn valkey(&self) -> bool {
+        self.version >= VALKEY_RDB_MIN
+    }
+
     /// A value type Valkey numbers differently from Redis that rcops does not read (Valkey's
     /// own type numbers start at 22; 23 is 9.2's path hash), or one of its new opcodes (243:
     /// a slot import in progress when the snapshot was taken).
@@ -601,7 +606,7 @@ impl<R: Read> Parser<R> {
 
     /// Walks a value without decoding it.
     fn skip_value(&mut self, t: u8, at: u64) -> Result<Value, RdbError> {
-        let valkey = self.version >= 80;
+        let valkey = self.valkey();
         let r = &mut self.r;
         match t {
             22 if valkey => {

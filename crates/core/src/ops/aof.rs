@@ -7,7 +7,7 @@
 
 use rcops_formats::slot::key_slot;
 use rcops_rdb::aof::{parse_manifest, AofItem, AofReader};
-use rcops_rdb::{dump_payload, Item, Parser};
+use rcops_rdb::{Item, Parser};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read};
@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
+use crate::ops::restore::payload_for;
 use crate::topology::{line_addr, ClusterView};
 
 /// Where a command's keys are (COMMAND's first key, last key, step).
@@ -234,15 +235,27 @@ pub async fn replay(
             let mut batch = Vec::new();
             for item in &mut p {
                 match item.map_err(|e| format!("{}: {e}", file.display()))? {
-                    Item::Entry(e) if e.db == 0 => {
+                    Item::Entry(mut e) if e.db == 0 => {
                         if e.expire_ms.is_some_and(|x| x <= crate::ops::rdb::now_ms()) {
                             continue;
                         }
+                        // The same payload rules as a backup restore: restamped, re-encoded
+                        // (a 7.2 stream for 7.0) or refused for the key (a Valkey hash with
+                        // field expirations for Redis).
+                        let payload = match payload_for(&mut e, version, target_version) {
+                            Ok(p) => p,
+                            Err(why) => {
+                                report.failed += 1;
+                                let key = String::from_utf8_lossy(&e.key).into_owned();
+                                note(&mut report, format!("{key:?}: {why}"));
+                                continue;
+                            }
+                        };
                         let mut cmd = vec![
                             b"RESTORE".to_vec(),
                             e.key.clone(),
                             e.expire_ms.unwrap_or(0).to_string().into_bytes(),
-                            dump_payload(&e.raw, version.min(target_version)),
+                            payload,
                             b"REPLACE".to_vec(),
                         ];
                         if e.expire_ms.is_some() {

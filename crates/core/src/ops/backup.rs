@@ -361,25 +361,15 @@ async fn stream_shard(
     if let Some(e) = capa.strip_prefix('-') {
         return Err(format!("REPLCONF refused: {e}"));
     }
-    // Valkey picks the RDB version of a diskless sync from the replica's announced version
-    // and, without one, falls back to RDB 11 — which cannot hold a hash with field
-    // expirations, so the sync fails. 9.1 asks for RDB 80, the newest format rcops reads;
-    // Redis refuses the option, which is not fatal.
-    let _ = call(
-        &mut s,
-        &mut pending,
-        &[b"REPLCONF", b"version", b"9.1.0"],
-        true,
-    )
-    .await?;
-    // rdb-only is Redis 7+; an older server's refusal is not fatal.
-    let _ = call(
-        &mut s,
-        &mut pending,
-        &[b"REPLCONF", b"rdb-only", b"1"],
-        true,
-    )
-    .await?;
+    // Options a server may refuse without harm, each reply read so the next stay in step:
+    // - version: Valkey picks the RDB version of a diskless sync from the replica's announced
+    //   version and, without one, falls back to RDB 11 — which cannot hold a hash with field
+    //   expirations, so the sync fails. 9.1 asks for RDB 80, the newest format rcops reads;
+    //   Redis does not know the option.
+    // - rdb-only: Redis 7+.
+    for (option, value) in [(&b"version"[..], &b"9.1.0"[..]), (b"rdb-only", b"1")] {
+        let _ = call(&mut s, &mut pending, &[b"REPLCONF", option, value], true).await?;
+    }
     call(&mut s, &mut pending, &[b"PSYNC", b"?", b"-1"], false).await?;
     let (replid, offset) = loop {
         let l = read_line(&mut s, &mut pending, idle).await?;

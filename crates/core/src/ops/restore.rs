@@ -270,7 +270,11 @@ struct Prepared {
 }
 
 /// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
-fn payload_for(e: &mut Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
+pub(crate) fn payload_for(
+    e: &mut Entry,
+    file_version: u16,
+    target_version: u16,
+) -> Result<Vec<u8>, String> {
     if file_version <= target_version
         || min_version_for_type(e.type_byte, file_version) <= target_version
     {

@@ -187,9 +187,7 @@ impl History {
     ) -> Result<Option<Revision>, HistoryError> {
         // One record at a time per repository: two runs overwriting the same working-tree
         // file in place could otherwise interleave. Released when `_lock` is dropped.
-        let _lock = std::fs::File::create(self.repo.path().join("rcops-record.lock"))
-            .and_then(|f| f.lock().map(|()| f))
-            .map_err(|e| self.err(format!("locking the history: {e}")))?;
+        let _lock = self.lock()?;
         let keep: BTreeSet<String> = present
             .iter()
             .chain(configs.iter().map(|c| &c.addr))
@@ -297,6 +295,29 @@ impl History {
         );
         let commit = repo.find_commit(id).map_err(|e| self.err(e))?;
         Ok(Some(self.revision(&commit)))
+    }
+
+    /// The repository's record lock. Another run holds it for milliseconds; one that holds it
+    /// for seconds is stuck, which is an error here rather than a hang.
+    fn lock(&self) -> Result<std::fs::File, HistoryError> {
+        let path = self.repo.path().join("rcops-record.lock");
+        let f = std::fs::File::create(&path)
+            .map_err(|e| self.err(format!("{}: {e}", path.display())))?;
+        for _ in 0..100 {
+            match f.try_lock() {
+                Ok(()) => return Ok(f),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(self.err(format!("{}: {e}", path.display())));
+                }
+            }
+        }
+        Err(self.err(format!(
+            "{} is held by another rcops for over 5 s",
+            path.display()
+        )))
     }
 
     /// Makes the working tree and index match `tree`, so `git status` in the repository is
@@ -657,6 +678,27 @@ mod tests {
         for (r, v) in revs.iter().zip([&long, &short, &long]) {
             assert_eq!(h.load(&r.id).unwrap().1, v.to_vec());
         }
+    }
+
+    #[test]
+    fn a_record_waits_for_another_holding_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        let held = std::fs::File::create(h.repo.path().join("rcops-record.lock")).unwrap();
+        held.lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let present: BTreeSet<String> = ["a:1".to_string()].into();
+        let v = [nc("a:1", &[("hz", "10")])];
+        assert!(h
+            .record(&v, &present, "first", "t", false)
+            .unwrap()
+            .is_some());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        release.join().unwrap();
     }
 
     #[test]
