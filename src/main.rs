@@ -8,6 +8,11 @@ mod output;
 use clap::Parser;
 use std::process::ExitCode;
 
+// Decoding RDB values and config snapshots allocates per element: glibc's malloc and free
+// were 22% of `rdb dump`'s profile, mimalloc's are 11% (the dump 25% faster).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -33,7 +38,11 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(cmd::run(cli));
-    // Don't wait for lingering connection tasks: every result is already printed.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    ExitCode::from(code)
+    // Every result is printed and every file written by now. Leave the open connections to
+    // the kernel: tearing down each one's task and epoll registration took ~30 ms for 120
+    // nodes at exit, a tenth of a whole `config set`.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(i32::from(code))
 }

@@ -47,6 +47,12 @@ impl Lines {
         }
     }
 
+    /// Bytes already encoded, newline included.
+    pub fn raw(&mut self, line: &[u8]) {
+        use std::io::Write;
+        quiet_on_closed_pipe(self.0.write_all(line));
+    }
+
     pub fn finish(mut self) {
         use std::io::Write;
         quiet_on_closed_pipe(self.0.flush());

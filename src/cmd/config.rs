@@ -291,7 +291,7 @@ pub async fn change_flow(
     change: &ChangeArgs,
 ) -> CmdResult {
     let all = targets(view, &Selection::default());
-    let (configs, readings) = snapshot(exec, &all).await;
+    let (configs, mut readings) = snapshot(exec, &all).await;
     tracing::debug!(nodes = configs.len(), "configurations read");
     if let Some(e) = t.iter().find_map(|x| readings.failed.get(&x.addr)) {
         return Err(Failure::failed(format!("nothing changed: {e}")));
@@ -374,7 +374,7 @@ pub async fn change_flow(
     };
     let mut report = apply(exec, &plan, &opts).await;
     tracing::info!(elapsed_ms = report.elapsed_ms, "applied");
-    let (mut after, uncertain) = cfg::after_state(&readings.nodes, &report);
+    let (mut after, uncertain) = cfg::after_state(std::mem::take(&mut readings.nodes), &report);
     if !uncertain.is_empty() {
         let doubt: Vec<Target> = all
             .iter()

@@ -69,9 +69,12 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
         }
         RdbCommand::Dump { file, pattern } => {
             let mut out = output::Lines::new();
+            let mut line = Vec::with_capacity(4096);
             scan(file, true, |e| {
                 if matches(pattern, &e.key) {
-                    out.json(e);
+                    line.clear();
+                    rcops_rdb::json::entry_line(&mut line, e);
+                    out.raw(&line);
                 }
             })
             .map_err(Failure::failed)?;

@@ -76,10 +76,13 @@ pub fn lzf_decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
                 return Err("output longer than declared".into());
             }
             let start = out.len() - back;
-            // Overlapping copies repeat bytes, so copy one at a time.
-            for k in 0..len {
-                let b = out[start + k];
-                out.push(b);
+            // A reference that overlaps its own output repeats the `back` bytes before it:
+            // copy what exists, which doubles each round.
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(out.len() - start);
+                out.extend_from_within(start..start + n);
+                left -= n;
             }
         }
     }
@@ -312,6 +315,12 @@ mod tests {
         assert!(lzf_decompress(&data, 5).is_err());
         assert!(lzf_decompress(&[0x20, 0x05], 4).is_err());
         assert!(lzf_decompress(&[0x05, b'a'], 6).is_err());
+        // "abcabcabcX": literal "abc", a back reference of length 6 at distance 3 (it
+        // overlaps its own output), literal "X"; and one that does not overlap.
+        let data = [0x02, b'a', b'b', b'c', 0x80, 0x02, 0x00, b'X'];
+        assert_eq!(lzf_decompress(&data, 10).unwrap(), b"abcabcabcX");
+        let data = [0x03, b'w', b'x', b'y', b'z', 0x40, 0x03];
+        assert_eq!(lzf_decompress(&data, 8).unwrap(), b"wxyzwxyz");
     }
 
     #[test]

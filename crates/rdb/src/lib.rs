@@ -15,6 +15,7 @@
 
 pub mod aof;
 pub mod encodings;
+pub mod json;
 pub mod parser;
 pub mod reader;
 
