@@ -1,6 +1,6 @@
 //! `rcops rdb …`: renders [`rcops_core::ops::rdb`]. No cluster needed.
 
-use rcops_core::ops::rdb::{memory, scan};
+use rcops_core::ops::rdb::{dump, memory, scan};
 use rcops_formats::conf::glob_bytes;
 
 use super::{CmdResult, Failure};
@@ -67,16 +67,19 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
             out.finish();
             Ok(EXIT_OK)
         }
-        RdbCommand::Dump { file, pattern } => {
+        RdbCommand::Dump {
+            file,
+            pattern,
+            threads,
+        } => {
             let mut out = output::Lines::new();
-            let mut line = Vec::with_capacity(4096);
-            scan(file, true, |e| {
-                if matches(pattern, &e.key) {
-                    line.clear();
-                    rcops_rdb::json::entry_line(&mut line, e);
-                    out.raw(&line);
-                }
-            })
+            dump(
+                file,
+                threads.map(usize::from),
+                |e| matches(pattern, &e.key),
+                |e, out| rcops_rdb::json::entry_line(out, e),
+                |lines| out.raw(lines),
+            )
             .map_err(Failure::failed)?;
             out.finish();
             Ok(EXIT_OK)

@@ -246,6 +246,7 @@ mod tests {
             raw: Vec::new(),
             raw_len: 0,
             offset: 99,
+            value_offset: 120,
         }
     }
 

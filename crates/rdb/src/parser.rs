@@ -146,6 +146,9 @@ pub struct Entry {
     pub raw_len: u64,
     /// Offset of the type byte in the file.
     pub offset: u64,
+    /// Offset of the value (after the key) in the file.
+    #[serde(skip)]
+    pub value_offset: u64,
 }
 
 /// What the parser yields.
@@ -191,6 +194,32 @@ pub struct Parser<R: Read> {
     done: bool,
     decode: bool,
     keep_raw: bool,
+}
+
+/// Decodes a value from its raw bytes (`Entry::raw`: the type byte, then the value) as a
+/// parser that only walked it would have: `rdb dump` walks a file on one thread and decodes
+/// on others. Errors carry file offsets (`entry_offset`, `value_offset` from the entry).
+pub fn decode_raw(
+    raw: &[u8],
+    entry_offset: u64,
+    value_offset: u64,
+    version: u16,
+) -> Result<Value, RdbError> {
+    let Some((&t, body)) = raw.split_first() else {
+        return Err(RdbError::Corrupt {
+            offset: entry_offset,
+            reason: "no value bytes kept to decode".into(),
+        });
+    };
+    let mut p = Parser {
+        r: Reader::over_bytes(body, value_offset),
+        version,
+        db: 0,
+        done: true,
+        decode: true,
+        keep_raw: false,
+    };
+    p.value(t, entry_offset)
 }
 
 impl<R: Read> Parser<R> {
@@ -366,6 +395,7 @@ impl<R: Read> Parser<R> {
                         raw,
                         raw_len,
                         offset: at,
+                        value_offset: value_at,
                     }));
                 }
             }
@@ -888,6 +918,33 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn decoding_kept_raw_bytes_gives_the_parsers_values_and_file_offsets() {
+        const VALKEY: &[u8] = include_bytes!("../testdata/valkey-9.1.2-all-types.rdb");
+        for file in [ALL_TYPES, VALKEY] {
+            let version = Parser::new(file).unwrap().version();
+            let decoded = entries_of(file, true);
+            let walked = entries_of(file, false);
+            assert_eq!(decoded.len(), walked.len());
+            for (d, w) in decoded.iter().zip(&walked) {
+                assert_eq!(w.value, Value::NotDecoded);
+                let v = decode_raw(&w.raw, w.offset, w.value_offset, version).unwrap();
+                assert_eq!(v, d.value, "key {:?}", d.key);
+                // Cut short, the value's error points into the file, past the value's start.
+                if w.raw.len() > 2 {
+                    let e =
+                        decode_raw(&w.raw[..w.raw.len() - 1], w.offset, w.value_offset, version);
+                    let at = e.unwrap_err().offset().unwrap();
+                    assert!(
+                        at >= w.offset && at <= w.value_offset + w.raw.len() as u64,
+                        "{at}"
+                    );
+                }
+            }
+        }
+        assert!(decode_raw(&[], 7, 9, 10).is_err());
     }
 
     fn get<'a>(all: &'a [Entry], key: &[u8]) -> &'a Entry {

@@ -33,13 +33,27 @@ pub struct Reader<R: Read> {
     capture: Option<Vec<u8>>,
 }
 
+impl Reader<&'static [u8]> {
+    /// A reader over a copy of `bytes` (its whole buffer, nothing more to read), whose first
+    /// byte is at file offset `base`: how a value kept as raw bytes is decoded later.
+    pub fn over_bytes(bytes: &[u8], base: u64) -> Self {
+        let mut r = Self::with_buffer(&[], bytes.into(), bytes.len());
+        r.base = base;
+        r
+    }
+}
+
 impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
+        Self::with_buffer(inner, vec![0u8; 64 * 1024].into_boxed_slice(), 0)
+    }
+
+    fn with_buffer(inner: R, buf: Box<[u8]>, end: usize) -> Self {
         Reader {
             inner,
-            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            buf,
             pos: 0,
-            end: 0,
+            end,
             base: 0,
             hashed: 0,
             crc: crate::crc64_digest(),

@@ -86,7 +86,159 @@ pub fn scan(
     decode: bool,
     mut on_entry: impl FnMut(&rcops_rdb::Entry),
 ) -> Result<RdbInfo, RdbFileError> {
-    let mut p = parser(path)?.decode_values(decode).keep_raw(false);
+    let p = parser(path)?.decode_values(decode).keep_raw(false);
+    scan_with(path, p, |e| on_entry(&e))
+}
+
+/// Entries per batch handed to a decoding thread, and a bound on their raw bytes (a run of
+/// big keys stays small in memory).
+const BATCH_ENTRIES: usize = 256;
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// One batch's encoded entries, and the error that stopped it early.
+type Encoded = (u64, Vec<u8>, Option<RdbError>);
+
+/// `rdb dump`: every entry that `keep` accepts, decoded, encoded by `encode` and passed to
+/// `write` in file order — what [`scan`] with decoding gives, on more cores. This thread
+/// walks the file (structure and CRC checked, raw value bytes kept); decoding and encoding,
+/// most of the work, run on `threads` others (default one per core, at most 4; 0 or a
+/// single core: here, entry by entry), a batch at a time. An error stops the output where
+/// a sequential scan would have stopped it.
+pub fn dump(
+    path: &Path,
+    threads: Option<usize>,
+    mut keep: impl FnMut(&rcops_rdb::Entry) -> bool,
+    encode: impl Fn(&rcops_rdb::Entry, &mut Vec<u8>) + Sync,
+    mut write: impl FnMut(&[u8]),
+) -> Result<RdbInfo, RdbFileError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = threads.unwrap_or(if cores > 1 { cores.min(4) } else { 0 });
+    if workers > 0 {
+        return dump_batched(path, workers, BATCH_ENTRIES, keep, encode, write);
+    }
+    let mut out = Vec::with_capacity(64 * 1024);
+    scan(path, true, |e| {
+        if keep(e) {
+            out.clear();
+            encode(e, &mut out);
+            write(&out);
+        }
+    })
+}
+
+fn dump_batched(
+    path: &Path,
+    workers: usize,
+    batch_entries: usize,
+    mut keep: impl FnMut(&rcops_rdb::Entry) -> bool,
+    encode: impl Fn(&rcops_rdb::Entry, &mut Vec<u8>) + Sync,
+    mut write: impl FnMut(&[u8]),
+) -> Result<RdbInfo, RdbFileError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc;
+    let wrap = |source| RdbFileError::Rdb {
+        path: path.display().to_string(),
+        source,
+    };
+    let p = parser(path)?.decode_values(false).keep_raw(true);
+    let version = p.version();
+    // The earliest batch that failed: later batches are not worth decoding.
+    let first_failed = AtomicU64::new(u64::MAX);
+    let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<rcops_rdb::Entry>)>(2 * workers);
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<Encoded>();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (work_rx, first_failed, encode) = (&work_rx, &first_failed, &encode);
+            s.spawn(move || loop {
+                let job = match work_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((seq, batch)) = job else { return };
+                let mut out = Vec::with_capacity(64 * 1024);
+                let mut err = None;
+                for mut e in batch {
+                    if first_failed.load(Ordering::Relaxed) < seq {
+                        break;
+                    }
+                    match rcops_rdb::decode_raw(&e.raw, e.offset, e.value_offset, version) {
+                        Ok(v) => {
+                            e.value = v;
+                            encode(&e, &mut out);
+                        }
+                        Err(x) => {
+                            first_failed.fetch_min(seq, Ordering::Relaxed);
+                            err = Some(x);
+                            break;
+                        }
+                    }
+                }
+                let _ = done_tx.send((seq, out, err));
+            });
+        }
+        drop(done_tx);
+        // Encoded batches come back in any order; they are written in file order.
+        let mut pending: BTreeMap<u64, (Vec<u8>, Option<RdbError>)> = BTreeMap::new();
+        let (mut sent, mut written) = (0u64, 0u64);
+        let mut failure: Option<RdbError> = None;
+        let mut drain = |block: bool, upto: u64| {
+            while written < upto && failure.is_none() {
+                if let Some((out, err)) = pending.remove(&written) {
+                    write(&out);
+                    written += 1;
+                    failure = err;
+                    continue;
+                }
+                let got = if block {
+                    done_rx.recv().ok()
+                } else {
+                    done_rx.try_recv().ok()
+                };
+                match got {
+                    Some((seq, out, err)) => {
+                        pending.insert(seq, (out, err));
+                    }
+                    None => break,
+                }
+            }
+        };
+        let mut batch = Vec::with_capacity(batch_entries);
+        let mut bytes = 0;
+        let walked = scan_with(path, p, |e| {
+            if first_failed.load(Ordering::Relaxed) != u64::MAX || !keep(&e) {
+                return;
+            }
+            bytes += e.raw_len;
+            batch.push(e);
+            if batch.len() == batch_entries || bytes >= BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_entries));
+                let _ = work_tx.send((sent, full));
+                sent += 1;
+                bytes = 0;
+                drain(false, sent);
+            }
+        });
+        if !batch.is_empty() {
+            let _ = work_tx.send((sent, batch));
+            sent += 1;
+        }
+        drop(work_tx);
+        drain(true, sent);
+        match failure {
+            // A bad value comes before whatever the walk found later in the file.
+            Some(e) => Err(wrap(e)),
+            None => walked,
+        }
+    })
+}
+
+fn scan_with<R: Read>(
+    path: &Path,
+    mut p: Parser<R>,
+    mut on_entry: impl FnMut(rcops_rdb::Entry),
+) -> Result<RdbInfo, RdbFileError> {
     let mut info = RdbInfo {
         version: p.version(),
         ..Default::default()
@@ -119,7 +271,7 @@ pub fn scan(
                     .or_default()
                     .entry(type_name(e.type_byte))
                     .or_default() += 1;
-                on_entry(&e);
+                on_entry(e);
             }
             Item::Function { .. } => info.functions += 1,
             Item::ModuleAux { .. } => info.module_aux += 1,
@@ -200,4 +352,92 @@ pub fn memory(path: &Path, top: usize, delimiter: &str) -> Result<RdbMemory, Rdb
         })
         .collect();
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: [&str; 2] = ["redis-7.0.15-all-types.rdb", "valkey-9.1.2-all-types.rdb"];
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rdb/testdata")
+            .join(name)
+    }
+
+    fn line(e: &rcops_rdb::Entry, out: &mut Vec<u8>) {
+        rcops_rdb::json::entry_line(out, e)
+    }
+
+    /// Output and outcome of a dump with `workers` threads and `batch` entries per batch
+    /// (0 workers: the sequential scan).
+    fn run(path: &Path, workers: usize, batch: usize) -> (Vec<u8>, Result<u64, String>) {
+        let mut out = Vec::new();
+        let keep = |e: &rcops_rdb::Entry| e.key != b"skipped-by-filter";
+        let r = if workers == 0 {
+            dump(path, Some(0), keep, line, |b| out.extend_from_slice(b))
+        } else {
+            dump_batched(path, workers, batch, keep, line, |b| {
+                out.extend_from_slice(b)
+            })
+        };
+        (out, r.map(|i| i.keys).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn batched_dump_writes_what_the_sequential_scan_writes_in_file_order() {
+        for name in FIXTURES {
+            let path = fixture(name);
+            let (want, n) = run(&path, 0, 0);
+            assert!(n.as_ref().is_ok_and(|&n| n >= 5), "{n:?}");
+            assert!(want.iter().filter(|&&b| b == b'\n').count() >= 5);
+            // One entry per batch and odd sizes make batches finish out of order.
+            for (workers, batch) in [(1, 1), (2, 1), (3, 2), (4, 3), (2, 1000)] {
+                assert_eq!(
+                    run(&path, workers, batch),
+                    (want.clone(), n.clone()),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_that_fails_to_decode_stops_the_output_where_the_scan_stops() {
+        // A listpack blob with its terminator overwritten: the walk only steps over the blob,
+        // decoding it fails. The output stops before that key, with the same error.
+        let data = std::fs::read(fixture(FIXTURES[0])).expect("fixture");
+        let entries: Vec<rcops_rdb::Entry> = Parser::new(&data[..])
+            .expect("header")
+            .decode_values(false)
+            .filter_map(|i| match i.expect("item") {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let victim = entries
+            .iter()
+            .skip(2)
+            .find(|e| e.type_byte == 16)
+            .expect("a listpack hash");
+        let end = (victim.value_offset + victim.raw_len - 1) as usize;
+        let mut bad = data.clone();
+        assert_eq!(bad[end - 1], 0xff, "listpack terminator");
+        bad[end - 1] = 0x00;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.rdb");
+        std::fs::write(&path, &bad).expect("write");
+        let (want, err) = run(&path, 0, 0);
+        let err = err.expect_err("decoding fails");
+        assert!(err.contains("listpack"), "{err}");
+        let before = entries
+            .iter()
+            .take_while(|e| e.offset < victim.offset)
+            .count();
+        assert_eq!(want.iter().filter(|&&b| b == b'\n').count(), before);
+        for (workers, batch) in [(1, 1), (2, 1), (2, 2), (3, 1000)] {
+            assert_eq!(run(&path, workers, batch), (want.clone(), Err(err.clone())));
+        }
+    }
 }
