@@ -133,24 +133,43 @@ fn number(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
     }
 }
 
-fn list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
+/// `[a,b,…]`, each item written by `each`.
+fn array<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
     out.push(b'[');
     for (i, x) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        string(out, x);
+        each(out, x);
     }
     out.push(b']');
 }
 
 fn value(out: &mut Vec<u8>, v: &Value) {
-    let tag: &[u8] = match v {
-        Value::String(_) => b"string",
-        Value::List(_) => b"list",
-        Value::Set(_) => b"set",
-        Value::Zset(_) => b"zset",
-        Value::Hash(_) => b"hash",
+    let (tag, body): (&[u8], &dyn Fn(&mut Vec<u8>)) = match v {
+        Value::String(s) => (b"string", &|o| string(o, s)),
+        Value::List(items) => (b"list", &|o| array(o, items, |o, x| string(o, x))),
+        Value::Set(items) => (b"set", &|o| array(o, items, |o, x| string(o, x))),
+        Value::Zset(members) => (b"zset", &|o| {
+            array(o, members, |o, (m, sc)| {
+                o.push(b'[');
+                string(o, m);
+                o.push(b',');
+                score(o, *sc);
+                o.push(b']');
+            })
+        }),
+        Value::Hash(fields) => (b"hash", &|o| {
+            array(o, fields, |o, (f, x, expiry)| {
+                o.push(b'[');
+                string(o, f);
+                o.push(b',');
+                string(o, x);
+                o.push(b',');
+                number(o, *expiry);
+                o.push(b']');
+            })
+        }),
         _ => {
             // serde_json only fails on a writer error or a map with non-string keys.
             let _ = serde_json::to_writer(&mut *out, v);
@@ -160,41 +179,7 @@ fn value(out: &mut Vec<u8>, v: &Value) {
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(tag);
     out.extend_from_slice(b"\",\"value\":");
-    match v {
-        Value::String(s) => string(out, s),
-        Value::List(items) | Value::Set(items) => list(out, items),
-        Value::Zset(members) => {
-            out.push(b'[');
-            for (i, (m, sc)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.push(b'[');
-                string(out, m);
-                out.push(b',');
-                score(out, *sc);
-                out.push(b']');
-            }
-            out.push(b']');
-        }
-        Value::Hash(fields) => {
-            out.push(b'[');
-            for (i, (f, x, expiry)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.push(b'[');
-                string(out, f);
-                out.push(b',');
-                string(out, x);
-                out.push(b',');
-                number(out, *expiry);
-                out.push(b']');
-            }
-            out.push(b']');
-        }
-        _ => unreachable!("handled above"),
-    }
+    body(out);
     out.push(b'}');
 }
 
