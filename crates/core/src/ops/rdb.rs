@@ -147,12 +147,14 @@ fn dump_batched(
     // The earliest batch that failed: later batches are not worth decoding.
     let first_failed = AtomicU64::new(u64::MAX);
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<rcops_rdb::Entry>)>(2 * workers);
-    let work_rx = std::sync::Mutex::new(work_rx);
+    // Only the workers hold the queue's receiving end: should they all stop, sending fails
+    // instead of waiting for them forever.
+    let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
     let (done_tx, done_rx) = mpsc::channel::<Encoded>();
     std::thread::scope(|s| {
         for _ in 0..workers {
-            let done_tx = done_tx.clone();
-            let (work_rx, first_failed, encode) = (&work_rx, &first_failed, &encode);
+            let (done_tx, work_rx) = (done_tx.clone(), std::sync::Arc::clone(&work_rx));
+            let (first_failed, encode) = (&first_failed, &encode);
             s.spawn(move || loop {
                 let job = match work_rx.lock() {
                     Ok(rx) => rx.recv(),
@@ -183,7 +185,7 @@ fn dump_batched(
                 let _ = done_tx.send((seq, out, err, batch));
             });
         }
-        drop(done_tx);
+        drop((done_tx, work_rx));
         // Encoded batches come back in any order; they are written in file order.
         let mut pending: BTreeMap<u64, (Vec<u8>, Option<RdbError>)> = BTreeMap::new();
         let (mut sent, mut written) = (0u64, 0u64);
