@@ -145,8 +145,11 @@ fn array<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
     out.push(b']');
 }
 
+/// Writes a value's body into the line.
+type Body<'a> = &'a dyn Fn(&mut Vec<u8>);
+
 fn value(out: &mut Vec<u8>, v: &Value) {
-    let (tag, body): (&[u8], &dyn Fn(&mut Vec<u8>)) = match v {
+    let (tag, body): (&[u8], Body) = match v {
         Value::String(s) => (b"string", &|o| string(o, s)),
         Value::List(items) => (b"list", &|o| array(o, items, |o, x| string(o, x))),
         Value::Set(items) => (b"set", &|o| array(o, items, |o, x| string(o, x))),
