@@ -104,8 +104,9 @@ type Encoded = (u64, Vec<u8>, Option<RdbError>, Vec<rcops_rdb::Entry>);
 /// `write` in file order — what [`scan`] with decoding gives, on more cores. This thread
 /// walks the file (structure and CRC checked, raw value bytes kept); decoding and encoding,
 /// most of the work, run on `threads` others (default one per core, at most 4; 0 or a
-/// single core: here, entry by entry), a batch at a time. An error stops the output where
-/// a sequential scan would have stopped it.
+/// single core: here, entry by entry), a batch at a time, at most four batches per thread
+/// between reading and writing. An error stops the output where a sequential scan would
+/// have stopped it.
 pub fn dump(
     path: &Path,
     threads: Option<usize>,
@@ -147,6 +148,7 @@ fn dump_batched(
     // The earliest batch that failed: later batches are not worth decoding.
     let first_failed = AtomicU64::new(u64::MAX);
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<rcops_rdb::Entry>)>(2 * workers);
+    let in_flight = 4 * workers as u64;
     // Only the workers hold the queue's receiving end: should they all stop, sending fails
     // instead of waiting for them forever.
     let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
@@ -223,6 +225,9 @@ fn dump_batched(
             batch.push(e);
             if batch.len() == batch_entries || bytes >= BATCH_BYTES {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_entries));
+                // At most `in_flight` batches between reading and writing: a slow batch (a
+                // huge key) holds the others back instead of letting the output pile up.
+                drain(true, (sent + 1).saturating_sub(in_flight));
                 let _ = work_tx.send((sent, full));
                 sent += 1;
                 bytes = 0;
