@@ -6,8 +6,13 @@
 pub fn element_bytes(e: Element) -> Vec<u8> {
     match e {
         Element::Bytes(b) => b,
-        Element::Int(i) => i.to_string().into_bytes(),
+        Element::Int(i) => int_bytes(i),
     }
+}
+
+/// An integer's decimal text, as Redis returns it (`itoa`: no `fmt` machinery per element).
+pub fn int_bytes(i: impl itoa::Integer) -> Vec<u8> {
+    itoa::Buffer::new().format(i).as_bytes().to_vec()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -505,11 +505,7 @@ impl<R: Read> Parser<R> {
                     offset: at,
                     reason: format!("intset: {reason}"),
                 })?;
-                Value::Set(
-                    ints.into_iter()
-                        .map(|i| i.to_string().into_bytes())
-                        .collect(),
-                )
+                Value::Set(ints.into_iter().map(encodings::int_bytes).collect())
             }
             12 | 17 => {
                 let e = self.packed(t == 17)?;

@@ -258,9 +258,13 @@ impl<R: Read> Reader<R> {
     pub fn string(&mut self) -> Result<Vec<u8>, RdbError> {
         match self.length_or_special()? {
             Length::Len(n) => self.bytes(n),
-            Length::Special(0) => Ok((self.u8()? as i8).to_string().into_bytes()),
-            Length::Special(1) => Ok(i16::from_le_bytes(self.array()?).to_string().into_bytes()),
-            Length::Special(2) => Ok(i32::from_le_bytes(self.array()?).to_string().into_bytes()),
+            Length::Special(0) => Ok(crate::encodings::int_bytes(self.u8()? as i8)),
+            Length::Special(1) => Ok(crate::encodings::int_bytes(i16::from_le_bytes(
+                self.array()?,
+            ))),
+            Length::Special(2) => Ok(crate::encodings::int_bytes(i32::from_le_bytes(
+                self.array()?,
+            ))),
             Length::Special(3) => {
                 let clen = self.length()?;
                 let len = self.length()?;
