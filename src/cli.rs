@@ -222,8 +222,8 @@ pub enum RdbCommand {
         file: PathBuf,
         #[arg(long = "match", value_name = "PATTERN")]
         pattern: Option<String>,
-        /// Threads decoding values beside the one reading the file (default: one per core,
-        /// at most 4); 0 decodes in the reading thread
+        /// Threads decoding values beside the one reading the file (default: one per other
+        /// core, at most 4, on 4+ cores; else 0: decoding in the reading thread)
         #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
         threads: Option<u16>,
     },

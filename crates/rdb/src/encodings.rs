@@ -5,8 +5,16 @@
 /// One element of a ziplist or listpack.
 pub fn element_bytes(e: Element) -> Vec<u8> {
     match e {
-        Element::Bytes(b) => b,
+        Element::Bytes(b) => b.to_vec(),
         Element::Int(i) => int_bytes(i),
+    }
+}
+
+/// Appends an element to a collection's strings (integers as their decimal text).
+pub fn push_element(out: &mut crate::strings::Strings, e: &Element) {
+    match e {
+        Element::Bytes(b) => out.push(b),
+        Element::Int(i) => out.push_int(*i),
     }
 }
 
@@ -15,13 +23,14 @@ pub fn int_bytes(i: impl itoa::Integer) -> Vec<u8> {
     itoa::Buffer::new().format(i).as_bytes().to_vec()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Element {
-    Bytes(Vec<u8>),
+/// Borrowed from the blob it was decoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element<'a> {
+    Bytes(&'a [u8]),
     Int(i64),
 }
 
-impl Element {
+impl Element<'_> {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Element::Int(i) => Some(*i),
@@ -101,7 +110,7 @@ pub fn lzf_decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
 }
 
 /// Ziplist: `zlbytes zltail zllen entries… 0xff`.
-pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
+pub fn ziplist(b: &[u8]) -> Result<Vec<Element<'_>>, String> {
     if b.len() < 11 {
         return Err("ziplist shorter than its header".into());
     }
@@ -121,7 +130,7 @@ pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
             0 => {
                 let n = usize::from(enc & 0x3f);
                 i += 1;
-                let s = get(b, i, n)?.to_vec();
+                let s = get(b, i, n)?;
                 i += n;
                 Element::Bytes(s)
             }
@@ -129,7 +138,7 @@ pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
                 let n = (usize::from(enc & 0x3f) << 8)
                     | usize::from(*get(b, i + 1, 1)?.first().unwrap_or(&0));
                 i += 2;
-                let s = get(b, i, n)?.to_vec();
+                let s = get(b, i, n)?;
                 i += n;
                 Element::Bytes(s)
             }
@@ -137,7 +146,7 @@ pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
                 let l = get(b, i + 1, 4)?;
                 let n = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
                 i += 5;
-                let s = get(b, i, n)?.to_vec();
+                let s = get(b, i, n)?;
                 i += n;
                 Element::Bytes(s)
             }
@@ -175,7 +184,7 @@ pub fn ziplist(b: &[u8]) -> Result<Vec<Element>, String> {
 }
 
 /// Listpack: `total-bytes(4) count(2) entries… 0xff`, each entry followed by its back-length.
-pub fn listpack(b: &[u8]) -> Result<Vec<Element>, String> {
+pub fn listpack(b: &[u8]) -> Result<Vec<Element<'_>>, String> {
     if b.len() < 7 {
         return Err("listpack shorter than its header".into());
     }
@@ -201,7 +210,7 @@ pub fn listpack(b: &[u8]) -> Result<Vec<Element>, String> {
             Element::Int(i64::from(enc & 0x7f))
         } else if enc & 0xc0 == 0x80 {
             let n = usize::from(enc & 0x3f);
-            let s = get(b, i + 1, n)?.to_vec();
+            let s = get(b, i + 1, n)?;
             i += 1 + n;
             Element::Bytes(s)
         } else if enc & 0xe0 == 0xc0 {
@@ -212,7 +221,7 @@ pub fn listpack(b: &[u8]) -> Result<Vec<Element>, String> {
         } else if enc & 0xf0 == 0xe0 {
             let lo = get(b, i + 1, 1)?[0];
             let n = (usize::from(enc & 0x0f) << 8) | usize::from(lo);
-            let s = get(b, i + 2, n)?.to_vec();
+            let s = get(b, i + 2, n)?;
             i += 2 + n;
             Element::Bytes(s)
         } else {
@@ -220,7 +229,7 @@ pub fn listpack(b: &[u8]) -> Result<Vec<Element>, String> {
                 0xf0 => {
                     let l = get(b, i + 1, 4)?;
                     let n = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
-                    let s = get(b, i + 5, n)?.to_vec();
+                    let s = get(b, i + 5, n)?;
                     i += 5 + n;
                     Element::Bytes(s)
                 }
@@ -297,14 +306,14 @@ pub fn zipmap(b: &[u8]) -> Result<Pairs, String> {
         let Some(klen) = len_at(&mut i)? else {
             return Ok(out);
         };
-        let key = get(b, i, klen)?.to_vec();
+        let key = get(b, i, klen)?;
         i += klen;
         let vlen = len_at(&mut i)?.ok_or("zipmap key without value")?;
         let free = usize::from(*b.get(i).ok_or("zipmap truncated")?);
         i += 1;
-        let val = get(b, i, vlen)?.to_vec();
+        let val = get(b, i, vlen)?;
         i += vlen + free;
-        out.push((key, val));
+        out.push((key.to_vec(), val.to_vec()));
     }
 }
 
@@ -338,11 +347,7 @@ mod tests {
         lp.push(0xff);
         assert_eq!(
             listpack(&lp).unwrap(),
-            vec![
-                Element::Int(5),
-                Element::Bytes(b"ab".to_vec()),
-                Element::Int(-1)
-            ]
+            vec![Element::Int(5), Element::Bytes(b"ab"), Element::Int(-1)]
         );
         lp.truncate(9);
         assert!(listpack(&lp).is_err());
@@ -357,11 +362,7 @@ mod tests {
         zl.push(0xff);
         assert_eq!(
             ziplist(&zl).unwrap(),
-            vec![
-                Element::Bytes(b"hi".to_vec()),
-                Element::Int(2),
-                Element::Int(-100)
-            ]
+            vec![Element::Bytes(b"hi"), Element::Int(2), Element::Int(-100)]
         );
         assert!(ziplist(&zl[..12]).is_err());
     }

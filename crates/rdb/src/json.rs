@@ -134,9 +134,9 @@ fn number(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
 }
 
 /// `[a,b,…]`, each item written by `each`.
-fn array<T>(out: &mut Vec<u8>, items: &[T], each: impl Fn(&mut Vec<u8>, &T)) {
+fn array<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, each: impl Fn(&mut Vec<u8>, T)) {
     out.push(b'[');
-    for (i, x) in items.iter().enumerate() {
+    for (i, x) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -151,25 +151,25 @@ type Body<'a> = &'a dyn Fn(&mut Vec<u8>);
 fn value(out: &mut Vec<u8>, v: &Value) {
     let (tag, body): (&[u8], Body) = match v {
         Value::String(s) => (b"string", &|o| string(o, s)),
-        Value::List(items) => (b"list", &|o| array(o, items, |o, x| string(o, x))),
-        Value::Set(items) => (b"set", &|o| array(o, items, |o, x| string(o, x))),
+        Value::List(items) => (b"list", &|o| array(o, items.iter(), string)),
+        Value::Set(items) => (b"set", &|o| array(o, items.iter(), string)),
         Value::Zset(members) => (b"zset", &|o| {
-            array(o, members, |o, (m, sc)| {
+            array(o, members.iter(), |o, (m, sc)| {
                 o.push(b'[');
                 string(o, m);
                 o.push(b',');
-                score(o, *sc);
+                score(o, sc);
                 o.push(b']');
             })
         }),
         Value::Hash(fields) => (b"hash", &|o| {
-            array(o, fields, |o, (f, x, expiry)| {
+            array(o, fields.iter(), |o, (f, x, expiry)| {
                 o.push(b'[');
                 string(o, f);
                 o.push(b',');
                 string(o, x);
                 o.push(b',');
-                number(o, *expiry);
+                number(o, expiry);
                 o.push(b']');
             })
         }),
@@ -211,6 +211,7 @@ pub fn entry_line(out: &mut Vec<u8>, e: &Entry) {
 mod tests {
     use super::*;
     use crate::parser::{StreamGroup, StreamValue};
+    use crate::strings::{Fields, Members, Strings};
 
     fn serde_line(e: &Entry) -> String {
         serde_json::to_string(e).expect("serializable") + "\n"
@@ -251,9 +252,9 @@ mod tests {
         let values = vec![
             Value::String(tricky[2].clone()),
             Value::String(tricky[4].clone()),
-            Value::List(tricky.clone()),
-            Value::Set(vec![]),
-            Value::Zset(vec![
+            Value::List(tricky.iter().collect()),
+            Value::Set(Strings::default()),
+            Value::Zset(Members::from_iter(vec![
                 (tricky[3].clone(), 1.5),
                 (tricky[4].clone(), -0.0),
                 (b"i".to_vec(), f64::INFINITY),
@@ -261,12 +262,12 @@ mod tests {
                 (b"big".to_vec(), 1e300),
                 (b"tiny".to_vec(), 3.0e-12),
                 (b"int".to_vec(), 42.0),
-            ]),
-            Value::Hash(vec![
+            ])),
+            Value::Hash(Fields::from_iter(vec![
                 (tricky[0].clone(), tricky[2].clone(), None),
                 (tricky[4].clone(), tricky[3].clone(), Some(-1)),
                 (b"f".to_vec(), b"v".to_vec(), Some(1_800_000_000_000)),
-            ]),
+            ])),
             Value::Stream(StreamValue {
                 entries: vec![("1-1".into(), vec![("f\n".into(), "v\"".into())])],
                 length: 1,

@@ -18,8 +18,10 @@ pub mod encodings;
 pub mod json;
 pub mod parser;
 pub mod reader;
+pub mod strings;
 
 pub use parser::{decode_raw, Entry, Item, Parser, StreamValue, Value};
+pub use strings::{Fields, Members, Strings};
 
 /// The CRC-64 redis uses (`CRC-64/REDIS`: Jones polynomial, reflected) for DUMP payloads and
 /// the RDB trailer. It runs over every byte of every file and every restored value, so it is

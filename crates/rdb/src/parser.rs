@@ -3,8 +3,9 @@
 use serde::Serialize;
 use std::io::Read;
 
-use crate::encodings::{self, element_bytes, Element};
+use crate::encodings::{self, element_bytes, push_element, Element};
 use crate::reader::Reader;
+use crate::strings::{Fields, Members, Strings};
 use crate::{RdbError, VALKEY_RDB_MIN};
 
 /// A decoded value.
@@ -12,12 +13,12 @@ use crate::{RdbError, VALKEY_RDB_MIN};
 #[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
     String(#[serde(serialize_with = "ser_bytes")] Vec<u8>),
-    List(#[serde(serialize_with = "ser_list")] Vec<Vec<u8>>),
-    Set(#[serde(serialize_with = "ser_list")] Vec<Vec<u8>>),
+    List(#[serde(serialize_with = "ser_list")] Strings),
+    Set(#[serde(serialize_with = "ser_list")] Strings),
     /// Members with scores, in file order.
-    Zset(#[serde(serialize_with = "ser_zset")] Vec<(Vec<u8>, f64)>),
+    Zset(#[serde(serialize_with = "ser_zset")] Members),
     /// Fields with values and, for hashes with field expirations, each field's expiry (ms).
-    Hash(#[serde(serialize_with = "ser_hash")] Vec<(Vec<u8>, Vec<u8>, Option<i64>)>),
+    Hash(#[serde(serialize_with = "ser_hash")] Fields),
     Stream(StreamValue),
     /// A module value: only its id is known without the module.
     Module {
@@ -92,18 +93,15 @@ fn ser_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     Text(v).serialize(s)
 }
 
-fn ser_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|x| Text(x)))
+fn ser_list<S: serde::Serializer>(v: &Strings, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(Text))
 }
 
-fn ser_zset<S: serde::Serializer>(v: &[(Vec<u8>, f64)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|(m, sc)| (Text(m), Score(*sc))))
+fn ser_zset<S: serde::Serializer>(v: &Members, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(m, sc)| (Text(m), Score(sc))))
 }
 
-fn ser_hash<S: serde::Serializer>(
-    v: &[(Vec<u8>, Vec<u8>, Option<i64>)],
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_hash<S: serde::Serializer>(v: &Fields, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|(f, x, e)| (Text(f), Text(x), e)))
 }
 
@@ -402,23 +400,31 @@ impl<R: Read> Parser<R> {
         }
     }
 
-    fn strings(&mut self) -> Result<Vec<Vec<u8>>, RdbError> {
-        let n = self.r.count()?;
-        let mut out = Vec::with_capacity(presize(n));
-        for _ in 0..n {
-            out.push(self.r.string()?);
+    fn strings_into(&mut self, out: &mut Strings) -> Result<(), RdbError> {
+        for _ in 0..self.r.count()? {
+            out.push_with(|b| self.r.string_into(b))?;
         }
+        Ok(())
+    }
+
+    fn strings(&mut self) -> Result<Strings, RdbError> {
+        let mut out = Strings::default();
+        self.strings_into(&mut out)?;
         Ok(out)
     }
 
-    /// A blob holding a ziplist/listpack, decoded; errors point at the blob.
-    fn packed(&mut self, listpack: bool) -> Result<Vec<Element>, RdbError> {
+    /// A blob holding a ziplist/listpack, and where it starts.
+    fn blob(&mut self) -> Result<(u64, Vec<u8>), RdbError> {
         let at = self.r.offset();
-        let blob = self.r.string()?;
+        Ok((at, self.r.string()?))
+    }
+
+    /// A blob's elements, borrowed from it; errors point at the blob.
+    fn elements(blob: &[u8], listpack: bool, at: u64) -> Result<Vec<Element<'_>>, RdbError> {
         let r = if listpack {
-            encodings::listpack(&blob)
+            encodings::listpack(blob)
         } else {
-            encodings::ziplist(&blob)
+            encodings::ziplist(blob)
         };
         r.map_err(|reason| RdbError::Corrupt {
             offset: at,
@@ -429,29 +435,39 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    fn pairs(elems: Vec<Element>, at: u64) -> Result<Vec<(Element, Element)>, RdbError> {
-        if !elems.len().is_multiple_of(2) {
-            return Err(RdbError::Corrupt {
-                offset: at,
-                reason: "odd number of elements in a pair encoding".into(),
-            });
+    /// A blob's elements as strings, appended to `out`.
+    fn packed_into(&mut self, listpack: bool, out: &mut Strings) -> Result<(), RdbError> {
+        let (at, blob) = self.blob()?;
+        for e in &Self::elements(&blob, listpack, at)? {
+            push_element(out, e);
         }
-        let mut out = Vec::with_capacity(elems.len() / 2);
-        let mut it = elems.into_iter();
-        while let (Some(a), Some(b)) = (it.next(), it.next()) {
-            out.push((a, b));
-        }
-        Ok(out)
+        Ok(())
     }
 
-    fn zset_of(elems: Vec<Element>, at: u64) -> Result<Value, RdbError> {
-        let mut out = Vec::with_capacity(elems.len() / 2);
-        for (m, s) in Self::pairs(elems, at)? {
-            let score = s.as_f64().ok_or(RdbError::Corrupt {
+    /// Elements taken `n` at a time (field/value pairs, field/value/ttl triples).
+    fn groups<'e, 'b>(
+        elems: &'e [Element<'b>],
+        n: usize,
+        at: u64,
+    ) -> Result<std::slice::ChunksExact<'e, Element<'b>>, RdbError> {
+        if !elems.len().is_multiple_of(n) {
+            return Err(RdbError::Corrupt {
+                offset: at,
+                reason: format!("{} elements in an encoding of {n}-tuples", elems.len()),
+            });
+        }
+        Ok(elems.chunks_exact(n))
+    }
+
+    fn zset_of(elems: &[Element], at: u64) -> Result<Value, RdbError> {
+        let mut out = Members::with_capacity(elems.len() / 2);
+        for p in Self::groups(elems, 2, at)? {
+            let score = p[1].as_f64().ok_or(RdbError::Corrupt {
                 offset: at,
                 reason: "unparsable sorted-set score".into(),
             })?;
-            out.push((element_bytes(m), score));
+            push_element(&mut out.names, &p[0]);
+            out.scores.push(score);
         }
         Ok(Value::Zset(out))
     }
@@ -463,25 +479,25 @@ impl<R: Read> Parser<R> {
             2 => Value::Set(self.strings()?),
             3 | 5 => {
                 let n = self.r.count()?;
-                let mut out = Vec::with_capacity(presize(n));
+                let mut out = Members::with_capacity(presize(n));
                 for _ in 0..n {
-                    let m = self.r.string()?;
+                    out.names.push_with(|b| self.r.string_into(b))?;
                     let s = if t == 5 {
                         f64::from_le_bytes(self.r.array()?)
                     } else {
                         self.r.text_double()?
                     };
-                    out.push((m, s));
+                    out.scores.push(s);
                 }
                 Value::Zset(out)
             }
             4 => {
                 let n = self.r.count()?;
-                let mut out = Vec::with_capacity(presize(n));
+                let mut out = Fields::with_capacity(presize(n));
                 for _ in 0..n {
-                    let f = self.r.string()?;
-                    let v = self.r.string()?;
-                    out.push((f, v, None));
+                    out.names.push_with(|b| self.r.string_into(b))?;
+                    out.values.push_with(|b| self.r.string_into(b))?;
+                    out.expiries.push(None);
                 }
                 Value::Hash(out)
             }
@@ -496,45 +512,59 @@ impl<R: Read> Parser<R> {
                     offset: at,
                     reason: format!("zipmap: {reason}"),
                 })?;
-                Value::Hash(pairs.into_iter().map(|(f, v)| (f, v, None)).collect())
+                let mut out = Fields::with_capacity(pairs.len());
+                for (f, v) in &pairs {
+                    out.push(f, v, None);
+                }
+                Value::Hash(out)
             }
-            10 => Value::List(self.packed(false)?.into_iter().map(element_bytes).collect()),
+            10 => {
+                let mut out = Strings::default();
+                self.packed_into(false, &mut out)?;
+                Value::List(out)
+            }
             11 => {
                 let blob = self.r.string()?;
                 let ints = encodings::intset(&blob).map_err(|reason| RdbError::Corrupt {
                     offset: at,
                     reason: format!("intset: {reason}"),
                 })?;
-                Value::Set(ints.into_iter().map(encodings::int_bytes).collect())
+                let mut out = Strings::with_capacity(ints.len());
+                for i in ints {
+                    out.push_int(i);
+                }
+                Value::Set(out)
             }
             12 | 17 => {
-                let e = self.packed(t == 17)?;
-                Self::zset_of(e, at)?
+                let (at, blob) = self.blob()?;
+                Self::zset_of(&Self::elements(&blob, t == 17, at)?, at)?
             }
             13 | 16 => {
-                let e = self.packed(t == 16)?;
-                Value::Hash(
-                    Self::pairs(e, at)?
-                        .into_iter()
-                        .map(|(f, v)| (element_bytes(f), element_bytes(v), None))
-                        .collect(),
-                )
+                let (at, blob) = self.blob()?;
+                let e = Self::elements(&blob, t == 16, at)?;
+                let mut out = Fields::with_capacity(e.len() / 2);
+                for p in Self::groups(&e, 2, at)? {
+                    push_element(&mut out.names, &p[0]);
+                    push_element(&mut out.values, &p[1]);
+                    out.expiries.push(None);
+                }
+                Value::Hash(out)
             }
             14 => {
                 let n = self.r.count()?;
-                let mut out = Vec::new();
+                let mut out = Strings::default();
                 for _ in 0..n {
-                    out.extend(self.packed(false)?.into_iter().map(element_bytes));
+                    self.packed_into(false, &mut out)?;
                 }
                 Value::List(out)
             }
             18 => {
                 let n = self.r.count()?;
-                let mut out = Vec::new();
+                let mut out = Strings::default();
                 for _ in 0..n {
                     match self.r.length()? {
-                        1 => out.push(self.r.string()?),
-                        2 => out.extend(self.packed(true)?.into_iter().map(element_bytes)),
+                        1 => out.push_with(|b| self.r.string_into(b))?,
+                        2 => self.packed_into(true, &mut out)?,
                         c => {
                             return Err(self.r.corrupt(format!("quicklist container {c}")));
                         }
@@ -542,18 +572,22 @@ impl<R: Read> Parser<R> {
                 }
                 Value::List(out)
             }
-            20 => Value::Set(self.packed(true)?.into_iter().map(element_bytes).collect()),
+            20 => {
+                let mut out = Strings::default();
+                self.packed_into(true, &mut out)?;
+                Value::Set(out)
+            }
             15 | 19 | 21 => Value::Stream(self.stream(t)?),
             // Valkey 9 (RDB 80+): a hash with field expirations, each field followed by its
             // absolute expiry in ms, -1 for none. Redis 7.4's pre-GA type 22 differs.
             22 if self.valkey() => {
                 let n = self.r.count()?;
-                let mut out = Vec::with_capacity(presize(n));
+                let mut out = Fields::with_capacity(presize(n));
                 for _ in 0..n {
-                    let f = self.r.string()?;
-                    let v = self.r.string()?;
+                    out.names.push_with(|b| self.r.string_into(b))?;
+                    out.values.push_with(|b| self.r.string_into(b))?;
                     let exp = i64::from_le_bytes(self.r.array()?);
-                    out.push((f, v, (exp != -1).then_some(exp)));
+                    out.expiries.push((exp != -1).then_some(exp));
                 }
                 Value::Hash(out)
             }
@@ -565,17 +599,16 @@ impl<R: Read> Parser<R> {
                     0
                 };
                 let n = self.r.count()?;
-                let mut out = Vec::with_capacity(presize(n));
+                let mut out = Fields::with_capacity(presize(n));
                 for _ in 0..n {
                     let ttl = self.r.length()?;
-                    let f = self.r.string()?;
-                    let v = self.r.string()?;
-                    let exp = match (ttl, t) {
+                    out.names.push_with(|b| self.r.string_into(b))?;
+                    out.values.push_with(|b| self.r.string_into(b))?;
+                    out.expiries.push(match (ttl, t) {
                         (0, _) => None,
                         (x, 24) => Some(x as i64 + min - 1),
                         (x, _) => Some(x as i64),
-                    };
-                    out.push((f, v, exp));
+                    });
                 }
                 Value::Hash(out)
             }
@@ -583,19 +616,13 @@ impl<R: Read> Parser<R> {
                 if t == 25 {
                     let _min: [u8; 8] = self.r.array()?;
                 }
-                let e = self.packed(true)?;
-                if !e.len().is_multiple_of(3) {
-                    return Err(RdbError::Corrupt {
-                        offset: at,
-                        reason: "hash listpack with expirations: not field/value/ttl triples"
-                            .into(),
-                    });
-                }
-                let mut out = Vec::with_capacity(e.len() / 3);
-                let mut it = e.into_iter();
-                while let (Some(f), Some(v), Some(x)) = (it.next(), it.next(), it.next()) {
-                    let exp = x.as_i64().filter(|&x| x > 0);
-                    out.push((element_bytes(f), element_bytes(v), exp));
+                let (at, blob) = self.blob()?;
+                let e = Self::elements(&blob, true, at)?;
+                let mut out = Fields::with_capacity(e.len() / 3);
+                for x in Self::groups(&e, 3, at)? {
+                    push_element(&mut out.names, &x[0]);
+                    push_element(&mut out.values, &x[1]);
+                    out.expiries.push(x[2].as_i64().filter(|&x| x > 0));
                 }
                 Value::Hash(out)
             }
@@ -765,7 +792,8 @@ impl<R: Read> Parser<R> {
             ms.copy_from_slice(&master[..8]);
             sq.copy_from_slice(&master[8..]);
             let (base_ms, base_seq) = (u64::from_be_bytes(ms), u64::from_be_bytes(sq));
-            let lp = self.packed(true)?;
+            let (lp_at, blob) = self.blob()?;
+            let lp = Self::elements(&blob, true, lp_at)?;
             decode_stream_node(&lp, base_ms, base_seq, &mut s.entries).map_err(|reason| {
                 RdbError::Corrupt {
                     offset: at,
@@ -836,7 +864,7 @@ fn decode_stream_node(
     let nfields = next_int("master field count")?;
     let mut it = lp.iter().skip(3);
     let master: Vec<String> = (0..nfields.max(0))
-        .map(|_| it.next().map(|e| text(&element_bytes(e.clone()))))
+        .map(|_| it.next().map(|e| text(&element_bytes(*e))))
         .collect::<Option<_>>()
         .ok_or("master fields missing")?;
     it.next().ok_or("master terminator missing")?;
@@ -846,7 +874,7 @@ fn decode_stream_node(
             .ok_or_else(|| format!("missing {what}"))
     };
     let txt = |e: Option<&Element>| -> Result<String, String> {
-        e.map(|e| text(&element_bytes(e.clone())))
+        e.map(|e| text(&element_bytes(*e)))
             .ok_or_else(|| "missing field or value".to_string())
     };
     for _ in 0..total {
@@ -968,7 +996,7 @@ mod tests {
         let Value::List(l) = &get(&all, b"biglist").value else {
             panic!()
         };
-        assert_eq!((l.len(), l[299].as_slice()), (300, &b"element-299"[..]));
+        assert_eq!((l.len(), l.get(299)), (300, Some(&b"element-299"[..])));
         let Value::Set(s) = &get(&all, b"intset").value else {
             panic!()
         };
@@ -981,7 +1009,7 @@ mod tests {
         let Value::Zset(z) = &get(&all, b"zset").value else {
             panic!()
         };
-        assert!(z.contains(&(b"b".to_vec(), -2.0)) && z.contains(&(b"a".to_vec(), 1.5)));
+        assert!(z.iter().any(|m| m == (b"b", -2.0)) && z.iter().any(|m| m == (b"a", 1.5)));
         let Value::Zset(z) = &get(&all, b"bigzset").value else {
             panic!()
         };
@@ -1104,7 +1132,10 @@ mod tests {
         let Value::Hash(fields) = &hx.value else {
             panic!("{:?}", hx.value)
         };
-        let mut fields = fields.clone();
+        let mut fields: Vec<(Vec<u8>, Vec<u8>, Option<i64>)> = fields
+            .iter()
+            .map(|(f, v, e)| (f.to_vec(), v.to_vec(), e))
+            .collect();
         fields.sort();
         assert_eq!(
             fields,

@@ -221,6 +221,65 @@ impl<R: Read> Reader<R> {
         Ok(out)
     }
 
+    /// [`Self::bytes`], appended to `out`.
+    fn bytes_into(&mut self, n: u64, out: &mut Vec<u8>) -> Result<(), RdbError> {
+        if n > MAX_STRING {
+            return Err(self.corrupt(format!("string length {n} exceeds 4 GiB")));
+        }
+        let n = n as usize;
+        if self.end - self.pos >= n {
+            out.extend_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(());
+        }
+        out.reserve(n.min(1 << 20));
+        let mut left = n;
+        while left > 0 {
+            let a = self.available()?;
+            let k = a.len().min(left);
+            out.extend_from_slice(&a[..k]);
+            self.pos += k;
+            left -= k;
+        }
+        Ok(())
+    }
+
+    /// [`Self::string`], appended to `out` (a collection's elements share one buffer).
+    pub fn string_into(&mut self, out: &mut Vec<u8>) -> Result<(), RdbError> {
+        let int = |out: &mut Vec<u8>, i: i64| {
+            out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        };
+        match self.length_or_special()? {
+            Length::Len(n) => return self.bytes_into(n, out),
+            Length::Special(0) => int(out, i64::from(self.u8()? as i8)),
+            Length::Special(1) => int(out, i64::from(i16::from_le_bytes(self.array()?))),
+            Length::Special(2) => int(out, i64::from(i32::from_le_bytes(self.array()?))),
+            Length::Special(3) => {
+                let clen = self.length()?;
+                let len = self.length()?;
+                if len > MAX_STRING {
+                    return Err(self.corrupt(format!("LZF length {len} exceeds 4 GiB")));
+                }
+                let at = self.offset();
+                let data = self.bytes(clen)?;
+                let plain =
+                    crate::encodings::lzf_decompress(&data, len as usize).map_err(|reason| {
+                        RdbError::Corrupt {
+                            offset: at,
+                            reason: format!("LZF: {reason}"),
+                        }
+                    })?;
+                if out.is_empty() {
+                    *out = plain;
+                } else {
+                    out.extend_from_slice(&plain);
+                }
+            }
+            Length::Special(k) => return Err(self.corrupt(format!("unknown string encoding {k}"))),
+        }
+        Ok(())
+    }
+
     /// RDB length encoding: `00` 6 bits, `01` 14 bits, `0x80` 32-bit BE, `0x81` 64-bit BE,
     /// `11` a special string encoding.
     pub fn length_or_special(&mut self) -> Result<Length, RdbError> {
@@ -256,32 +315,9 @@ impl<R: Read> Reader<R> {
 
     /// A string: raw, an integer written as text, or LZF-compressed.
     pub fn string(&mut self) -> Result<Vec<u8>, RdbError> {
-        match self.length_or_special()? {
-            Length::Len(n) => self.bytes(n),
-            Length::Special(0) => Ok(crate::encodings::int_bytes(self.u8()? as i8)),
-            Length::Special(1) => Ok(crate::encodings::int_bytes(i16::from_le_bytes(
-                self.array()?,
-            ))),
-            Length::Special(2) => Ok(crate::encodings::int_bytes(i32::from_le_bytes(
-                self.array()?,
-            ))),
-            Length::Special(3) => {
-                let clen = self.length()?;
-                let len = self.length()?;
-                if len > MAX_STRING {
-                    return Err(self.corrupt(format!("LZF length {len} exceeds 4 GiB")));
-                }
-                let at = self.offset();
-                let data = self.bytes(clen)?;
-                crate::encodings::lzf_decompress(&data, len as usize).map_err(|reason| {
-                    RdbError::Corrupt {
-                        offset: at,
-                        reason: format!("LZF: {reason}"),
-                    }
-                })
-            }
-            Length::Special(k) => Err(self.corrupt(format!("unknown string encoding {k}"))),
-        }
+        let mut out = Vec::new();
+        self.string_into(&mut out)?;
+        Ok(out)
     }
 
     /// Consumes `n` bytes without keeping them (they still count for the CRC and capture),

@@ -103,8 +103,8 @@ type Encoded = (u64, Vec<u8>, Option<RdbError>, Vec<rcops_rdb::Entry>);
 /// `rdb dump`: every entry that `keep` accepts, decoded, encoded by `encode` and passed to
 /// `write` in file order — what [`scan`] with decoding gives, on more cores. This thread
 /// walks the file (structure and CRC checked, raw value bytes kept); decoding and encoding,
-/// most of the work, run on `threads` others (default one per core, at most 4; 0 or a
-/// single core: here, entry by entry), a batch at a time, at most four batches per thread
+/// most of the work, run on `threads` others (default: one per other core, at most 4, from
+/// 4 cores up; 0: here, entry by entry), a batch at a time, at most four batches per thread
 /// between reading and writing. An error stops the output where a sequential scan would
 /// have stopped it.
 pub fn dump(
@@ -114,8 +114,10 @@ pub fn dump(
     encode: impl Fn(&rcops_rdb::Entry, &mut Vec<u8>) + Sync,
     mut write: impl FnMut(&[u8]),
 ) -> Result<RdbInfo, RdbFileError> {
+    // On two cores the reading thread and the decoding ones take turns, and the hand-over
+    // costs more than it saves (0.52 s vs 0.43 s for a 274k-key file): one thread there.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = threads.unwrap_or(if cores > 1 { cores.min(4) } else { 0 });
+    let workers = threads.unwrap_or(if cores >= 4 { (cores - 1).min(4) } else { 0 });
     if workers > 0 {
         return dump_batched(path, workers, BATCH_ENTRIES, keep, encode, write);
     }

@@ -234,22 +234,22 @@ pub fn reencode(v: &Value) -> Option<Vec<u8>> {
         Value::List(items) | Value::Set(items) => {
             out.push(if matches!(v, Value::List(_)) { 1 } else { 2 });
             put_len(&mut out, items.len() as u64);
-            for i in items {
+            for i in items.iter() {
                 put_str(&mut out, i);
             }
         }
         Value::Zset(items) => {
             out.push(5);
             put_len(&mut out, items.len() as u64);
-            for (m, s) in items {
+            for (m, s) in items.iter() {
                 put_str(&mut out, m);
                 out.extend_from_slice(&s.to_le_bytes());
             }
         }
-        Value::Hash(items) if items.iter().all(|(_, _, e)| e.is_none()) => {
+        Value::Hash(items) if items.expiries.iter().all(Option::is_none) => {
             out.push(4);
             put_len(&mut out, items.len() as u64);
-            for (f, x, _) in items {
+            for (f, x, _) in items.iter() {
                 put_str(&mut out, f);
                 put_str(&mut out, x);
             }
