@@ -8,10 +8,7 @@
 # Results go to bench/out/backup.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"; md="$out/backup.md"; : > "$md"
+. bench/lib.sh; bench_init backup
 dir=$(mktemp -d)
 trap '$rcops lab down --dir "$dir/src" >/dev/null 2>&1 || true; $rcops lab down --dir "$dir/dst" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 python3 -m pip install -q rdbtools-tikon93 python-lzf >/dev/null 2>&1 || python3 -m pip install -q rdbtools-tikon93 >/dev/null 2>&1 || true

@@ -4,11 +4,8 @@
 # Usage: bench/check.sh   (needs hyperfine and GNU time: apt-get install -y hyperfine time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps hyperfine
 [ -x /usr/bin/time ] || scripts/ensure-deps time
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"
+. bench/lib.sh; bench_init check hyperfine
 dir=$(mktemp -d)
 trap '$rcops lab down --dir "$dir/6" >/dev/null 2>&1 || true; $rcops lab down --dir "$dir/120" >/dev/null 2>&1 || true' EXIT
 

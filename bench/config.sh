@@ -7,15 +7,11 @@
 # Results go to bench/out/config.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"; md="$out/config.md"
+. bench/lib.sh; bench_init config
 dir=$(mktemp -d)
 shm=$(mktemp -d -p /dev/shm)
 trap '$rcops lab down --dir "$dir/lab" >/dev/null 2>&1 || true; $rcops lab down --dir "$shm/lab" >/dev/null 2>&1 || true; rm -rf "$dir" "$shm"' EXIT
 export RCOPS_STATE_DIR="$dir/state"
-: > "$md"
 # Two labs, one after the other: node directories on this VM's one disk (120 servers' fsyncs
 # queue on one journal), then on tmpfs — closer to 120 hosts that each fsync their own disk,
 # and no help to the shell loop, whose fsyncs are one after another either way.

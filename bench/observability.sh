@@ -7,11 +7,8 @@
 # Results go to bench/out/observability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps hyperfine curl prometheus-redis-exporter
+. bench/lib.sh; bench_init observability hyperfine curl prometheus-redis-exporter
 python3 -c "import redis" 2>/dev/null || pip install -q redis
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"; md="$out/observability.md"; : > "$md"
 dir=$(mktemp -d)
 pids=()
 cleanup() {

@@ -6,10 +6,7 @@
 # Results go to bench/out/perf.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"; md="$out/perf.md"; : > "$md"
+. bench/lib.sh; bench_init perf
 dir=$(mktemp -d)
 trap '$rcops lab down --dir "$dir/lab" >/dev/null 2>&1 || true' EXIT
 $rcops lab up --masters 3 --replicas 1 --port 7700 --dir "$dir/lab" >/dev/null

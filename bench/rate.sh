@@ -9,10 +9,7 @@
 # Results go to bench/out/rate.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps
-cargo build --release --locked
-rcops=$PWD/target/release/rcops
-out=bench/out; mkdir -p "$out"; md="$out/rate.md"
+. bench/lib.sh; bench_init rate
 venv=$out/.venv-resp-benchmark
 [ -x "$venv/bin/resp-benchmark" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q resp-benchmark; }
 dir=$(mktemp -d)

@@ -531,6 +531,16 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
         .collect();
     assert_eq!(docs.len(), nkeys);
     assert!(docs.iter().any(|d| d["value"]["type"] == "stream"));
+    // Decoding on other threads writes the same lines in the same order.
+    let threaded = run(&mut rcops(&[
+        "rdb",
+        "dump",
+        "--threads",
+        "3",
+        zst.to_str().unwrap(),
+    ]));
+    assert_eq!(threaded.code, 0, "{}", threaded.stderr);
+    assert!(threaded.stdout == dump.stdout, "threaded dump differs");
     let mem = run(&mut rcops(&["rdb", "memory", p, "--top", "3", "--json"]));
     assert_eq!(mem.code, 0, "{}", mem.stderr);
     let m = mem.json();
@@ -636,6 +646,30 @@ fn get(port: u16, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(&mut conn(owner)).unwrap()
 }
 
+/// Turns on `appendonly` (with `extra` settings first) and waits for the initial rewrite
+/// that writes the base file.
+fn enable_aof(c: &mut redis::Connection, extra: &[(&str, &str)]) {
+    for (k, v) in extra.iter().chain(&[("appendonly", "yes")]) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(c)
+            .unwrap();
+    }
+    for _ in 0..100 {
+        let info: String = redis::cmd("INFO").arg("persistence").query(c).unwrap();
+        if info.contains("aof_rewrite_in_progress:0")
+            && info.contains("aof_rewrite_scheduled:0")
+            && info.contains("aof_enabled:1")
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the AOF rewrite did not finish in 10 s");
+}
+
 #[test]
 fn aof_directories_replay_with_transactions_and_point_in_time() {
     let src = Lab::start(LabSpec {
@@ -643,25 +677,7 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
         ..Default::default()
     });
     let mut c = conn(src.port);
-    for (k, v) in [("appendonly", "yes"), ("aof-timestamp-enabled", "yes")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query(&mut c)
-            .unwrap();
-    }
-    // Wait for the initial rewrite (base file) to finish.
-    for _ in 0..100 {
-        let info: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
-        if info.contains("aof_rewrite_in_progress:0")
-            && info.contains("aof_rewrite_scheduled:0")
-            && info.contains("aof_enabled:1")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    enable_aof(&mut c, &[("aof-timestamp-enabled", "yes")]);
     let t = tag_on_first_master(3);
     let k = |s: &str| format!("{{{t}}}:{s}");
     let q = |c: &mut redis::Connection, args: &[&str]| {
@@ -851,22 +867,7 @@ fn valkey_9_backups_restore_into_redis_7() {
     // Valkey's AOF: its base file carries a VALKEY080 preamble. Turned on for one master,
     // replayed into the emptied Redis 7 target: that master's keys, all of them.
     let mut c = conn(port);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("appendonly")
-        .arg("yes")
-        .query(&mut c)
-        .unwrap();
-    for _ in 0..100 {
-        let info: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
-        if info.contains("aof_rewrite_in_progress:0")
-            && info.contains("aof_rewrite_scheduled:0")
-            && info.contains("aof_enabled:1")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    enable_aof(&mut c, &[]);
     let base_keys: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
     let aofdir = dir.path().join(port.to_string()).join("appendonlydir");
     let base = std::fs::read_dir(&aofdir)
