@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::ops::check::{self, CheckOptions, Severity};
+use history::Snap;
 use crate::topology::{discover, line_addr, ClusterView, Detail};
 
 /// A node a configuration command acts on.
@@ -133,6 +134,21 @@ pub struct NodeConfig {
 pub async fn snapshot(exec: &Executor, targets: &[Target]) -> (Vec<NodeConfig>, Readings) {
     let readings = read(exec, targets, &["*".to_string()]).await;
     (configs_of(targets, &readings.nodes), readings)
+}
+
+/// What history records of the targets that have values in `values`, borrowed from them.
+pub fn snaps<'a>(targets: &'a [Target], values: &'a BTreeMap<Addr, Params>) -> Vec<Snap<'a>> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            Some(Snap {
+                addr: t.addr.to_string(),
+                id: &t.id,
+                role: t.role(),
+                params: values.get(&t.addr)?,
+            })
+        })
+        .collect()
 }
 
 /// Snapshots (secrets masked) of the targets that have values in `values`.
@@ -395,6 +411,15 @@ impl ApplyReport {
             mask_changes(&mut n.changes);
         }
         r
+    }
+
+    /// Records what [`rewrite_applied`] did on each node.
+    pub fn set_rewrites(&mut self, rewrites: Vec<(usize, Rewrite)>) {
+        for (i, r) in rewrites {
+            if let Some(n) = self.nodes.get_mut(i) {
+                n.rewrite = Some(r);
+            }
+        }
     }
 
     pub fn count(&self, s: NodeStatus) -> usize {
@@ -691,8 +716,9 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
 }
 
 /// `CONFIG REWRITE` on every node an apply left changed (for a change applied with
-/// `rewrite: false`, so the rewrite can overlap other work such as recording history).
-pub async fn rewrite_applied(exec: &Executor, report: &mut ApplyReport) {
+/// `rewrite: false`, so the rewrite can overlap other work such as recording history): each
+/// node's outcome by its index in the report, for [`ApplyReport::set_rewrites`].
+pub async fn rewrite_applied(exec: &Executor, report: &ApplyReport) -> Vec<(usize, Rewrite)> {
     let addrs: Vec<(usize, Addr)> = report
         .nodes
         .iter()
@@ -708,10 +734,8 @@ pub async fn rewrite_applied(exec: &Executor, report: &mut ApplyReport) {
         (*i, r)
     }))
     .await;
-    for (i, r) in done {
-        report.nodes[i].rewrite = Some(r);
-    }
     tracing::debug!(nodes = addrs.len(), "config files rewritten");
+    done
 }
 
 /// Every node's configuration after an apply, without reading 100+ full configurations
