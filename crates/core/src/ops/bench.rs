@@ -149,9 +149,18 @@ impl Pacer {
     }
 
     async fn wait_until(&mut self, at: Instant) {
-        let Some(ahead) = at.checked_duration_since(Instant::now()) else {
+        if let Some(ahead) = at.checked_duration_since(Instant::now()) {
+            self.wait(ahead, at).await;
+        }
+    }
+
+    /// Waits `ahead` (the time left until `at`). Zero returns at once: a timerfd armed with a
+    /// zero expiry is *disarmed* and would never fire — a slot read exactly on time (same
+    /// nanosecond) hung a paced client forever.
+    async fn wait(&mut self, ahead: Duration, at: Instant) {
+        if ahead.is_zero() {
             return;
-        };
+        }
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd {
             use nix::sys::time::TimeSpec;
@@ -456,4 +465,24 @@ async fn cleanup(exec: &Executor, keys_of: &BTreeMap<Addr, Vec<u64>>) -> u64 {
         tracing::warn!(error = %e, "benchmark key cleanup failed");
     }
     result.ok.values().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slot_due_this_very_nanosecond_does_not_hang_the_pacer() {
+        let mut pacer = Pacer::new();
+        let zero = tokio::time::timeout(
+            Duration::from_secs(2),
+            pacer.wait(Duration::ZERO, Instant::now()),
+        )
+        .await;
+        assert!(zero.is_ok(), "a wait with no time left hung");
+        // A real wait still waits its time.
+        let start = Instant::now();
+        pacer.wait_until(start + Duration::from_millis(20)).await;
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
 }
