@@ -2,7 +2,7 @@
 # Latency at a fixed request rate: `rcops bench --rate` vs resp-benchmark (PyPI
 # `resp-benchmark`, a load generator with a rate cap and cluster mode; redis-benchmark 7.0 has
 # no rate cap and memtier_benchmark is not packaged here). Same clients, rate, command and value
-# size, on one 3-master lab (1 replica each); the tools alternate, three runs of each, medians.
+# size, on one 3-master lab (1 replica each); the tools alternate, five runs of each, medians.
 # resp-benchmark reports the mean and p99 measured from each request's real send, so those are
 # compared with rcops's "sent" figures; rcops's default figures (from each request's intended
 # send time, coordinated omission corrected) are listed beside them.
@@ -18,7 +18,7 @@ $rcops lab up --masters 3 --replicas 1 --port 7750 --dir "$dir/lab" >/dev/null
 python3 - "$rcops" "$venv/bin/resp-benchmark" <<'PY' | tee "$md"
 import json, re, statistics, subprocess, sys
 rcops, rb = sys.argv[1], sys.argv[2]
-secs, clients, runs = 5, 10, 3
+secs, clients, runs = 5, 10, 5
 def resp_benchmark(cmd, rate):
     line = {"SET": "SET {key uniform 100000} {value 64}", "GET": "GET {key uniform 100000}"}[cmd]
     out = subprocess.run([rb, "-p", "7750", "--cluster", "-c", str(clients), "-t", str(rate),

@@ -75,6 +75,9 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
         "16",
         "--keyspace",
         "1000",
+        // Two client threads (each its own event loop) share the clients and the count.
+        "--threads",
+        "2",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
@@ -115,6 +118,8 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
         "--ratio",
         "1:0",
         "--keep",
+        "--threads",
+        "1",
     ]);
     assert_eq!(r.json()["keys_deleted"], 0);
     assert_eq!(bench_keys_left(lab), 100);
@@ -141,6 +146,9 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
         "2000",
         "--clients",
         "4",
+        // Paced clients on three threads of their own: the cap still holds cluster-wide.
+        "--threads",
+        "3",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let total = r.json()["total"].as_u64().unwrap();
@@ -162,6 +170,7 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
         &["bench", "--clients", "0"][..],
         &["bench", "--ratio", "1:x"][..],
         &["bench", "--rate", "-5"][..],
+        &["bench", "--threads", "0"][..],
         &["bench", "--duration", "0s"][..],
         &["bench", "--duration", "1s", "-n", "5"][..],
     ] {

@@ -23,6 +23,7 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
         ratio: a.ratio,
         rate: a.rate,
         keep: a.keep,
+        threads: a.threads.unwrap_or(0) as usize,
     };
     let stop = stop_on_ctrl_c();
     let pb = match requests {

@@ -404,10 +404,9 @@ pub async fn change_flow(
     // Git work on a blocking thread while the nodes rewrite their config files. The values
     // come back to be freed here: glibc frees another thread's allocations slowly (a quarter
     // of that thread's time at 120 nodes).
-    let all_targets = all.clone();
     let record_after = tokio::task::spawn_blocking(move || {
         let rev = h.record(
-            &cfg::snaps(&all_targets, &after),
+            &cfg::snaps(&all, &after),
             &present,
             &message,
             &user,

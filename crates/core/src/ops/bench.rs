@@ -41,6 +41,10 @@ pub struct BenchOptions {
     pub rate: Option<u64>,
     /// Leave the keys in place.
     pub keep: bool,
+    /// Client threads, each with its own event loop and a share of the clients (client `c`
+    /// on thread `c % threads`, so with one thread per master each thread serves one
+    /// master, as `redis-benchmark --cluster` does). 0: one per master, at most the cores.
+    pub threads: usize,
 }
 
 /// Throughput and latency of one command.
@@ -189,6 +193,26 @@ impl Pacer {
     }
 }
 
+/// Runs each client as a task of the current runtime and collects what they measured.
+async fn run_clients<F>(clients: Vec<F>, fallback: Addr) -> Vec<Result<ClientResult, NodeError>>
+where
+    F: std::future::Future<Output = Result<ClientResult, NodeError>> + Send + 'static,
+{
+    let tasks: Vec<_> = clients.into_iter().map(tokio::spawn).collect();
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|e| {
+                Err(NodeError::Command {
+                    addr: fallback.clone(),
+                    reason: format!("benchmark client task failed: {e}"),
+                })
+            })
+        })
+        .collect()
+}
+
 /// Key index → key name.
 pub fn key_name(i: u64) -> String {
     format!("{KEY_PREFIX}{i}")
@@ -262,8 +286,7 @@ pub async fn bench(
         let stop = stop.clone();
         let progress = progress.clone();
         let conn_opts = exec.options().clone();
-        // A task per client, so a multi-threaded runtime spreads them over the cores.
-        tokio::spawn(async move {
+        async move {
             let mut r = ClientResult {
                 node: node.clone(),
                 set: rtt_histogram(),
@@ -371,9 +394,51 @@ pub async fn bench(
                 progress(n);
             }
             Ok::<_, NodeError>(r)
-        })
+        }
     });
-    let results = futures::future::join_all(clients).await;
+    let clients: Vec<_> = clients.collect();
+    let threads = match opts.threads {
+        0 => masters
+            .len()
+            .min(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
+    }
+    .clamp(1, clients.len().max(1));
+    let fallback = masters[0].clone();
+    let results = if threads == 1 {
+        run_clients(clients, fallback).await
+    } else {
+        let mut groups: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        for (c, client) in clients.into_iter().enumerate() {
+            groups[c % threads].push(client);
+        }
+        let handles = groups.into_iter().map(|group| {
+            let fallback = fallback.clone();
+            tokio::task::spawn_blocking(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run_clients(group, fallback)),
+                    Err(e) => vec![Err(NodeError::Command {
+                        addr: fallback,
+                        reason: format!("cannot start a client thread: {e}"),
+                    })],
+                }
+            })
+        });
+        let mut all = Vec::with_capacity(opts.clients);
+        for h in futures::future::join_all(handles).await {
+            match h {
+                Ok(rs) => all.extend(rs),
+                Err(e) => all.push(Err(NodeError::Command {
+                    addr: masters[0].clone(),
+                    reason: format!("benchmark client thread failed: {e}"),
+                })),
+            }
+        }
+        all
+    };
     let elapsed = started.elapsed();
     let secs = elapsed.as_secs_f64().max(1e-9);
 
@@ -385,10 +450,7 @@ pub async fn bench(
     let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_samples: Vec<String> = Vec::new();
     for r in results {
-        let r = r.map_err(|e| NodeError::Command {
-            addr: masters[0].clone(),
-            reason: format!("benchmark client task failed: {e}"),
-        })??;
+        let r = r?;
         let _ = set.add(&r.set);
         let _ = get.add(&r.get);
         let _ = set_service.add(&r.set_service);
