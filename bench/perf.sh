@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks for the performance-analysis commands on a 3-master lab (1 replica each):
 #   1. `rcops bench` vs `redis-benchmark --cluster`: same clients, pipeline, value size and
-#      keyspace, SET-only and GET-only runs; then unloaded latency (one client, no pipeline).
+#      keyspace, SET-only and GET-only runs, and the same threads (redis-benchmark --cluster
+#      runs one per master: rcops gets --threads 3; one single-threaded rcops row for
+#      reference); then unloaded latency (one client, no pipeline).
 #   2. `rcops bigkeys` vs `redis-cli --bigkeys` run on each master one after another, 1M keys.
 # Results go to bench/out/perf.md.
 set -euo pipefail
@@ -26,13 +28,15 @@ echo "|---|---|---:|---:|---:|" | tee -a "$md"
 for p in 1 16; do
   read -r a b c <<<"$(rb -t set -c 50 -P $p -n $n -d 3 -r 100000)"
   echo "| SET, 50 clients, pipeline $p | redis-benchmark | $a | $b | $c |" | tee -a "$md"
-  read -r a b c <<<"$(rc SET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 1:0)"
+  read -r a b c <<<"$(rc SET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 1:0 --threads 3)"
   echo "| SET, 50 clients, pipeline $p | rcops bench | $a | $b | $c |" | tee -a "$md"
   read -r a b c <<<"$(rb -t get -c 50 -P $p -n $n -d 3 -r 100000)"
   echo "| GET, 50 clients, pipeline $p | redis-benchmark | $a | $b | $c |" | tee -a "$md"
-  read -r a b c <<<"$(rc GET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 0:1)"
+  read -r a b c <<<"$(rc GET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 0:1 --threads 3)"
   echo "| GET, 50 clients, pipeline $p | rcops bench | $a | $b | $c |" | tee -a "$md"
 done
+read -r a b c <<<"$(rc GET --clients 50 -P 1 -n $n --value-size 3 --keyspace 100000 --ratio 0:1 --threads 1)"
+echo "| GET, 50 clients, pipeline 1 | rcops bench --threads 1 | $a | $b | $c |" | tee -a "$md"
 # Unloaded latency: one client, one request at a time. redis-benchmark 7.0 has no rate cap,
 # so its closed loop is the anchor; rcops runs closed-loop too, then paced at fixed rates
 # (latency from each request's intended send time).
