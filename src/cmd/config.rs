@@ -405,13 +405,7 @@ pub async fn change_flow(
     // come back to be freed here: glibc frees another thread's allocations slowly (a quarter
     // of that thread's time at 120 nodes).
     let record_after = tokio::task::spawn_blocking(move || {
-        let rev = h.record(
-            &cfg::snaps(&all, &after),
-            &present,
-            &message,
-            &user,
-            true,
-        );
+        let rev = h.record(&cfg::snaps(&all, &after), &present, &message, &user, true);
         (h, rev, after)
     });
     if !change.no_rewrite && !rolling {

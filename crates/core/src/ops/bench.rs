@@ -414,17 +414,15 @@ pub async fn bench(
         }
         let handles = groups.into_iter().map(|group| {
             let fallback = fallback.clone();
-            tokio::task::spawn_blocking(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(run_clients(group, fallback)),
-                    Err(e) => vec![Err(NodeError::Command {
-                        addr: fallback,
-                        reason: format!("cannot start a client thread: {e}"),
-                    })],
-                }
+            tokio::task::spawn_blocking(move || match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run_clients(group, fallback)),
+                Err(e) => vec![Err(NodeError::Command {
+                    addr: fallback,
+                    reason: format!("cannot start a client thread: {e}"),
+                })],
             })
         });
         let mut all = Vec::with_capacity(opts.clients);

@@ -674,7 +674,11 @@ mod tests {
         let file_a = dir.path().join(format!("{}.conf", file_stem("a:1")));
         let mut revs = Vec::new();
         for v in [&long, &short, &long] {
-            revs.push(h.record(&snaps(v), &present, "step", "t", false).unwrap().unwrap());
+            revs.push(
+                h.record(&snaps(v), &present, "step", "t", false)
+                    .unwrap()
+                    .unwrap(),
+            );
             assert_eq!(
                 std::fs::read_to_string(&file_a).unwrap(),
                 render_node(&Snap::from(&v[0]))
@@ -735,7 +739,11 @@ mod tests {
         let mut revs = Vec::new();
         for i in 0..(MAX_PACKS + 5) {
             let v = [nc("a:1", &[("hz", &i.to_string())])];
-            revs.push(h.record(&snaps(&v), &present, "step", "t", false).unwrap().unwrap());
+            revs.push(
+                h.record(&snaps(&v), &present, "step", "t", false)
+                    .unwrap()
+                    .unwrap(),
+            );
             assert!(packs(&h.repo).unwrap().len() <= MAX_PACKS + 1);
         }
         assert!(packs(&h.repo).unwrap().len() < MAX_PACKS);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::ops::check::{self, CheckOptions, Severity};
-use history::Snap;
 use crate::topology::{discover, line_addr, ClusterView, Detail};
+use history::Snap;
 
 /// A node a configuration command acts on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
