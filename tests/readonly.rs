@@ -82,6 +82,7 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
     assert_eq!(v["total"], 20000);
+    assert_eq!(v["threads"], 2);
     assert_eq!(v["errors"], 0);
     let (sets, gets) = (
         v["commands"]["SET"]["count"].as_u64().unwrap(),

@@ -53,11 +53,12 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
         output::print_json(&report);
     } else {
         crate::outln!(
-            "{} requests in {:.2}s: {:.0} requests/s ({} clients, pipeline {}, {} errors)",
+            "{} requests in {:.2}s: {:.0} requests/s ({} clients on {} thread(s), pipeline {}, {} errors)",
             report.total,
             report.elapsed_ms as f64 / 1000.0,
             report.ops_per_sec,
             a.clients,
+            report.threads,
             a.pipeline,
             report.errors
         );

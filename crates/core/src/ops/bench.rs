@@ -64,7 +64,8 @@ pub struct CommandStats {
 }
 
 /// JSON: `{"total", "ops_per_sec", "elapsed_ms", "errors", "commands": {"SET": CommandStats,
-/// "GET": …}, "per_node": {addr: requests}, "keys_deleted", "stopped_early", "error_samples"}`.
+/// "GET": …}, "per_node": {addr: requests}, "keys_deleted", "stopped_early", "error_samples",
+/// "threads"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub total: u64,
@@ -77,6 +78,8 @@ pub struct BenchReport {
     pub stopped_early: bool,
     /// A few distinct error messages, for diagnosis.
     pub error_samples: Vec<String>,
+    /// Client threads the load ran on.
+    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -493,6 +496,7 @@ pub async fn bench(
         keys_deleted,
         stopped_early: stop.load(Ordering::Relaxed),
         error_samples,
+        threads,
     })
 }
 
