@@ -29,11 +29,11 @@ for p in 1 16; do
   read -r a b c <<<"$(rb -t set -c 50 -P $p -n $n -d 3 -r 100000)"
   echo "| SET, 50 clients, pipeline $p | redis-benchmark | $a | $b | $c |" | tee -a "$md"
   read -r a b c <<<"$(rc SET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 1:0 --threads 3)"
-  echo "| SET, 50 clients, pipeline $p | rcops bench | $a | $b | $c |" | tee -a "$md"
+  echo "| SET, 50 clients, pipeline $p | rcops bench --threads 3 | $a | $b | $c |" | tee -a "$md"
   read -r a b c <<<"$(rb -t get -c 50 -P $p -n $n -d 3 -r 100000)"
   echo "| GET, 50 clients, pipeline $p | redis-benchmark | $a | $b | $c |" | tee -a "$md"
   read -r a b c <<<"$(rc GET --clients 50 -P $p -n $n --value-size 3 --keyspace 100000 --ratio 0:1 --threads 3)"
-  echo "| GET, 50 clients, pipeline $p | rcops bench | $a | $b | $c |" | tee -a "$md"
+  echo "| GET, 50 clients, pipeline $p | rcops bench --threads 3 | $a | $b | $c |" | tee -a "$md"
 done
 read -r a b c <<<"$(rc GET --clients 50 -P 1 -n $n --value-size 3 --keyspace 100000 --ratio 0:1 --threads 1)"
 echo "| GET, 50 clients, pipeline 1 | rcops bench --threads 1 | $a | $b | $c |" | tee -a "$md"

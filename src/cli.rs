@@ -386,9 +386,9 @@ pub struct BenchArgs {
     /// Leave the benchmark keys in place
     #[arg(long)]
     pub keep: bool,
-    /// Client threads, each with its own event loop [default: one per master, at most the
-    /// cores; redis-benchmark --cluster runs one per master]
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    /// Client threads, each with its own event loop, at most 256 [default: one per master, at
+    /// most the cores; redis-benchmark --cluster runs one per master]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
 }
 

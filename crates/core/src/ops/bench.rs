@@ -450,8 +450,15 @@ pub async fn bench(
     let (mut set_errors, mut get_errors) = (0u64, 0u64);
     let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_samples: Vec<String> = Vec::new();
+    let mut failed = None;
     for r in results {
-        let r = r?;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
         let _ = set.add(&r.set);
         let _ = get.add(&r.get);
         let _ = set_service.add(&r.set_service);
@@ -486,6 +493,10 @@ pub async fn bench(
     } else {
         cleanup(exec, &keys_of).await
     };
+    // A client that could not run fails the benchmark, after the others' keys are removed.
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     Ok(BenchReport {
         total,
         ops_per_sec: (total as f64 / secs).round(),
