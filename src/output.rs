@@ -11,6 +11,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
 pub const EXIT_FAILED: u8 = 2;
 pub const EXIT_USAGE: u8 = 64;
+/// Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Writes one line to stdout; a closed pipe (`rcops nodes | head`) ends the process quietly
 /// with success, like ripgrep, instead of panicking.

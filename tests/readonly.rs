@@ -137,6 +137,66 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     assert_eq!(r.json()["keys_deleted"], 100);
     assert_eq!(bench_keys_left(lab), 0);
 
+    // A rate so low that each client's next slot lies beyond --duration: the run ends on
+    // time instead of waiting for it (4 clients at 1/s: one batch each 4 s).
+    let started = std::time::Instant::now();
+    let r = lab.run(&[
+        "bench",
+        "--json",
+        "--duration",
+        "1s",
+        "--rate",
+        "1",
+        "--clients",
+        "4",
+        "--keyspace",
+        "100",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "a 1 s run took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.json()["total"],
+        4,
+        "one batch per client, at its first slot"
+    );
+
+    // Ctrl-C while every client waits for a slot 40 s away: stops at once, cleans up, 130.
+    let mut child = lab
+        .cmd(&[
+            "bench",
+            "--duration",
+            "60s",
+            "--rate",
+            "1",
+            "--clients",
+            "40",
+            "--keyspace",
+            "100",
+            "--ratio",
+            "1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "Ctrl-C took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(bench_keys_left(lab), 0);
+
     // A rate cap holds.
     let r = lab.run(&[
         "bench",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::config::default_state_dir;
 use super::{view, view_light, CmdResult, Failure};
 use crate::cli::{BackupArgs, BackupCommand, GlobalOpts, RestoreArgs};
-use crate::output::{self, bytes, paint, EXIT_FAILED, EXIT_FINDINGS, EXIT_OK};
+use crate::output::{self, bytes, paint, EXIT_FAILED, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
 fn backup_dir(g: &GlobalOpts, dir: &Option<PathBuf>) -> PathBuf {
     dir.clone().unwrap_or_else(|| {
@@ -415,7 +415,7 @@ pub async fn restore(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     }
     if report.interrupted {
         output::error("interrupted: run the same command with --resume to continue");
-        return Ok(130);
+        return Ok(EXIT_INTERRUPTED);
     }
     Ok(if report.total.failed > 0 {
         EXIT_FAILED

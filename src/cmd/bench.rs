@@ -5,7 +5,7 @@ use rcops_core::topology::Detail;
 
 use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
 use crate::cli::{BenchArgs, GlobalOpts};
-use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
+use crate::output::{self, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
     let (exec, view) = view_light(g, Detail::Health).await?;
@@ -108,7 +108,11 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
             output::error(e);
         }
     }
-    Ok(if report.errors > 0 {
+    // Stopped by Ctrl-C: what ran is reported and the keys are gone, but the run is not
+    // complete (130, as `latency` and `backup`).
+    Ok(if report.stopped_early {
+        EXIT_INTERRUPTED
+    } else if report.errors > 0 {
         EXIT_FINDINGS
     } else {
         EXIT_OK

@@ -5,10 +5,7 @@ use rcops_core::topology::{line_addr, Detail};
 
 use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, LatencyArgs};
-use crate::output::{self, EXIT_FINDINGS, EXIT_OK};
-
-/// Exit code after an interrupt, as shells report SIGINT.
-const EXIT_INTERRUPTED: u8 = 130;
+use crate::output::{self, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
     let (exec, view) = view_light(g, Detail::Health).await?;
