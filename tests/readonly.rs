@@ -165,7 +165,7 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     );
 
     // Ctrl-C while every client waits for a slot 40 s away: stops at once, cleans up, 130.
-    let mut child = lab
+    let child = lab
         .cmd(&[
             "bench",
             "--duration",
@@ -183,17 +183,11 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let started = std::time::Instant::now();
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let (code, took) = interrupt(child);
+    assert_eq!(code, Some(130));
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(3),
-        "Ctrl-C took {:?}",
-        started.elapsed()
+        took < std::time::Duration::from_secs(3),
+        "Ctrl-C took {took:?}"
     );
     assert_eq!(bench_keys_left(lab), 0);
 
@@ -336,7 +330,7 @@ fn latency_probes_leave_no_keys(lab: &Lab) {
     assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 1);
 
     // Ctrl-C: stops early, still cleans up, exits 130.
-    let mut child = lab
+    let child = lab
         .cmd(&["latency", "--duration", "60s"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -344,14 +338,9 @@ fn latency_probes_leave_no_keys(lab: &Lab) {
     std::thread::sleep(std::time::Duration::from_millis(800));
     // One probe key per master, plus its copy on the replica.
     assert_eq!(probe_keys_left(lab), 6, "probe keys exist while measuring");
-    let started = std::time::Instant::now();
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (code, took) = interrupt(child);
+    assert_eq!(code, Some(130));
+    assert!(took < std::time::Duration::from_secs(5));
     assert_eq!(probe_keys_left(lab), 0);
 
     for bad in [

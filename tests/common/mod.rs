@@ -81,6 +81,17 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 /// Codes of the findings in a `check --json` document.
+/// Sends Ctrl-C (SIGINT) to a running rcops and waits for it: its exit code and how long it
+/// took to stop.
+pub fn interrupt(mut child: std::process::Child) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().map(|s| s.code()).unwrap_or(None);
+    (status, started.elapsed())
+}
+
 pub fn codes(report: &Value) -> Vec<String> {
     report["findings"]
         .as_array()
