@@ -153,15 +153,10 @@ pub fn snaps<'a>(targets: &'a [Target], values: &'a BTreeMap<Addr, Params>) -> V
 
 /// Snapshots (secrets masked) of the targets that have values in `values`.
 pub fn configs_of(targets: &[Target], values: &BTreeMap<Addr, Params>) -> Vec<NodeConfig> {
-    into_configs(targets, values.clone())
-}
-
-/// [`configs_of`], taking the values instead of copying them.
-pub fn into_configs(targets: &[Target], mut values: BTreeMap<Addr, Params>) -> Vec<NodeConfig> {
     targets
         .iter()
         .filter_map(|t| {
-            let mut params = values.remove(&t.addr)?;
+            let mut params = values.get(&t.addr)?.clone();
             conf::mask_secrets(&mut params);
             Some(NodeConfig {
                 addr: t.addr.to_string(),
