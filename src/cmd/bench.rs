@@ -22,6 +22,7 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
         value_size: a.value_size as usize,
         ratio: a.ratio,
         rate: a.rate,
+        tick: a.tick,
         keep: a.keep,
         threads: a.threads.unwrap_or(0) as usize,
     };

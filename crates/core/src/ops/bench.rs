@@ -39,6 +39,10 @@ pub struct BenchOptions {
     pub ratio: (u32, u32),
     /// Cluster-wide cap in requests per second.
     pub rate: Option<u64>,
+    /// With `rate`: release the batches due within each tick of this length together, at its
+    /// start, as timer-driven generators do (valkey-benchmark `--rps` wakes its clients on a
+    /// 1 ms timer). `None`: each batch at its own time, evenly spaced cluster-wide.
+    pub tick: Option<Duration>,
     /// Leave the keys in place.
     pub keep: bool,
     /// Client threads, each with its own event loop and a share of the clients (client `c`
@@ -196,6 +200,47 @@ impl Pacer {
     }
 }
 
+/// When each paced batch is due. The cluster-wide rate is one evenly spaced sequence of
+/// slots dealt out to the clients in turn — client `c` takes slots `c`, `c + clients`, … — so
+/// ten clients at 10,000/s send one batch every 100 µs between them, not ten together every
+/// millisecond (which is what giving each client its own schedule from its own connect time
+/// did, by accident of when the connections came up: p50 moved 0.05 ↔ 0.10 ms between runs).
+/// Slot times count from one origin, taken once every client has connected.
+/// With a tick, each slot moves back to the start of its tick.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    /// Nanoseconds of one slot, times `rate` (kept as a fraction: no drift over long runs).
+    slot_ns_times_rate: u128,
+    rate: u128,
+    clients: u128,
+    tick_ns: u128,
+}
+
+impl Schedule {
+    fn new(rate: u64, pipeline: usize, clients: usize, tick: Option<Duration>) -> Self {
+        Schedule {
+            slot_ns_times_rate: pipeline.max(1) as u128 * 1_000_000_000,
+            rate: u128::from(rate.max(1)),
+            clients: clients.max(1) as u128,
+            tick_ns: tick.map_or(0, |t| t.as_nanos()),
+        }
+    }
+
+    /// Start of slot `n` of the whole sequence, in ns from the start of the run, before ticks.
+    fn slot_ns(&self, n: u128) -> u128 {
+        n * self.slot_ns_times_rate / self.rate
+    }
+
+    /// When client `c`'s `k`-th batch is due, in ns from the start of the run.
+    fn due_ns(&self, c: usize, k: u64) -> u128 {
+        let at = self.slot_ns(u128::from(k) * self.clients + c as u128);
+        match self.tick_ns {
+            0 => at,
+            t => at / t * t,
+        }
+    }
+}
+
 /// Runs each client as a task of the current runtime and collects what they measured.
 async fn run_clients<F>(clients: Vec<F>, fallback: Addr) -> Vec<Result<ClientResult, NodeError>>
 where
@@ -273,11 +318,18 @@ pub async fn bench(
     let (pipeline, requests) = (opts.pipeline, opts.requests);
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
-    // Each client's share of the rate, as an interval between its batches.
-    let interval = opts.rate.map(|r| {
-        let per_client = (r as f64 / opts.clients as f64).max(0.001);
-        Duration::from_secs_f64(opts.pipeline as f64 / per_client)
-    });
+    let threads = match opts.threads {
+        0 => masters
+            .len()
+            .min(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
+    }
+    .clamp(1, opts.clients.max(1));
+    let connected = Arc::new(tokio::sync::Barrier::new(opts.clients));
+    let origin = Arc::new(std::sync::OnceLock::new());
+    let schedule = opts
+        .rate
+        .map(|r| Schedule::new(r, opts.pipeline, opts.clients, opts.tick));
     let cycle = u64::from(opts.ratio.0 + opts.ratio.1).max(1);
     let sets = u64::from(opts.ratio.0);
 
@@ -289,6 +341,7 @@ pub async fn bench(
         let stop = stop.clone();
         let progress = progress.clone();
         let conn_opts = exec.options().clone();
+        let (connected, origin) = (connected.clone(), origin.clone());
         async move {
             let mut r = ClientResult {
                 node: node.clone(),
@@ -300,16 +353,24 @@ pub async fn bench(
                 get_errors: 0,
                 errors: Vec::new(),
             };
-            if keys.is_empty() {
-                return Ok(r);
+            let conn = match keys.is_empty() {
+                true => None,
+                false => Some(Transport::open(&conn_opts, &node).await),
+            };
+            // Paced clients start together once all are connected (or failed to): the slots
+            // count from one origin, and connection setup is not request latency.
+            if schedule.is_some() {
+                connected.wait().await;
             }
-            let mut conn = Transport::open(&conn_opts, &node).await?;
-            // Pacing starts once connected: connection setup is not request latency.
-            let origin = Instant::now();
+            let origin = *origin.get_or_init(Instant::now);
+            let Some(conn) = conn else {
+                return Ok(r);
+            };
+            let mut conn = conn?;
+            let mut batch_no: u64 = 0;
             let mut pacer = Pacer::new();
             let mut seq: u64 = c as u64;
             let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
-            let mut batch_no: u64 = 0;
             loop {
                 if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
@@ -329,9 +390,13 @@ pub async fn bench(
                     }
                 };
                 // With a rate cap, wait for this batch's slot; latency counts from it.
-                let intended = match interval {
-                    Some(iv) => {
-                        let at = origin + iv.mul_f64(batch_no as f64);
+                let intended = match schedule {
+                    Some(s) => {
+                        let due = u64::try_from(s.due_ns(c, batch_no)).unwrap_or(u64::MAX);
+                        // A slot centuries away (a huge --requests at a low rate) is never due.
+                        let Some(at) = origin.checked_add(Duration::from_nanos(due)) else {
+                            break;
+                        };
                         // A slot past the end of the run is not waited for: at a low rate over
                         // many clients one slot can be a minute away.
                         if deadline.is_some_and(|d| at >= d) {
@@ -387,7 +452,7 @@ pub async fn bench(
                                 }
                                 None => {
                                     let _ = h.record(us.min(60_000_000));
-                                    if interval.is_some() {
+                                    if schedule.is_some() {
                                         let _ = hs.record(service_us.min(60_000_000));
                                     }
                                 }
@@ -415,13 +480,6 @@ pub async fn bench(
         }
     });
     let clients: Vec<_> = clients.collect();
-    let threads = match opts.threads {
-        0 => masters
-            .len()
-            .min(std::thread::available_parallelism().map_or(1, |n| n.get())),
-        n => n,
-    }
-    .clamp(1, clients.len().max(1));
     let fallback = masters[0].clone();
     let results = if threads == 1 {
         run_clients(clients, fallback).await
@@ -560,6 +618,48 @@ async fn cleanup(exec: &Executor, keys_of: &BTreeMap<Addr, Vec<u64>>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paced_slots_are_spread_evenly_over_the_clients() {
+        // 10 clients at 10,000/s: one batch every 100 µs between them, each client every 1 ms.
+        let s = Schedule::new(10_000, 1, 10, None);
+        let mut all: Vec<u128> = (0..10)
+            .flat_map(|c| (0..5).map(move |k| (c, k)))
+            .map(|(c, k)| s.due_ns(c, k))
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..50).map(|n| n * 100_000).collect::<Vec<_>>());
+        assert_eq!(s.due_ns(3, 2) - s.due_ns(3, 1), 1_000_000);
+        // A pipeline of 4 at 1,000/s from 2 clients: a batch every 4 ms, 8 ms per client.
+        let p = Schedule::new(1_000, 4, 2, None);
+        assert_eq!(
+            (p.due_ns(0, 1), p.due_ns(1, 0), p.due_ns(1, 1)),
+            (8_000_000, 4_000_000, 12_000_000)
+        );
+        // No drift: a rate that does not divide a second (3/s) lands on the exact second.
+        assert_eq!(
+            Schedule::new(3, 1, 1, None).due_ns(0, 3_000_000),
+            1_000_000_000_000_000
+        );
+    }
+
+    #[test]
+    fn a_tick_releases_the_batches_due_within_it_together_at_its_start() {
+        // 10 clients at 10,000/s with 1 ms ticks: all ten go at each millisecond, as
+        // valkey-benchmark --rps does.
+        let s = Schedule::new(10_000, 1, 10, Some(Duration::from_millis(1)));
+        for c in 0..10 {
+            assert_eq!(s.due_ns(c, 0), 0);
+            assert_eq!(s.due_ns(c, 7), 7_000_000);
+        }
+        // 2,000/s: two batches per tick, the others' ticks in between.
+        let s = Schedule::new(2_000, 1, 10, Some(Duration::from_millis(1)));
+        let firsts: Vec<u128> = (0..10).map(|c| s.due_ns(c, 0)).collect();
+        assert_eq!(
+            firsts,
+            [0, 0, 1, 1, 2, 2, 3, 3, 4, 4].map(|ms| ms * 1_000_000)
+        );
+    }
 
     #[tokio::test]
     async fn a_slot_due_this_very_nanosecond_does_not_hang_the_pacer() {
