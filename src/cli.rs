@@ -383,8 +383,8 @@ pub struct BenchArgs {
     /// Cap on requests per second, cluster-wide (latency then counts from the intended send time)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
-    /// With --rate: send the requests due within each tick together at its start, as
-    /// timer-driven generators do (valkey-benchmark --rps: 1ms) [default: each at its own time]
+    /// With --rate: send the requests due within each tick together at its start, like a
+    /// timer-driven client (e.g. 1ms) [default: each request at its own time, evenly spaced]
     #[arg(long, value_parser = parse_duration, requires = "rate")]
     pub tick: Option<Duration>,
     /// Leave the benchmark keys in place

@@ -40,8 +40,8 @@ pub struct BenchOptions {
     /// Cluster-wide cap in requests per second.
     pub rate: Option<u64>,
     /// With `rate`: release the batches due within each tick of this length together, at its
-    /// start, as timer-driven generators do (valkey-benchmark `--rps` wakes its clients on a
-    /// 1 ms timer). `None`: each batch at its own time, evenly spaced cluster-wide.
+    /// start, like a generator on a timer (valkey-benchmark `--rps` wakes its clients on a 1 ms
+    /// timer, each thread on its own). `None`: each batch at its own time, evenly spaced cluster-wide.
     pub tick: Option<Duration>,
     /// Leave the keys in place.
     pub keep: bool,
@@ -645,8 +645,7 @@ mod tests {
 
     #[test]
     fn a_tick_releases_the_batches_due_within_it_together_at_its_start() {
-        // 10 clients at 10,000/s with 1 ms ticks: all ten go at each millisecond, as
-        // valkey-benchmark --rps does.
+        // 10 clients at 10,000/s with 1 ms ticks: all ten go at each millisecond.
         let s = Schedule::new(10_000, 1, 10, Some(Duration::from_millis(1)));
         for c in 0..10 {
             assert_eq!(s.due_ns(c, 0), 0);
