@@ -180,10 +180,15 @@ impl Pacer {
             let when = Expiration::OneShot(TimeSpec::from_duration(ahead));
             if fd.get_ref().0.set(when, TimerSetTimeFlags::empty()).is_ok() {
                 while let Ok(mut ready) = fd.readable().await {
-                    // Reading the expiry count re-arms readiness; EAGAIN means not yet.
+                    // Reading the expiry count consumes it; EAGAIN means not yet. Either way
+                    // the one-shot timer is not readable after, so the next wait goes
+                    // straight to the reactor instead of first reading EAGAIN.
                     let mut count = [0u8; 8];
                     match nix::unistd::read(fd.get_ref().0.as_fd(), &mut count) {
-                        Ok(_) => return,
+                        Ok(_) => {
+                            ready.clear_ready();
+                            return;
+                        }
                         Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
                         Err(_) => break,
                     }
