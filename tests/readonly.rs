@@ -39,6 +39,8 @@ fn read_only_commands_on_a_shared_lab() {
     latency_probes_leave_no_keys(&lab);
     bigkeys_and_memkeys_find_a_planted_hash(&lab);
     bench_drives_every_master_and_cleans_up(&lab);
+    // Last: it freezes a master for a moment (well under the cluster's node timeout).
+    bench_fails_in_time_when_a_master_freezes(&lab);
 }
 
 fn master_commands(lab: &Lab) -> u64 {
@@ -252,6 +254,66 @@ fn bench_drives_every_master_and_cleans_up(lab: &Lab) {
     ] {
         assert_eq!(lab.run(bad).code, 64, "{bad:?}");
     }
+}
+
+/// A master that stops answering mid-run (SIGSTOP): its clients fail within --timeout
+/// instead of hanging, the others run on, every key is removed once it answers again, and
+/// the errors name the node.
+fn bench_fails_in_time_when_a_master_freezes(lab: &Lab) {
+    let victim = lab.port + 1;
+    let pid = lab.pid(victim).to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let child = lab
+        .cmd(&[
+            "bench",
+            "--json",
+            "--duration",
+            "3s",
+            "--rate",
+            "600",
+            "--clients",
+            "6",
+            "--timeout",
+            "500ms",
+            "--ratio",
+            "1:0",
+            "--keyspace",
+            "300",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    signal("-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal("-CONT");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The frozen node's requests are errors of the run (1: findings), not a hang.
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["errors"].as_u64().unwrap() > 0, "{v}");
+    let want = format!("127.0.0.1:{victim}: no answer within");
+    assert!(
+        v["error_samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with(&want)),
+        "{v}"
+    );
+    assert!(
+        v["total"].as_u64().unwrap() > 600,
+        "the other masters' clients ran on: {v}"
+    );
+    assert_eq!(bench_keys_left(lab), 0);
 }
 
 fn bigkeys_and_memkeys_find_a_planted_hash(lab: &Lab) {

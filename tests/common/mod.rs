@@ -80,7 +80,6 @@ pub fn run(cmd: &mut Command) -> Run {
     r
 }
 
-/// Codes of the findings in a `check --json` document.
 /// Sends Ctrl-C (SIGINT) to a running rcops and waits for it: its exit code and how long it
 /// took to stop.
 pub fn interrupt(mut child: std::process::Child) -> (Option<i32>, Duration) {
@@ -92,6 +91,7 @@ pub fn interrupt(mut child: std::process::Child) -> (Option<i32>, Duration) {
     (status, started.elapsed())
 }
 
+/// Codes of the findings in a `check --json` document.
 pub fn codes(report: &Value) -> Vec<String> {
     report["findings"]
         .as_array()

@@ -231,12 +231,12 @@ impl Schedule {
         }
     }
 
-    /// Start of slot `n` of the whole sequence, in ns from the start of the run, before ticks.
+    /// Start of slot `n` of the whole sequence, in ns from the origin, before ticks.
     fn slot_ns(&self, n: u128) -> u128 {
         n * self.slot_ns_times_rate / self.rate
     }
 
-    /// When client `c`'s `k`-th batch is due, in ns from the start of the run.
+    /// When client `c`'s `k`-th batch is due, in ns from the origin (all clients connected).
     fn due_ns(&self, c: usize, k: u64) -> u128 {
         let at = self.slot_ns(u128::from(k) * self.clients + c as u128);
         match self.tick_ns {
@@ -511,7 +511,7 @@ pub async fn bench(
             match h {
                 Ok(rs) => all.extend(rs),
                 Err(e) => all.push(Err(NodeError::Command {
-                    addr: masters[0].clone(),
+                    addr: fallback.clone(),
                     reason: format!("benchmark client thread failed: {e}"),
                 })),
             }
