@@ -234,6 +234,7 @@ mod tests {
             value,
             raw: Vec::new(),
             raw_len: 0,
+            spilled: None,
             offset: 99,
             value_offset: 120,
         }

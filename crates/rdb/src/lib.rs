@@ -21,6 +21,7 @@ pub mod reader;
 pub mod strings;
 
 pub use parser::{decode_raw, Entry, Item, Parser, StreamValue, Value};
+pub use reader::{SpillFile, Spilled};
 pub use strings::{Fields, Members, Strings};
 
 /// The CRC-64 redis uses (`CRC-64/REDIS`: Jones polynomial, reflected) for DUMP payloads and

@@ -139,6 +139,10 @@ pub struct Entry {
     /// parser does not keep raw bytes, see [`Parser::keep_raw`]).
     #[serde(skip)]
     pub raw: Vec<u8>,
+    /// The same bytes, when they were too big to keep in memory and went to a file instead
+    /// (`raw` is then empty; see [`Parser::spill_raw_above`]).
+    #[serde(skip)]
+    pub spilled: Option<crate::reader::Spilled>,
     /// Length of that serialization, known whether or not the bytes were kept.
     #[serde(skip)]
     pub raw_len: u64,
@@ -273,6 +277,13 @@ impl<R: Read> Parser<R> {
         self
     }
 
+    /// Raw bytes of a value longer than `limit` go to a file from `open` instead of memory
+    /// ([`Entry::spilled`]): a restore's memory stays bounded whatever the size of a key.
+    pub fn spill_raw_above(mut self, limit: usize, open: crate::reader::SpillFile) -> Self {
+        self.r.spill_above(limit, open);
+        self
+    }
+
     pub fn version(&self) -> u16 {
         self.version
     }
@@ -376,10 +387,13 @@ impl<R: Read> Parser<R> {
                     } else {
                         self.skip_value(t, at)
                     };
-                    let raw = if self.keep_raw {
-                        self.r.take_capture()
+                    let (raw, spilled) = if self.keep_raw {
+                        match self.r.take_captured()? {
+                            crate::reader::Captured::Mem(v) => (v, None),
+                            crate::reader::Captured::File(f) => (Vec::new(), Some(f)),
+                        }
                     } else {
-                        Vec::new()
+                        (Vec::new(), None)
                     };
                     let raw_len = 1 + self.r.offset() - value_at;
                     return Ok(Item::Entry(Entry {
@@ -391,6 +405,7 @@ impl<R: Read> Parser<R> {
                         type_byte: t,
                         value: value?,
                         raw,
+                        spilled,
                         raw_len,
                         offset: at,
                         value_offset: value_at,
@@ -1175,6 +1190,49 @@ mod tests {
         for (a, b) in decoded.iter().zip(&walked) {
             assert_eq!((&a.key, &a.raw, a.expire_ms), (&b.key, &b.raw, b.expire_ms));
         }
+    }
+
+    #[test]
+    fn values_beyond_the_spill_limit_go_to_a_file_with_the_same_bytes() {
+        use std::io::{Read, Seek};
+        let kept = entries_of(ALL_TYPES, false);
+        let dir = std::env::temp_dir();
+        let open: crate::SpillFile = std::sync::Arc::new(move || {
+            let path = dir.join(format!("rcops-rdb-spill-{}", std::process::id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        });
+        let spilled: Vec<Entry> = Parser::new(ALL_TYPES)
+            .unwrap()
+            .decode_values(false)
+            .spill_raw_above(32, open)
+            .filter_map(|i| match i.unwrap() {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let mut moved = 0;
+        for (a, b) in kept.iter().zip(&spilled) {
+            match &b.spilled {
+                None => assert_eq!(a.raw, b.raw),
+                Some(f) => {
+                    moved += 1;
+                    assert!(b.raw.is_empty() && a.raw.len() > 32);
+                    let mut file = &*f.file;
+                    file.rewind().unwrap();
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes).unwrap();
+                    assert_eq!((bytes.len() as u64, &bytes), (f.len, &a.raw));
+                }
+            }
+        }
+        assert!(moved >= 3, "only {moved} values spilled");
     }
 
     #[test]

@@ -30,7 +30,42 @@ pub struct Reader<R: Read> {
     /// buffer instead of one per length byte.
     hashed: usize,
     crc: crc_fast::Digest,
-    capture: Option<Vec<u8>>,
+    capture: Option<Capture>,
+    /// Captures that grow past this many bytes move to a file from `spill`.
+    spill: Option<(usize, SpillFile)>,
+}
+
+/// Opens an anonymous file for a captured value too big to keep in memory (see
+/// [`crate::Parser::spill_raw_above`]); the reader only writes to what it is given.
+pub type SpillFile = std::sync::Arc<dyn Fn() -> std::io::Result<std::fs::File> + Send + Sync>;
+
+/// A value's raw bytes written to a file instead of memory: the whole capture, from offset 0.
+#[derive(Debug, Clone)]
+pub struct Spilled {
+    pub file: std::sync::Arc<std::fs::File>,
+    pub len: u64,
+}
+
+impl PartialEq for Spilled {
+    fn eq(&self, o: &Self) -> bool {
+        self.len == o.len && std::sync::Arc::ptr_eq(&self.file, &o.file)
+    }
+}
+
+enum Capture {
+    Mem(Vec<u8>),
+    File {
+        out: std::io::BufWriter<std::fs::File>,
+        len: u64,
+    },
+    /// The spill file could not be opened or written.
+    Failed(std::io::Error),
+}
+
+/// What a capture holds at its end.
+pub enum Captured {
+    Mem(Vec<u8>),
+    File(Spilled),
 }
 
 impl Reader<&'static [u8]> {
@@ -58,7 +93,13 @@ impl<R: Read> Reader<R> {
             hashed: 0,
             crc: crate::crc64_digest(),
             capture: None,
+            spill: None,
         }
+    }
+
+    /// Captures beyond `limit` bytes go to a file opened by `open`.
+    pub fn spill_above(&mut self, limit: usize, open: SpillFile) {
+        self.spill = Some((limit, open));
     }
 
     #[inline]
@@ -70,8 +111,34 @@ impl<R: Read> Reader<R> {
     fn flush(&mut self) {
         let s = &self.buf[self.hashed..self.pos];
         self.crc.update(s);
-        if let Some(c) = &mut self.capture {
-            c.extend_from_slice(s);
+        match &mut self.capture {
+            None | Some(Capture::Failed(_)) => {}
+            Some(Capture::Mem(c)) => match &self.spill {
+                Some((limit, open)) if c.len() + s.len() > *limit => {
+                    // Too big for memory: what was captured so far, and all that follows, go
+                    // to a file.
+                    use std::io::Write;
+                    let moved = open().and_then(|f| {
+                        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+                        out.write_all(c)?;
+                        out.write_all(s)?;
+                        Ok(out)
+                    });
+                    let len = (c.len() + s.len()) as u64;
+                    self.capture = Some(match moved {
+                        Ok(out) => Capture::File { out, len },
+                        Err(e) => Capture::Failed(e),
+                    });
+                }
+                _ => c.extend_from_slice(s),
+            },
+            Some(Capture::File { out, len }) => {
+                use std::io::Write;
+                *len += s.len() as u64;
+                if let Err(e) = out.write_all(s) {
+                    self.capture = Some(Capture::Failed(e));
+                }
+            }
         }
         self.hashed = self.pos;
     }
@@ -127,12 +194,34 @@ impl<R: Read> Reader<R> {
     /// Starts capturing the bytes read, seeded with `first`.
     pub fn start_capture(&mut self, first: &[u8]) {
         self.flush();
-        self.capture = Some(first.to_vec());
+        self.capture = Some(Capture::Mem(first.to_vec()));
     }
 
+    /// The captured bytes, when they stayed in memory (without [`Self::spill_above`] they do).
     pub fn take_capture(&mut self) -> Vec<u8> {
+        match self.take_captured() {
+            Ok(Captured::Mem(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The captured bytes, in memory or in their spill file (flushed, whole).
+    pub fn take_captured(&mut self) -> Result<Captured, RdbError> {
         self.flush();
-        self.capture.take().unwrap_or_default()
+        let at = self.offset();
+        let io = |source| RdbError::Io { offset: at, source };
+        match self.capture.take() {
+            None => Ok(Captured::Mem(Vec::new())),
+            Some(Capture::Mem(v)) => Ok(Captured::Mem(v)),
+            Some(Capture::Failed(e)) => Err(io(e)),
+            Some(Capture::File { out, len }) => {
+                let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+                Ok(Captured::File(Spilled {
+                    file: std::sync::Arc::new(file),
+                    len,
+                }))
+            }
+        }
     }
 
     /// The bytes read ahead but not consumed, and the underlying reader: what follows an RDB
