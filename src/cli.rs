@@ -159,8 +159,13 @@ pub struct RestoreArgs {
     #[arg(required_unless_present = "aof")]
     pub source: Option<String>,
     /// Replay an append-only file or a Redis 7 appendonlydir instead
-    #[arg(long, value_name = "FILE|DIR", conflicts_with_all = ["source", "files", "on_conflict", "resume"])]
+    #[arg(long, value_name = "FILE|DIR", conflicts_with_all = ["source", "files", "resume", "merge_dbs", "no_verify"])]
     pub aof: Option<PathBuf>,
+    /// With --aof: replay into a cluster that already holds keys (its commands run on top of
+    /// them: replay is not idempotent, an INCR counts twice); needs --on-conflict replace|skip
+    /// for the base keys
+    #[arg(long, requires = "aof")]
+    pub into_non_empty: bool,
     /// With --aof: stop at the first #TS annotation after this time (RFC 3339 or Unix seconds)
     #[arg(long, requires = "aof", value_name = "TIME")]
     pub until: Option<String>,
@@ -175,12 +180,25 @@ pub struct RestoreArgs {
     /// Only keys matching this glob
     #[arg(long = "match", value_name = "PATTERN")]
     pub pattern: Option<String>,
-    /// Only these types (string, list, set, zset, hash, stream); repeatable
-    #[arg(long = "type", value_name = "TYPE")]
+    /// Only these types; repeatable
+    #[arg(long = "type", value_name = "TYPE",
+          value_parser = ["string", "list", "set", "zset", "hash", "stream", "module"])]
     pub types: Vec<String>,
     /// Only this database of a standalone server's RDB
-    #[arg(long)]
+    #[arg(long, conflicts_with = "merge_dbs")]
     pub db: Option<u64>,
+    /// Write every database of a standalone server's RDB into the cluster's one (key names
+    /// found in several are reported)
+    #[arg(long)]
+    pub merge_dbs: bool,
+    /// Write into a cluster that `check` finds unsafe (uncovered slots, cluster_state:fail,
+    /// failed or unreachable masters)
+    #[arg(long)]
+    pub force: bool,
+    /// Skip verifying the files before writing (SHA-256 against the manifest; a plain RDB is
+    /// read to its checksum): only when `backup verify` just passed
+    #[arg(long)]
+    pub no_verify: bool,
     /// Continue an interrupted restore from its checkpoint
     #[arg(long)]
     pub resume: bool,

@@ -14,6 +14,7 @@ mod latency;
 mod metrics;
 mod nodes;
 mod rdb;
+mod restore;
 mod slots;
 mod slowlog;
 
@@ -69,7 +70,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Advise(a) => advise::run(&cli.global, a).await,
         Command::Rdb(c) => rdb::run(&cli.global, c),
         Command::Backup(a) => backup::run(&cli.global, a).await,
-        Command::Restore(a) => backup::restore(&cli.global, a).await,
+        Command::Restore(a) => restore::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

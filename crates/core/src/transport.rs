@@ -56,25 +56,100 @@ impl Transport {
         n: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Vec<Option<String>>, NodeError> {
+        let timeout = self.timeout;
+        self.raw_within(addr, n, timeout, encode).await
+    }
+
+    /// [`Self::raw`] with its own budget for the round trip (a big write takes longer).
+    pub async fn raw_within(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        timeout: Duration,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Option<String>>, NodeError> {
+        self.out.clear();
+        encode(&mut self.out);
+        self.round_trip(addr, n, timeout, None, error_of).await
+    }
+
+    /// Like [`Self::raw_within`], but returns every reply's whole RESP frame (`:1\r\n`),
+    /// for the few callers that read values.
+    pub async fn frames_within(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        timeout: Duration,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Vec<u8>>, NodeError> {
+        self.out.clear();
+        encode(&mut self.out);
+        self.round_trip(addr, n, timeout, None, |buf, r| buf[r.start..r.end].to_vec())
+            .await
+    }
+
+    /// Sends the output buffer `head`, then the first `len` bytes of `file`, then `tail`,
+    /// and reads `n` replies within `timeout`: one command whose biggest argument (a value
+    /// too big for memory) streams from disk in 1 MiB reads.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn raw_with_file(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        timeout: Duration,
+        head: impl FnOnce(&mut Vec<u8>),
+        file: &std::fs::File,
+        len: u64,
+        tail: &[u8],
+    ) -> Result<Vec<Option<String>>, NodeError> {
+        self.out.clear();
+        head(&mut self.out);
+        self.round_trip(addr, n, timeout, Some((file, len, tail)), error_of)
+            .await
+    }
+
+    async fn round_trip<T>(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        timeout: Duration,
+        file: Option<(&std::fs::File, u64, &[u8])>,
+        reply: impl Fn(&[u8], &rcops_formats::resp::Reply) -> T,
+    ) -> Result<Vec<T>, NodeError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Transport {
             stream,
             out,
             buf,
-            timeout,
+            timeout: _,
             timer,
         } = self;
-        out.clear();
-        encode(out);
         let io = |e: std::io::Error| NodeError::Unreachable {
             addr: addr.clone(),
             reason: e.to_string(),
         };
         // One budget for the whole round trip, writing and reading.
-        timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+        timer.as_mut().reset(tokio::time::Instant::now() + timeout);
         let round_trip = async {
-            // The flush matters on TLS: rustls may still hold records the socket did not take.
             stream.write_all(out).await.map_err(io)?;
+            if let Some((file, len, tail)) = file {
+                use std::os::unix::fs::FileExt;
+                // Reads of a file just written come from the page cache: short enough to do
+                // on the runtime thread.
+                let mut chunk = vec![0u8; (1 << 20).min(len as usize)];
+                let mut at = 0u64;
+                while at < len {
+                    let want = ((len - at) as usize).min(chunk.len());
+                    let got = file.read_at(&mut chunk[..want], at).map_err(io)?;
+                    if got == 0 {
+                        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    stream.write_all(&chunk[..got]).await.map_err(io)?;
+                    at += got as u64;
+                }
+                stream.write_all(tail).await.map_err(io)?;
+            }
+            // The flush matters on TLS: rustls may still hold records the socket did not take.
             stream.flush().await.map_err(io)?;
             loop {
                 let replies =
@@ -83,10 +158,7 @@ impl Transport {
                         reason: e.to_string(),
                     })?;
                 if replies.len() == n {
-                    let out = replies
-                        .iter()
-                        .map(|r| r.error.then(|| rcops_formats::resp::error_text(buf, r)))
-                        .collect();
+                    let out = replies.iter().map(|r| reply(buf, r)).collect();
                     let used = replies.last().map_or(0, |r| r.end);
                     buf.drain(..used);
                     return Ok(out);
@@ -104,8 +176,13 @@ impl Transport {
             r = round_trip => r,
             () = timer.as_mut() => Err(NodeError::Timeout {
                 addr: addr.clone(),
-                after: *timeout,
+                after: timeout,
             }),
         }
     }
+}
+
+/// A reply's error text, `None` for success.
+fn error_of(buf: &[u8], r: &rcops_formats::resp::Reply) -> Option<String> {
+    r.error.then(|| rcops_formats::resp::error_text(buf, r))
 }

@@ -152,6 +152,8 @@ pub struct AofReport {
     pub files: Vec<String>,
     /// Keys from an RDB base or preamble, restored first.
     pub preamble_keys: u64,
+    /// Base keys the target already held and kept (`--on-conflict skip`).
+    pub preamble_kept: u64,
     pub commands: u64,
     pub sent: u64,
     pub failed: u64,
@@ -195,6 +197,9 @@ struct Unit {
 pub struct AofOptions {
     pub until_unix: Option<u64>,
     pub batch: usize,
+    /// What a base key the target already holds gets: replaced, kept, or (`fail`, for an
+    /// empty target) reported as failed.
+    pub base_conflict: crate::ops::restore::OnConflict,
 }
 
 /// Replays `path` into the target.
@@ -215,6 +220,7 @@ pub async fn replay(
         .map(|o| o.and_then(line_addr))
         .collect();
     let mut report = AofReport::default();
+    let skip_busy = opts.base_conflict == crate::ops::restore::OnConflict::Skip;
     let mut units: Vec<Unit> = Vec::new();
     let mut tx: Option<Vec<Vec<Vec<u8>>>> = None;
     let mut db = 0u64;
@@ -256,8 +262,10 @@ pub async fn replay(
                             e.key.clone(),
                             e.expire_ms.unwrap_or(0).to_string().into_bytes(),
                             payload,
-                            b"REPLACE".to_vec(),
                         ];
+                        if opts.base_conflict == crate::ops::restore::OnConflict::Replace {
+                            cmd.push(b"REPLACE".to_vec());
+                        }
                         if e.expire_ms.is_some() {
                             cmd.push(b"ABSTTL".to_vec());
                         }
@@ -268,14 +276,14 @@ pub async fn replay(
                             multi: false,
                         });
                         if batch.len() >= opts.batch {
-                            send(exec, &owners, std::mem::take(&mut batch), &mut report).await;
+                            send(exec, &owners, std::mem::take(&mut batch), skip_busy, &mut report).await;
                         }
                     }
                     Item::Entry(_) => report.other_db_skipped += 1,
                     _ => {}
                 }
             }
-            send(exec, &owners, batch, &mut report).await;
+            send(exec, &owners, batch, skip_busy, &mut report).await;
             let offset = p.offset();
             let (left, inner) = p.into_rest();
             (
@@ -358,11 +366,11 @@ pub async fn replay(
                 None => queue(exec, &cmds, args, &mut units, &mut report).await,
             }
             if units.len() >= opts.batch {
-                send(exec, &owners, std::mem::take(&mut units), &mut report).await;
+                send(exec, &owners, std::mem::take(&mut units), false, &mut report).await;
             }
         }
     }
-    send(exec, &owners, units, &mut report).await;
+    send(exec, &owners, units, false, &mut report).await;
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
 }
@@ -436,7 +444,13 @@ fn note(report: &mut AofReport, e: String) {
 }
 
 /// Sends units grouped by owner, in order, all owners at once.
-async fn send(exec: &Executor, owners: &[Option<Addr>], units: Vec<Unit>, report: &mut AofReport) {
+async fn send(
+    exec: &Executor,
+    owners: &[Option<Addr>],
+    units: Vec<Unit>,
+    skip_busy: bool,
+    report: &mut AofReport,
+) {
     let mut by: BTreeMap<Addr, Vec<Unit>> = BTreeMap::new();
     for u in units {
         match &owners[usize::from(u.slot)] {
@@ -488,11 +502,26 @@ async fn send(exec: &Executor, owners: &[Option<Addr>], units: Vec<Unit>, report
                 note(report, e.to_string());
             }
             Ok(replies) => {
-                for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+                // A base key kept as it was (RESTORE without REPLACE under skip).
+                let busy = |r: &&redis::RedisResult<redis::Value>| {
+                    r.as_ref().err().is_some_and(|e| e.code() == Some("BUSYKEY"))
+                };
+                let kept = if skip_busy {
+                    replies.iter().filter(busy).count() as u64
+                } else {
+                    0
+                };
+                report.preamble_kept += kept;
+                for e in replies
+                    .iter()
+                    .filter(|r| !(skip_busy && busy(r)))
+                    .filter_map(|r| r.as_ref().err())
+                {
                     note(report, format!("{addr}: {e}"));
                 }
                 // MULTI/EXEC add replies of their own ("OK", "QUEUED"…): count by commands.
-                let errors = replies.iter().filter(|r| r.is_err()).count() as u64;
+                let errors = replies.iter().filter(|r| r.is_err()).count() as u64 - kept;
+                let n = n - kept;
                 report.failed += errors.min(n);
                 report.sent += n - errors.min(n);
             }

@@ -139,6 +139,30 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// The findings that make writing into the cluster unsafe, so a restore refuses them unless
+/// forced: slots nobody serves, `cluster_state:fail`, a master with slots marked `fail`, a
+/// master that cannot be read, slots claimed twice. Unreachable replicas do not block writes.
+pub fn write_blockers(view: &ClusterView, report: &CheckReport) -> Vec<Finding> {
+    let masters: BTreeSet<String> = view
+        .masters()
+        .filter(|m| m.slot_count() > 0)
+        .map(|m| m.addr())
+        .collect();
+    report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Critical)
+        .filter(|f| match f.code {
+            "slots_uncovered" | "cluster_state_fail" | "node_fail" | "slot_multiple_owners" => {
+                true
+            }
+            "node_unreachable" => f.nodes.iter().any(|n| masters.contains(n)),
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Applies every rule to a view. Findings come sorted worst first, then by code.
 pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
     let mut f: Vec<Finding> = Vec::new();

@@ -3,22 +3,40 @@
 //! ABSTTL` (the DUMP payload built from the file's raw value bytes, so nothing is re-encoded
 //! unless the target's RDB version requires it), pipelined per node and concurrent across
 //! nodes and files, following MOVED/ASK, checkpointing so an interrupted run resumes.
+//!
+//! Safety rules, in the order they apply:
+//! - [`preflight`] runs before the first write: every file is verified (a backup shard's
+//!   SHA-256 against its manifest, a plain RDB parsed to its CRC64 trailer), value types are
+//!   checked against the target's RDB version, the databases of a standalone RDB are counted
+//!   (several without `--db` or `--merge-dbs` is refused), and under `fail` every key is
+//!   looked up in the target. A file that fails writes nothing.
+//! - A key that failed is never checkpointed as done: the checkpoint keeps it for `--resume`,
+//!   which retries it, and a resumed run reports the whole restore.
+//! - `skip` never writes a key that existed before the run, on resume too: only a restore
+//!   that began under `fail` (the target held none of the keys) may replace the keys sent
+//!   past the last checkpoint.
+//! - A write whose outcome is unknown (timeout, dropped connection) is re-checked with
+//!   `EXISTS` before it is counted, and re-sent when the key is absent.
+//! - Memory stays bounded whatever the size of a key: batches are capped in bytes, and a
+//!   value above [`SPILL_ABOVE`] goes to an anonymous temporary file and streams from there;
+//!   the reply timeout of a write grows with its size.
 
+use futures::StreamExt;
 use rcops_formats::slot::key_slot;
 use rcops_rdb::{dump_payload, min_version_for_type, type_name, Entry, Item, Value};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
 use crate::transport::Transport;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnConflict {
     Fail,
@@ -26,10 +44,52 @@ pub enum OnConflict {
     Replace,
 }
 
+impl OnConflict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Fail => "fail",
+            OnConflict::Skip => "skip",
+            OnConflict::Replace => "replace",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     pub label: String,
     pub path: PathBuf,
+    /// The SHA-256 its backup manifest records (verified before anything is written).
+    pub sha256: Option<String>,
+    /// Keys its manifest records (a file that is not read before writing counts these).
+    pub keys: Option<u64>,
+}
+
+/// What a restore will do, shown before it writes (`--dry-run --json` prints it).
+///
+/// JSON: `{"source", "files", "source_keys", "target_masters", "target_keys",
+/// "target_rdb_version", "on_conflict", "resume", "blockers": [Finding], "preflight":
+/// Preflight|null}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub source: String,
+    pub files: Vec<String>,
+    pub source_keys: Option<u64>,
+    pub target_masters: usize,
+    /// Keys in the target now (`DBSIZE` summed over its masters).
+    pub target_keys: u64,
+    pub target_rdb_version: u16,
+    pub on_conflict: OnConflict,
+    pub resume: bool,
+    /// `check` findings that make writing unsafe: the restore refuses them unless forced.
+    pub blockers: Vec<crate::ops::check::Finding>,
+    /// What the checks before writing found (absent until they ran).
+    pub preflight: Option<Preflight>,
+}
+
+/// `check`'s rules on the target, keeping the findings that make writing unsafe.
+pub fn write_blockers(view: &ClusterView) -> Vec<crate::ops::check::Finding> {
+    use crate::ops::check;
+    check::write_blockers(view, &check::evaluate(view, &check::CheckOptions::default()))
 }
 
 #[derive(Debug, Clone)]
@@ -38,12 +98,33 @@ pub struct RestoreOptions {
     pub pattern: Option<String>,
     pub types: Vec<String>,
     pub db: Option<u64>,
+    /// Write every database of a standalone RDB into the cluster's one (names that occur in
+    /// several are reported as collisions).
+    pub merge_dbs: bool,
+    /// Check files before writing (default); off only when the caller verified them.
+    pub verify: bool,
     /// Keys per pipeline round per node.
     pub batch: usize,
     pub checkpoint: PathBuf,
     pub resume: bool,
     /// Cap on keys written per second, all files together (spares a production target).
     pub rate: Option<u64>,
+}
+
+/// Values whose raw bytes exceed this go to a temporary file instead of memory.
+pub const SPILL_ABOVE: usize = 16 << 20;
+
+/// A batch closes at this many payload bytes, whatever `--batch` says (a run of big keys
+/// stays small in memory: the parser runs at most a few batches ahead).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Slowest write rate assumed when sizing a reply timeout: a write gets `--timeout` plus a
+/// second per this many bytes (a 300 MB value: 40 s), since the server parses the whole
+/// value before it answers.
+const WRITE_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+
+fn write_timeout(base: Duration, bytes: u64) -> Duration {
+    base + Duration::from_secs_f64(bytes as f64 / WRITE_BYTES_PER_SEC)
 }
 
 /// Paces batches to a keys-per-second cap shared by every file.
@@ -59,19 +140,20 @@ impl Pace {
             return;
         };
         let before = self.admitted.fetch_add(n, Ordering::Relaxed);
-        let due = self.start + std::time::Duration::from_secs_f64(before as f64 / rate as f64);
+        let due = self.start + Duration::from_secs_f64(before as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Counts {
     pub restored: u64,
     pub skipped_expired: u64,
     pub skipped_filtered: u64,
     pub skipped_existing: u64,
-    /// Restored by an earlier, interrupted run (skipped on --resume).
+    /// Restored by earlier, interrupted runs of the same restore (`--resume`).
     pub already_done: u64,
+    /// Not in the target: retried by `--resume`.
     pub failed: u64,
 }
 
@@ -84,19 +166,56 @@ impl Counts {
         self.already_done += o.already_done;
         self.failed += o.failed;
     }
+
+    /// Entries accounted for.
+    pub fn entries(&self) -> u64 {
+        self.restored
+            + self.skipped_expired
+            + self.skipped_filtered
+            + self.skipped_existing
+            + self.already_done
+            + self.failed
+    }
 }
 
+/// JSON: `{"per_source": {label: Counts}, "per_type", "total": Counts, "source_keys",
+/// "complete", "errors", "target_rdb_version", "interrupted", "resumed", "elapsed_ms",
+/// "keys_per_sec"}` where Counts is `{"restored", "skipped_expired", "skipped_filtered",
+/// "skipped_existing", "already_done", "failed"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub per_source: BTreeMap<String, Counts>,
     pub per_type: BTreeMap<&'static str, Counts>,
+    /// The whole restore, earlier runs included.
     pub total: Counts,
+    /// Keys in the source files (entries counted by the verification pass or the manifest).
+    pub source_keys: Option<u64>,
+    /// Every key of the source is in the target, or was expired, filtered or kept as it was.
+    pub complete: bool,
     /// First errors, with the key and the reason.
     pub errors: Vec<String>,
     pub target_rdb_version: u16,
     pub interrupted: bool,
+    pub resumed: bool,
+    /// Key names found in more than one database of a merged standalone RDB.
+    pub db_collisions: u64,
     pub elapsed_ms: u128,
     pub keys_per_sec: f64,
+}
+
+impl RestoreReport {
+    /// 130 interrupted, 2 keys missing, 1 keys kept as they were (skip), 0 complete.
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            130
+        } else if self.total.failed > 0 || !self.complete {
+            2
+        } else if self.total.skipped_existing > 0 || self.db_collisions > 0 {
+            1
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,99 +224,69 @@ pub enum RestoreError {
     File(#[from] crate::ops::rdb::RdbFileError),
     #[error("{0}")]
     Node(#[from] NodeError),
+    /// The restore cannot go ahead as asked; nothing was written.
     #[error("{0}")]
     Refused(String),
+    /// The command line asks for something impossible (exit 64).
+    #[error("{0}")]
+    Usage(String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
 }
 
-/// Progress per source: how many entries of the file (in file order) are done, and the
-/// largest batch size of the runs that wrote it (which bounds what they sent past `done`).
+/// Where one source file stands between runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub done: BTreeMap<String, u64>,
+pub struct FileProgress {
+    /// Entries of the file (in file order) that were handled, up to this index.
+    pub done: u64,
+    /// Indices at or below `done` that did not reach the target: a resumed run sends them
+    /// again.
     #[serde(default)]
-    pub batch: Option<u64>,
+    pub retry: Vec<u64>,
+    /// Outcomes of the handled entries, failed ones excepted (those are in `retry`).
+    #[serde(default)]
+    pub counts: Counts,
 }
 
-fn load_checkpoint(path: &Path) -> Result<Checkpoint, RestoreError> {
+/// The resumable state of a restore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    #[serde(default)]
+    pub files: BTreeMap<String, FileProgress>,
+    /// The largest batch size of the runs that wrote it (bounds what they sent past `done`).
+    #[serde(default)]
+    pub batch: Option<u64>,
+    /// The conflict mode of the first run: only a restore that began under `fail` may
+    /// replace keys it finds again on resume (they cannot have existed before).
+    #[serde(default)]
+    pub first_mode: Option<OnConflict>,
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<Option<Checkpoint>, RestoreError> {
+    let err = |reason: String| RestoreError::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
     match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| RestoreError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-        Err(e) => Err(RestoreError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 
 /// Batches between two checkpoint saves.
 const CHECKPOINT_EVERY: u64 = 16;
 
-/// Marks `file` done up to entry `index` and saves the checkpoint.
-fn record_progress(
-    checkpoint: &Mutex<Checkpoint>,
-    path: &Path,
-    file: &str,
-    index: u64,
-    batch: usize,
-) {
-    if let Ok(mut cp) = checkpoint.lock() {
-        cp.done.insert(file.to_string(), index);
-        // The largest batch of any run on this checkpoint: a file that starts later in a
-        // resumed run still sizes its replace window for the run that was interrupted.
-        cp.batch = Some(cp.batch.unwrap_or(0).max(batch as u64));
-        save_checkpoint(path, &cp);
-    }
-}
-
-fn save_checkpoint(path: &Path, c: &Checkpoint) {
+fn save_checkpoint(path: &Path, c: &Checkpoint) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     let tmp = path.with_extension("tmp");
-    if let Ok(t) = serde_json::to_string(c) {
-        if std::fs::write(&tmp, t).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
-    }
-}
-
-/// The RDB version the target's `RESTORE` accepts: what its own `DUMP` writes.
-pub async fn target_rdb_version(exec: &Executor, view: &ClusterView) -> Result<u16, RestoreError> {
-    let owners = view.slot_owner();
-    // A probe key in a slot of the first master.
-    let (key, addr) = (0..100_000u32)
-        .find_map(|i| {
-            let k = format!("__rcops:probe:{i}");
-            let a = owners[usize::from(key_slot(k.as_bytes()))].and_then(line_addr)?;
-            Some((k, a))
-        })
-        .ok_or_else(|| RestoreError::Refused("the target has no slots assigned".into()))?;
-    let mut conn = exec.conn(&addr).await?;
-    let mut p = redis::pipe();
-    p.cmd("SET")
-        .arg(&key)
-        .arg("x")
-        .arg("PX")
-        .arg(60_000)
-        .ignore();
-    p.cmd("DUMP").arg(&key);
-    p.cmd("DEL").arg(&key).ignore();
-    let (dump,): (Vec<u8>,) = p
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| NodeError::from_redis(&addr, &e))?;
-    if dump.len() < 10 {
-        return Err(RestoreError::Refused(format!(
-            "{addr}: unexpected DUMP reply"
-        )));
-    }
-    let v = &dump[dump.len() - 10..dump.len() - 8];
-    Ok(u16::from_le_bytes([v[0], v[1]]))
+    let t = serde_json::to_string(c).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, t).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 /// RDB length encoding.
@@ -259,14 +348,98 @@ pub fn reencode(v: &Value) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The RDB version the target's `RESTORE` accepts: what its own `DUMP` writes.
+pub async fn target_rdb_version(exec: &Executor, view: &ClusterView) -> Result<u16, RestoreError> {
+    let owners = view.slot_owner();
+    // A probe key in a slot of the first master.
+    let (key, addr) = (0..100_000u32)
+        .find_map(|i| {
+            let k = format!("__rcops:probe:{i}");
+            let a = owners[usize::from(key_slot(k.as_bytes()))].and_then(line_addr)?;
+            Some((k, a))
+        })
+        .ok_or_else(|| RestoreError::Refused("the target has no slots assigned".into()))?;
+    let mut conn = exec.conn(&addr).await?;
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(&key)
+        .arg("x")
+        .arg("PX")
+        .arg(60_000)
+        .ignore();
+    p.cmd("DUMP").arg(&key);
+    p.cmd("DEL").arg(&key).ignore();
+    let (dump,): (Vec<u8>,) = p
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| NodeError::from_redis(&addr, &e))?;
+    if dump.len() < 10 {
+        return Err(RestoreError::Refused(format!(
+            "{addr}: unexpected DUMP reply"
+        )));
+    }
+    let v = &dump[dump.len() - 10..dump.len() - 8];
+    Ok(u16::from_le_bytes([v[0], v[1]]))
+}
+
+/// A value's DUMP payload: in memory, or (too big for it) the raw bytes in their spill file
+/// with the version and CRC64 that follow them.
+enum Payload {
+    Mem(Vec<u8>),
+    File {
+        spilled: rcops_rdb::Spilled,
+        /// RDB version (2 bytes LE) and CRC64 (8 bytes LE) of the raw bytes and the version.
+        trailer: [u8; 10],
+    },
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Mem(v) => v.len() as u64,
+            Payload::File { spilled, .. } => spilled.len + 10,
+        }
+    }
+}
+
 /// One key ready to send.
 struct Prepared {
     key: Vec<u8>,
-    payload: Vec<u8>,
+    payload: Payload,
     /// Absolute expiry in ms, 0 for none.
     abs_ttl: i64,
     kind: &'static str,
     slot: u16,
+    /// Position of the entry in its file (from 1), for the checkpoint.
+    index: u64,
+    /// Send with `REPLACE`.
+    replace: bool,
+}
+
+/// Why the target cannot take a value of this entry's type, if it cannot.
+fn unwritable(e: &Entry, file_version: u16, target_version: u16) -> Option<String> {
+    if file_version <= target_version
+        || min_version_for_type(e.type_byte, file_version) <= target_version
+        || (e.type_byte == 21 && target_version >= 10)
+        || reencode_possible(&e.value)
+    {
+        return None;
+    }
+    Some(format!(
+        "type {} (RDB type {}) needs RDB version {} but the target accepts {}",
+        type_name(e.type_byte),
+        e.type_byte,
+        min_version_for_type(e.type_byte, file_version),
+        target_version
+    ))
+}
+
+fn reencode_possible(v: &Value) -> bool {
+    match v {
+        Value::String(_) | Value::List(_) | Value::Set(_) | Value::Zset(_) => true,
+        Value::Hash(items) => items.expiries.iter().all(Option::is_none),
+        _ => false,
+    }
 }
 
 /// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
@@ -275,6 +448,9 @@ pub(crate) fn payload_for(
     file_version: u16,
     target_version: u16,
 ) -> Result<Vec<u8>, String> {
+    if e.spilled.is_some() {
+        e.raw = read_spilled(e).map_err(|err| format!("reading the spilled value: {err}"))?;
+    }
     if file_version <= target_version
         || min_version_for_type(e.type_byte, file_version) <= target_version
     {
@@ -290,14 +466,64 @@ pub(crate) fn payload_for(
     }
     match reencode(&e.value) {
         Some(raw) => Ok(dump_payload(&raw, target_version.min(9))),
-        None => Err(format!(
-            "type {} (RDB type {}) needs RDB version {} but the target accepts {}",
-            type_name(e.type_byte),
-            e.type_byte,
-            min_version_for_type(e.type_byte, file_version),
-            target_version
-        )),
+        None => Err(unwritable(e, file_version, target_version).unwrap_or_default()),
     }
+}
+
+/// A spilled value's bytes, read back into memory (only for the rare conversions that need
+/// them whole).
+fn read_spilled(e: &Entry) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let Some(s) = &e.spilled else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![0u8; s.len as usize];
+    s.file.read_exact_at(&mut out, 0)?;
+    Ok(out)
+}
+
+/// The payload of a value that stays in its spill file: version and CRC64 computed from it.
+fn spilled_payload(s: &rcops_rdb::Spilled, version: u16) -> std::io::Result<Payload> {
+    use std::os::unix::fs::FileExt;
+    let mut crc = rcops_rdb::crc64_digest();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < s.len {
+        let want = ((s.len - at) as usize).min(buf.len());
+        s.file.read_exact_at(&mut buf[..want], at)?;
+        crc.update(&buf[..want]);
+        at += want as u64;
+    }
+    crc.update(&version.to_le_bytes());
+    let mut trailer = [0u8; 10];
+    trailer[..2].copy_from_slice(&version.to_le_bytes());
+    trailer[2..].copy_from_slice(&crc.finalize().to_le_bytes());
+    Ok(Payload::File {
+        spilled: s.clone(),
+        trailer,
+    })
+}
+
+/// [`payload_for`], keeping a spilled value in its file when it needs no conversion.
+fn prepare_payload(
+    e: &mut Entry,
+    file_version: u16,
+    target_version: u16,
+) -> Result<Payload, String> {
+    if let Some(s) = &e.spilled {
+        if file_version <= target_version
+            || min_version_for_type(e.type_byte, file_version) <= target_version
+        {
+            return spilled_payload(s, file_version.min(target_version))
+                .map_err(|err| format!("reading the spilled value: {err}"));
+        }
+    }
+    payload_for(e, file_version, target_version).map(Payload::Mem)
+}
+
+/// Anonymous temporary files for spilled values (removed as soon as they are closed).
+fn spill_file() -> rcops_rdb::SpillFile {
+    Arc::new(tempfile::tempfile)
 }
 
 fn glob_ok(pattern: &Option<String>, key: &[u8]) -> bool {
@@ -306,8 +532,194 @@ fn glob_ok(pattern: &Option<String>, key: &[u8]) -> bool {
         .is_none_or(|p| rcops_formats::conf::glob_bytes(p.as_bytes(), key))
 }
 
-/// Checks that every key of every file can be written to the target before anything is:
-/// value types vs the target's RDB version, and (for `fail`) keys that already exist there.
+fn selected(e: &Entry, opts: &RestoreOptions) -> bool {
+    opts.db.is_none_or(|d| d == e.db)
+        && glob_ok(&opts.pattern, &e.key)
+        && (opts.types.is_empty() || opts.types.iter().any(|t| t == type_name(e.type_byte)))
+}
+
+/// Redis-cli style rendering of a key: printable ASCII as is, other bytes `\xNN`.
+pub fn show_key(k: &[u8]) -> String {
+    let mut s = String::with_capacity(k.len() + 2);
+    s.push('"');
+    for &b in k {
+        match b {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// What the checks before writing found in one file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileCheck {
+    pub label: String,
+    /// `sha256` (against the manifest), `parsed` (to the CRC64 trailer), or `unchecked`.
+    pub verified: &'static str,
+    /// Entries in the file, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// Keys per database, when the file was read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dbs: BTreeMap<u64, u64>,
+}
+
+/// JSON: `{"files": [{"label", "verified", "entries"?, "dbs"?}], "existing": n|null,
+/// "db_collisions", "collision_examples"}`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Preflight {
+    pub files: Vec<FileCheck>,
+    /// Keys of the source already in the target (when looked up).
+    pub existing: Option<u64>,
+    pub db_collisions: u64,
+    pub collision_examples: Vec<String>,
+}
+
+impl Preflight {
+    /// Entries of all files, when every file was read.
+    pub fn entries(&self) -> Option<u64> {
+        self.files.iter().map(|f| f.entries).sum()
+    }
+}
+
+/// Reads one file before anything is written: SHA-256 against the manifest, then (when
+/// asked) a walk to the CRC64 trailer counting keys per database, checking value types and
+/// handing the selected keys to `keys` for the conflict check.
+fn check_file(
+    src: &SourceFile,
+    opts: &RestoreOptions,
+    target_version: u16,
+    walk: bool,
+    keys: Option<tokio::sync::mpsc::Sender<Vec<Vec<u8>>>>,
+) -> Result<(FileCheck, u64, Vec<String>), RestoreError> {
+    let mut check = FileCheck {
+        label: src.label.clone(),
+        verified: "unchecked",
+        entries: src.keys,
+        ..Default::default()
+    };
+    if let (Some(want), true) = (&src.sha256, opts.verify) {
+        let got = crate::ops::backup::sha256_file(&src.path).map_err(RestoreError::Refused)?;
+        if &got != want {
+            return Err(RestoreError::Refused(format!(
+                "{}: SHA-256 mismatch (the manifest says {want}, the file hashes to {got}): \
+                 the file is corrupt or was changed; nothing was written",
+                src.path.display()
+            )));
+        }
+        check.verified = "sha256";
+    }
+    let (mut collisions, mut examples) = (0u64, Vec::new());
+    if !walk {
+        return Ok((check, collisions, examples));
+    }
+    let fail = |source| {
+        RestoreError::Refused(format!(
+            "{}: {source}; nothing was written",
+            src.path.display()
+        ))
+    };
+    let p = crate::ops::rdb::parser(&src.path)?;
+    let file_version = p.version();
+    let mut p = p.decode_values(file_version > target_version).keep_raw(false);
+    let mut seen: HashSet<u64> = HashSet::new();
+    let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let mut entries = 0u64;
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for item in &mut p {
+        let Item::Entry(e) = item.map_err(fail)? else {
+            continue;
+        };
+        entries += 1;
+        *check.dbs.entry(e.db).or_default() += 1;
+        if opts.merge_dbs {
+            use std::hash::BuildHasher;
+            if !seen.insert(hasher.hash_one(&e.key)) {
+                collisions += 1;
+                if examples.len() < 5 {
+                    examples.push(show_key(&e.key));
+                }
+            }
+        }
+        if !selected(&e, opts) {
+            continue;
+        }
+        if let Some(why) = unwritable(&e, file_version, target_version) {
+            return Err(RestoreError::Refused(format!(
+                "{}: key {}: {why}; nothing was written",
+                src.label,
+                show_key(&e.key)
+            )));
+        }
+        if let Some(tx) = &keys {
+            batch.push(e.key);
+            if batch.len() >= 5000 && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                break; // the checker stopped: it reports why
+            }
+        }
+    }
+    if let (Some(tx), false) = (&keys, batch.is_empty()) {
+        let _ = tx.blocking_send(batch);
+    }
+    check.entries = Some(entries);
+    if check.verified == "unchecked" {
+        check.verified = "parsed";
+    }
+    Ok((check, collisions, examples))
+}
+
+/// Looks up keys in the target as the file checks hand them over: (how many exist, some of
+/// them).
+async fn count_existing(
+    exec: &Executor,
+    owners: &[Option<Addr>],
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+) -> Result<(u64, Vec<String>), RestoreError> {
+    let (mut count, mut examples) = (0u64, Vec::new());
+    while let Some(keys) = rx.recv().await {
+        let mut by_node: HashMap<&Addr, Vec<&Vec<u8>>> = HashMap::new();
+        for k in &keys {
+            if let Some(a) = &owners[usize::from(key_slot(k))] {
+                by_node.entry(a).or_default().push(k);
+            }
+        }
+        let lookups = by_node.into_iter().map(|(addr, keys)| async move {
+            let mut conn = exec.conn(addr).await?;
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("EXISTS").arg(k.as_slice());
+            }
+            let found: Vec<i64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| NodeError::from_redis(addr, &e))?;
+            Ok::<_, NodeError>(
+                keys.into_iter()
+                    .zip(found)
+                    .filter(|(_, f)| *f > 0)
+                    .map(|(k, _)| show_key(k))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for found in futures::future::join_all(lookups).await {
+            let found = found?;
+            count += found.len() as u64;
+            examples.extend(found.into_iter().take(5usize.saturating_sub(examples.len())));
+        }
+    }
+    Ok((count, examples))
+}
+
+/// Checks every file before anything is written (see the module docs): verification, value
+/// types against `target_version`, databases of standalone RDBs, and — with
+/// `check_existing` — keys that already exist in the target. Files are read concurrently.
 pub async fn preflight(
     exec: &Executor,
     view: &ClusterView,
@@ -315,98 +727,103 @@ pub async fn preflight(
     opts: &RestoreOptions,
     target_version: u16,
     check_existing: bool,
-) -> Result<(), RestoreError> {
+) -> Result<Preflight, RestoreError> {
     let owners: Vec<Option<Addr>> = view
         .slot_owner()
         .into_iter()
         .map(|o| o.and_then(line_addr))
         .collect();
-    // Nothing to check when no key can exist and every file is readable by the target.
-    if !check_existing {
-        let mut all_readable = true;
-        for src in sources {
-            all_readable &= crate::ops::rdb::parser(&src.path)?.version() <= target_version;
-        }
-        if all_readable {
-            return Ok(());
-        }
-    }
-    let mut existing: Vec<String> = Vec::new();
-    let mut existing_count = 0u64;
+    let mut walk = Vec::new();
     for src in sources {
-        let p = crate::ops::rdb::parser(&src.path)?;
-        let file_version = p.version();
-        let mut p = p.decode_values(file_version > target_version);
-        let mut batch: HashMap<Addr, Vec<Vec<u8>>> = HashMap::new();
-        let mut pending = 0usize;
-        loop {
-            let item = p.next();
-            let done = item.is_none();
-            if let Some(item) = item {
-                let item = item.map_err(|source| crate::ops::rdb::RdbFileError::Rdb {
-                    path: src.path.display().to_string(),
-                    source,
-                })?;
-                if let Item::Entry(mut e) = item {
-                    if !selected(&e, opts) {
-                        continue;
-                    }
-                    payload_for(&mut e, file_version, target_version).map_err(|why| {
-                        RestoreError::Refused(format!(
-                            "{}: key {:?}: {why}; nothing was written",
-                            src.label,
-                            String::from_utf8_lossy(&e.key)
-                        ))
-                    })?;
-                    if check_existing {
-                        if let Some(a) = &owners[usize::from(key_slot(&e.key))] {
-                            batch.entry(a.clone()).or_default().push(e.key);
-                            pending += 1;
-                        }
-                    }
-                }
-            }
-            if pending >= 5000 || (done && pending > 0) {
-                for (addr, keys) in batch.drain() {
-                    let mut conn = exec.conn(&addr).await?;
-                    let mut pipe = redis::pipe();
-                    for k in &keys {
-                        pipe.cmd("EXISTS").arg(k);
-                    }
-                    let found: Vec<i64> = pipe
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| NodeError::from_redis(&addr, &e))?;
-                    for (k, f) in keys.iter().zip(found) {
-                        if f > 0 {
-                            existing_count += 1;
-                            if existing.len() < 5 {
-                                existing.push(String::from_utf8_lossy(k).into_owned());
-                            }
-                        }
-                    }
-                }
-                pending = 0;
-            }
-            if done {
-                break;
+        // A plain RDB is parsed to its trailer (CRC64, truncation, databases); a backup
+        // shard whose SHA-256 matched was parsed when it was taken, so it is read again
+        // only for what the target needs checked.
+        let needs = (opts.verify && src.sha256.is_none())
+            || check_existing
+            || (opts.merge_dbs && src.sha256.is_none())
+            || crate::ops::rdb::parser(&src.path)?.version() > target_version;
+        walk.push(needs);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);
+    let checker = async {
+        if check_existing {
+            count_existing(exec, &owners, rx).await.map(Some)
+        } else {
+            drop(rx);
+            Ok(None)
+        }
+    };
+    let inputs: Vec<_> = sources
+        .iter()
+        .cloned()
+        .zip(walk)
+        .map(|(src, walk)| (src, walk, check_existing.then(|| tx.clone())))
+        .collect();
+    drop(tx);
+    // Files in parallel, at most one per core (each check is one pass of CPU work).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = futures::stream::iter(inputs.into_iter().map(|(src, walk, keys)| {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || check_file(&src, &opts, target_version, walk, keys))
+    }))
+    .buffered(cores);
+    let files = async {
+        let mut out = Vec::new();
+        let mut jobs = std::pin::pin!(jobs);
+        while let Some(r) = jobs.next().await {
+            out.push(r.map_err(|e| RestoreError::Refused(format!("file check failed: {e}")))??);
+        }
+        Ok::<_, RestoreError>(out)
+    };
+    let (files, existing) = futures::join!(files, checker);
+    let files = files?;
+    let existing = existing?;
+    let mut report = Preflight::default();
+    for (check, collisions, examples) in files {
+        report.db_collisions += collisions;
+        report
+            .collision_examples
+            .extend(examples.into_iter().take(5 - report.collision_examples.len().min(5)));
+        report.files.push(check);
+    }
+    // Several databases in a standalone RDB: a cluster has one.
+    for f in &report.files {
+        if f.dbs.len() > 1 && opts.db.is_none() && !opts.merge_dbs {
+            let dbs: Vec<String> = f
+                .dbs
+                .iter()
+                .map(|(db, n)| format!("db {db}: {n} keys"))
+                .collect();
+            return Err(RestoreError::Refused(format!(
+                "{} holds {} databases ({}) and a cluster has one: pass --db N to restore one \
+                 of them, or --merge-dbs to write them all into db 0; nothing was written",
+                f.label,
+                f.dbs.len(),
+                dbs.join(", ")
+            )));
+        }
+        if let Some(db) = opts.db {
+            if !f.dbs.is_empty() && !f.dbs.contains_key(&db) {
+                let have: Vec<String> = f.dbs.keys().map(|d| d.to_string()).collect();
+                return Err(RestoreError::Usage(format!(
+                    "--db {db}: {} has no database {db} (it has {}); nothing was written",
+                    f.label,
+                    have.join(", ")
+                )));
             }
         }
     }
-    if existing_count > 0 {
-        return Err(RestoreError::Refused(format!(
-            "the target already holds {existing_count} of the keys (e.g. {}); nothing was written — \
-             use --on-conflict skip or replace",
-            existing.join(", ")
-        )));
+    if let Some((n, examples)) = existing {
+        if n > 0 {
+            return Err(RestoreError::Refused(format!(
+                "the target already holds {n} of the keys (e.g. {}); nothing was written — \
+                 use --on-conflict skip or replace",
+                examples.join(", ")
+            )));
+        }
+        report.existing = Some(0);
     }
-    Ok(())
-}
-
-fn selected(e: &Entry, opts: &RestoreOptions) -> bool {
-    opts.db.is_none_or(|d| d == e.db)
-        && glob_ok(&opts.pattern, &e.key)
-        && (opts.types.is_empty() || opts.types.iter().any(|t| t == type_name(e.type_byte)))
+    Ok(report)
 }
 
 /// Where each slot goes; refreshed on MOVED.
@@ -414,69 +831,71 @@ struct Router {
     owners: Vec<Option<Addr>>,
 }
 
-/// Restores every source into the target. `progress(keys)` is called as keys complete.
+/// What every file's writer shares.
+struct Shared<'a> {
+    exec: &'a Executor,
+    pool: Pool,
+    router: Mutex<Router>,
+    errors: Mutex<Vec<String>>,
+    per_type: Mutex<BTreeMap<&'static str, Counts>>,
+    pace: Pace,
+    mode: OnConflict,
+    checkpoint: Mutex<Checkpoint>,
+    checkpoint_path: PathBuf,
+}
+
+/// Restores every source into the target. `progress(keys)` is called as keys complete; the
+/// checks of [`preflight`] must have passed (`checked` is what they found).
+#[allow(clippy::too_many_arguments)]
 pub async fn restore(
     exec: &Executor,
     view: &ClusterView,
     sources: &[SourceFile],
     opts: &RestoreOptions,
     target_version: u16,
+    checked: &Preflight,
     stop: Arc<AtomicBool>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let checkpoint = if opts.resume {
-        load_checkpoint(&opts.checkpoint)?
+    let earlier = if opts.resume {
+        load_checkpoint(&opts.checkpoint)?.ok_or_else(|| {
+            RestoreError::Usage(format!(
+                "--resume: no checkpoint at {}: nothing to resume (run without --resume)",
+                opts.checkpoint.display()
+            ))
+        })?
     } else {
-        Checkpoint::default()
+        Checkpoint {
+            first_mode: Some(opts.on_conflict),
+            ..Default::default()
+        }
     };
-    let checkpoint = Arc::new(Mutex::new(checkpoint));
-    let router = Arc::new(Mutex::new(Router {
-        owners: view
-            .slot_owner()
-            .into_iter()
-            .map(|o| o.and_then(line_addr))
-            .collect(),
-    }));
-    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let per_type = Arc::new(Mutex::new(BTreeMap::<&'static str, Counts>::new()));
-    let pool = Arc::new(Pool::default());
-    let pace = Arc::new(Pace {
-        start: Instant::now(),
-        rate: opts.rate,
-        admitted: Default::default(),
-    });
+    let shared = Shared {
+        exec,
+        pool: Pool::default(),
+        router: Mutex::new(Router {
+            owners: view
+                .slot_owner()
+                .into_iter()
+                .map(|o| o.and_then(line_addr))
+                .collect(),
+        }),
+        errors: Mutex::new(Vec::new()),
+        per_type: Mutex::new(BTreeMap::new()),
+        pace: Pace {
+            start: Instant::now(),
+            rate: opts.rate,
+            admitted: Default::default(),
+        },
+        mode: opts.on_conflict,
+        checkpoint: Mutex::new(earlier),
+        checkpoint_path: opts.checkpoint.clone(),
+    };
     let jobs = sources.iter().map(|src| {
-        let pace = pace.clone();
-        let pool = pool.clone();
-        let checkpoint = checkpoint.clone();
-        let router = router.clone();
-        let errors = errors.clone();
-        let per_type = per_type.clone();
-        let stop = stop.clone();
-        let progress = progress.clone();
+        let (shared, stop, progress) = (&shared, &stop, &progress);
         async move {
-            let skip = checkpoint
-                .lock()
-                .ok()
-                .and_then(|c| c.done.get(&src.label).copied())
-                .unwrap_or(0);
-            let r = restore_file(
-                exec,
-                src,
-                opts,
-                target_version,
-                skip,
-                &router,
-                &errors,
-                &per_type,
-                &stop,
-                &progress,
-                &checkpoint,
-                &pace,
-                &pool,
-            )
-            .await;
+            let r = restore_file(shared, src, opts, target_version, stop, progress).await;
             (src.label.clone(), r)
         }
     });
@@ -489,144 +908,178 @@ pub async fn restore(
         per_source.insert(label, c);
     }
     let interrupted = stop.load(Ordering::Relaxed);
-    if !interrupted && total.failed == 0 {
+    // Every entry of the source accounted for: none failed, none left unread.
+    let complete = !interrupted
+        && total.failed == 0
+        && checked.entries().is_none_or(|n| total.entries() >= n);
+    if complete {
         let _ = std::fs::remove_file(&opts.checkpoint);
     }
     let elapsed = started.elapsed();
-    let per_type = per_type.lock().map(|p| p.clone()).unwrap_or_default();
-    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let per_type = shared.per_type.into_inner().unwrap_or_default();
+    let errors = shared.errors.into_inner().unwrap_or_default();
     Ok(RestoreReport {
         keys_per_sec: (total.restored as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
         per_source,
         per_type,
         total,
+        source_keys: checked.entries(),
+        complete,
         errors,
         target_rdb_version: target_version,
         interrupted,
+        resumed: opts.resume,
+        db_collisions: checked.db_collisions,
         elapsed_ms: elapsed.as_millis(),
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn restore_file(
-    exec: &Executor,
+/// One batch from the parser: keys to send, the entries it filtered or found expired, and
+/// the index of its last entry.
+type Batch = (Vec<Prepared>, Counts, u64);
+
+/// Reads one file on a blocking thread and hands over batches: entries the checkpoint has as
+/// done are skipped (but not those it must retry), and each key knows whether it is sent with
+/// `REPLACE`.
+fn produce(
     src: &SourceFile,
     opts: &RestoreOptions,
     target_version: u16,
-    skip: u64,
-    router: &Mutex<Router>,
-    errors: &Mutex<Vec<String>>,
-    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
-    stop: &AtomicBool,
-    progress: &Arc<dyn Fn(u64) + Send + Sync>,
-    checkpoint: &Mutex<Checkpoint>,
-    pace: &Pace,
-    pool: &Pool,
-) -> Result<Counts, RestoreError> {
-    let mut counts = Counts {
-        already_done: skip,
-        ..Default::default()
-    };
-    // Parsing runs on a blocking thread and hands over ready batches.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Prepared>, Counts, u64)>(4);
-    let path = src.path.clone();
-    let label = src.label.clone();
-    let opts2 = opts.clone();
+    earlier: &FileProgress,
+    replace_window: u64,
+    may_replace_ours: bool,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) -> Result<(), RestoreError> {
+    let p = crate::ops::rdb::parser(&src.path)?;
+    let file_version = p.version();
+    // Values are only decoded when the target may need them re-encoded.
+    let mut p = p
+        .decode_values(file_version > target_version)
+        .spill_raw_above(SPILL_ABOVE, spill_file());
+    let now = crate::ops::rdb::now_ms();
     let batch = opts.batch.max(1);
-    let producer = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-        let p = crate::ops::rdb::parser(&path)?;
-        let file_version = p.version();
-        // Values are only decoded when the target may need them re-encoded.
-        let mut p = p.decode_values(file_version > target_version);
-        let now = crate::ops::rdb::now_ms();
-        let mut index = 0u64;
-        let mut out = Vec::with_capacity(batch);
-        let mut c = Counts::default();
-        for item in &mut p {
-            let item = item.map_err(|source| crate::ops::rdb::RdbFileError::Rdb {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let Item::Entry(mut e) = item else { continue };
-            index += 1;
-            if index <= skip {
-                continue;
-            }
-            if !selected(&e, &opts2) {
-                c.skipped_filtered += 1;
-            } else if e.expire_ms.is_some_and(|x| x <= now) {
-                c.skipped_expired += 1;
-            } else {
-                let payload = payload_for(&mut e, file_version, target_version).map_err(|why| {
-                    RestoreError::Refused(format!(
-                        "{label}: key {:?}: {why}",
-                        String::from_utf8_lossy(&e.key)
-                    ))
-                })?;
-                out.push(Prepared {
-                    slot: key_slot(&e.key),
-                    abs_ttl: e.expire_ms.unwrap_or(0),
-                    kind: type_name(e.type_byte),
-                    key: e.key,
-                    payload,
-                });
-            }
-            if out.len() >= batch {
-                let full = std::mem::replace(&mut out, Vec::with_capacity(batch));
-                if tx
-                    .blocking_send((full, std::mem::take(&mut c), index))
-                    .is_err()
-                {
-                    return Ok(());
-                }
+    let (mut index, mut bytes, mut window) = (0u64, 0usize, replace_window);
+    let mut retry = earlier.retry.iter().copied().peekable();
+    let mut out = Vec::with_capacity(batch.min(4096));
+    let mut c = Counts::default();
+    for item in &mut p {
+        let item = item.map_err(|source| crate::ops::rdb::RdbFileError::Rdb {
+            path: src.path.display().to_string(),
+            source,
+        })?;
+        let Item::Entry(mut e) = item else { continue };
+        index += 1;
+        let retrying = index <= earlier.done;
+        if retrying {
+            while retry.next_if(|&i| i < index).is_some() {}
+            if retry.next_if_eq(&index).is_none() {
+                continue; // done by an earlier run
             }
         }
-        let _ = tx.blocking_send((out, c, index));
-        Ok(())
-    });
-    // The checkpoint is saved every CHECKPOINT_EVERY batches (each save is a rename, which
-    // ext4 turns into a data flush), on Ctrl-C and at the end of the file. After a crash, up
-    // to CHECKPOINT_EVERY + 1 batches of the interrupted run past the checkpoint may already
-    // be in the target: those keys are ours, so on resume they are replaced. Counted in keys
-    // sent, so a resume with another --batch covers them too (same file and filters; only
-    // more keys can have expired since, which moves the window further, never shorter).
-    let mut replace_left: u64 = if opts.resume && skip > 0 {
-        let earlier_batch = checkpoint
-            .lock()
-            .ok()
-            .and_then(|c| c.batch)
-            .unwrap_or(opts.batch as u64);
-        (CHECKPOINT_EVERY + 1) * earlier_batch
+        if !selected(&e, opts) {
+            c.skipped_filtered += 1;
+        } else if e.expire_ms.is_some_and(|x| x <= now) {
+            c.skipped_expired += 1;
+        } else {
+            // Keys an earlier run may have written (retried, or sent past its last
+            // checkpoint) are replaced only when none of the keys existed before it began.
+            let ours = retrying || window > 0;
+            if !retrying {
+                window = window.saturating_sub(1);
+            }
+            let payload =
+                prepare_payload(&mut e, file_version, target_version).map_err(|why| {
+                    RestoreError::Refused(format!("{}: key {}: {why}", src.label, show_key(&e.key)))
+                })?;
+            bytes += match &payload {
+                Payload::Mem(v) => v.len(),
+                Payload::File { .. } => 1 << 20,
+            };
+            out.push(Prepared {
+                slot: key_slot(&e.key),
+                abs_ttl: e.expire_ms.unwrap_or(0),
+                kind: type_name(e.type_byte),
+                key: e.key,
+                payload,
+                index,
+                replace: opts.on_conflict == OnConflict::Replace || (ours && may_replace_ours),
+            });
+        }
+        if out.len() >= batch || bytes >= BATCH_BYTES {
+            let full = std::mem::replace(&mut out, Vec::with_capacity(batch.min(4096)));
+            bytes = 0;
+            if tx
+                .blocking_send((full, std::mem::take(&mut c), index))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+    let _ = tx.blocking_send((out, c, index));
+    Ok(())
+}
+
+async fn restore_file(
+    shared: &Shared<'_>,
+    src: &SourceFile,
+    opts: &RestoreOptions,
+    target_version: u16,
+    stop: &AtomicBool,
+    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<Counts, RestoreError> {
+    let (earlier, earlier_batch, first_mode) = {
+        let cp = shared.checkpoint.lock().map_err(|_| poisoned())?;
+        (
+            cp.files.get(&src.label).cloned().unwrap_or_default(),
+            cp.batch,
+            cp.first_mode.unwrap_or(OnConflict::Fail),
+        )
+    };
+    // After a crash, up to CHECKPOINT_EVERY + 1 batches of the interrupted run past the
+    // checkpoint may already be in the target. Under `fail` (the target held none of the
+    // keys when the restore began) those keys are ours and are replaced on resume; under
+    // `skip` a key found there may have existed before, so it is left alone either way.
+    // Counted in keys sent, so a resume with another --batch covers them too.
+    let may_replace_ours = first_mode == OnConflict::Fail && opts.on_conflict == OnConflict::Fail;
+    let replace_window = if opts.resume && earlier.done > 0 {
+        (CHECKPOINT_EVERY + 1) * earlier_batch.unwrap_or(opts.batch as u64)
     } else {
         0
     };
-    let save = |index| {
-        record_progress(
-            checkpoint,
-            &opts.checkpoint,
-            &src.label,
-            index,
-            opts.batch.max(1),
-        )
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
+    let producer = {
+        let (src, opts, earlier) = (src.clone(), opts.clone(), earlier.clone());
+        tokio::task::spawn_blocking(move || {
+            produce(
+                &src,
+                &opts,
+                target_version,
+                &earlier,
+                replace_window,
+                may_replace_ours,
+                tx,
+            )
+        })
     };
+    // This run's outcomes, and the entries that did not reach the target.
+    let mut run = Counts::default();
+    let mut failed: Vec<u64> = Vec::new();
     let mut since_save = 0u64;
     let mut last_index = None;
     while let Some((batch, c, index)) = rx.recv().await {
-        counts.skipped_filtered += c.skipped_filtered;
-        counts.skipped_expired += c.skipped_expired;
-        let replace = opts.on_conflict == OnConflict::Replace || replace_left > 0;
-        replace_left = replace_left.saturating_sub(batch.len() as u64);
-        pace.admit(batch.len() as u64).await;
-        let sent = send_batch(exec, pool, batch, replace, router, errors, per_type).await;
-        counts.restored += sent.restored;
-        counts.skipped_existing += sent.skipped_existing;
-        counts.failed += sent.failed;
-        progress(sent.restored + sent.skipped_existing + sent.failed);
+        run.skipped_filtered += c.skipped_filtered;
+        run.skipped_expired += c.skipped_expired;
+        shared.pace.admit(batch.len() as u64).await;
+        let sent = send_batch(shared, batch).await;
+        progress(sent.counts.entries());
+        run.add(&sent.counts);
+        failed.extend(sent.failed);
         last_index = Some(index);
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
-            save(index);
+            save_progress(shared, &src.label, &earlier, index, &run, &failed, opts.batch);
             since_save = 0;
         }
         if stopping {
@@ -634,136 +1087,287 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
-        save(index);
+        save_progress(shared, &src.label, &earlier, index, &run, &failed, opts.batch);
     }
     drop(rx);
     producer
         .await
         .map_err(|e| RestoreError::Refused(format!("parser thread failed: {e}")))??;
-    Ok(counts)
+    // Earlier runs' outcomes, and their failures this run did not reach (interrupted).
+    let reached = last_index.unwrap_or(0);
+    let mut total = run;
+    total.already_done = earlier.counts.restored + earlier.counts.already_done;
+    total.skipped_expired += earlier.counts.skipped_expired;
+    total.skipped_filtered += earlier.counts.skipped_filtered;
+    total.skipped_existing += earlier.counts.skipped_existing;
+    total.failed += earlier.retry.iter().filter(|&&i| i > reached).count() as u64;
+    Ok(total)
 }
 
-/// Sends one batch: grouped by owner, one pipeline per node, all nodes at once; keys that
-/// come back MOVED/ASK are retried at the new owner.
-async fn send_batch(
-    exec: &Executor,
-    pool: &Pool,
-    batch: Vec<Prepared>,
-    replace: bool,
-    router: &Mutex<Router>,
-    errors: &Mutex<Vec<String>>,
-    per_type: &Mutex<BTreeMap<&'static str, Counts>>,
-) -> Counts {
+fn poisoned() -> RestoreError {
+    RestoreError::Refused("internal error: a lock was poisoned".into())
+}
+
+/// Records `file` as handled up to entry `index`: this run's outcomes added to the earlier
+/// runs', failed entries kept for a retry (with the earlier failures not reached yet).
+fn save_progress(
+    shared: &Shared<'_>,
+    file: &str,
+    earlier: &FileProgress,
+    index: u64,
+    run: &Counts,
+    failed: &[u64],
+    batch: usize,
+) {
+    let Ok(mut cp) = shared.checkpoint.lock() else {
+        return;
+    };
+    let mut retry: Vec<u64> = failed
+        .iter()
+        .copied()
+        .chain(earlier.retry.iter().copied().filter(|&i| i > index))
+        .collect();
+    retry.sort_unstable();
+    retry.dedup();
+    let mut counts = earlier.counts.clone();
+    counts.restored += run.restored;
+    counts.skipped_expired += run.skipped_expired;
+    counts.skipped_filtered += run.skipped_filtered;
+    counts.skipped_existing += run.skipped_existing;
+    cp.files.insert(
+        file.to_string(),
+        FileProgress {
+            done: earlier.done.max(index),
+            retry,
+            counts,
+        },
+    );
+    // The largest batch of any run on this checkpoint: a file that starts later in a
+    // resumed run still sizes its replace window for the run that was interrupted.
+    cp.batch = Some(cp.batch.unwrap_or(0).max(batch as u64));
+    if let Err(e) = save_checkpoint(&shared.checkpoint_path, &cp) {
+        note(
+            &shared.errors,
+            format!(
+                "checkpoint {}: {e} (a resume may redo more work)",
+                shared.checkpoint_path.display()
+            ),
+        );
+    }
+}
+
+/// A batch's outcome: counts, and the file indices of the keys that failed.
+struct Sent {
+    counts: Counts,
+    failed: Vec<u64>,
+}
+
+/// Attempts per key (redirects, retryable errors, re-sends after an unknown outcome).
+const ATTEMPTS: usize = 8;
+
+/// A key on its way: where to send it (a redirect), and whether it needs `ASKING`.
+struct Todo {
+    p: Prepared,
+    to: Option<Addr>,
+    asking: bool,
+    /// The last error, reported if the attempts run out.
+    last: Option<String>,
+}
+
+/// Sends one batch: grouped by owner, one pipeline per node, all nodes at once. Keys that
+/// come back MOVED/ASK go to the new owner; TRYAGAIN, CLUSTERDOWN and LOADING are retried
+/// with backoff; a pipeline that failed (timeout, dropped connection) is re-checked key by
+/// key before anything is counted.
+async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
     let mut counts = Counts::default();
+    let mut failed = Vec::new();
     // Per-type counts of this batch, merged into the shared map once at the end.
     let mut local: BTreeMap<&'static str, Counts> = BTreeMap::new();
-    let mut todo: Vec<(Prepared, Option<Addr>, bool)> =
-        batch.into_iter().map(|p| (p, None, false)).collect();
-    for _attempt in 0..5 {
+    let mut todo: Vec<Todo> = batch
+        .into_iter()
+        .map(|p| Todo {
+            p,
+            to: None,
+            asking: false,
+            last: None,
+        })
+        .collect();
+    let mut fail = |p: &Prepared,
+                    why: String,
+                    counts: &mut Counts,
+                    local: &mut BTreeMap<&'static str, Counts>| {
+        counts.failed += 1;
+        local.entry(p.kind).or_default().failed += 1;
+        failed.push(p.index);
+        note(&shared.errors, format!("{}: {why}", show_key(&p.key)));
+    };
+    let base = shared.exec.timeout();
+    for attempt in 0..ATTEMPTS {
         if todo.is_empty() {
             break;
         }
-        let mut by_node: HashMap<Addr, Vec<(Prepared, bool)>> = HashMap::new();
+        if attempt > 0 && todo.iter().any(|t| t.to.is_none()) {
+            // Not only redirects: give a failing-over or loading node time.
+            let wait = Duration::from_millis(50 << attempt.min(5));
+            tokio::time::sleep(wait).await;
+        }
+        let mut by_node: HashMap<Addr, Vec<Todo>> = HashMap::new();
         {
             // One lock per batch, and an address cloned per node rather than per key.
-            let routes = router.lock().ok();
-            for (p, forced, asking) in todo.drain(..) {
-                let owner = forced.as_ref().or_else(|| {
+            let routes = shared.router.lock().ok();
+            for t in todo.drain(..) {
+                let owner = t.to.clone().or_else(|| {
                     routes
                         .as_ref()
-                        .and_then(|r| r.owners[usize::from(p.slot)].as_ref())
+                        .and_then(|r| r.owners[usize::from(t.p.slot)].clone())
                 });
                 match owner {
-                    Some(a) => match by_node.get_mut(a) {
-                        Some(v) => v.push((p, asking)),
-                        None => {
-                            by_node.insert(a.clone(), vec![(p, asking)]);
-                        }
-                    },
+                    Some(a) => by_node.entry(a).or_default().push(t),
                     None => {
-                        let why = format!("slot {} has no owner in the target", p.slot);
-                        fail(&mut counts, &mut local, errors, &p, why);
+                        let why = format!("slot {} has no owner in the target", t.p.slot);
+                        fail(&t.p, why, &mut counts, &mut local);
                     }
                 }
             }
         }
-        let rounds =
-            futures::future::join_all(by_node.into_iter().map(|(addr, items)| async move {
-                let r = pipeline(exec, pool, &addr, &items, replace).await;
-                (addr, items, r)
-            }))
-            .await;
+        let rounds = futures::future::join_all(by_node.into_iter().map(|(addr, items)| async {
+            let r = pipeline(shared, &addr, &items, base).await;
+            (addr, items, r)
+        }))
+        .await;
         for (addr, items, r) in rounds {
-            match r {
+            let replies = match r {
+                Ok(replies) => replies,
                 Err(e) => {
-                    for (p, _) in items {
-                        fail(&mut counts, &mut local, errors, &p, e.to_string());
-                    }
-                }
-                Ok(replies) => {
-                    for ((p, _), reply) in items.into_iter().zip(replies) {
-                        match reply {
-                            Ok(()) => {
-                                counts.restored += 1;
-                                local.entry(p.kind).or_default().restored += 1;
+                    // The writes may or may not have happened: look before counting.
+                    let bytes: u64 = items.iter().map(|t| t.p.payload.len()).sum();
+                    match exists(shared, &addr, &items, write_timeout(base, bytes)).await {
+                        Err(_) => {
+                            for t in items {
+                                fail(&t.p, e.to_string(), &mut counts, &mut local);
                             }
-                            Err(text) => {
-                                let code = text.split_whitespace().next().unwrap_or("");
-                                match code {
-                                    "MOVED" | "ASK" => {
-                                        let to = text
-                                            .split_whitespace()
-                                            .nth(2)
-                                            .and_then(|a| a.parse::<Addr>().ok());
-                                        if code == "MOVED" {
-                                            if let (Some(t), Ok(mut r)) = (&to, router.lock()) {
-                                                r.owners[usize::from(p.slot)] = Some(t.clone());
-                                            }
-                                        }
-                                        todo.push((p, to, code == "ASK"));
-                                    }
-                                    "BUSYKEY" => {
+                        }
+                        Ok(present) => {
+                            for (mut t, present) in items.into_iter().zip(present) {
+                                if present && !t.p.replace {
+                                    // Ours (the target held none of the keys) or, under
+                                    // skip, possibly there before: either way not rewritten.
+                                    let c = local.entry(t.p.kind).or_default();
+                                    if shared.mode == OnConflict::Skip {
                                         counts.skipped_existing += 1;
-                                        local.entry(p.kind).or_default().skipped_existing += 1;
+                                        c.skipped_existing += 1;
+                                    } else {
+                                        counts.restored += 1;
+                                        c.restored += 1;
                                     }
-                                    _ => {
-                                        let why = format!("{addr}: {text}");
-                                        fail(&mut counts, &mut local, errors, &p, why);
-                                    }
+                                } else {
+                                    t.last = Some(e.to_string());
+                                    todo.push(t);
                                 }
                             }
                         }
                     }
+                    continue;
+                }
+            };
+            for (mut t, reply) in items.into_iter().zip(replies) {
+                let Some(text) = reply else {
+                    counts.restored += 1;
+                    local.entry(t.p.kind).or_default().restored += 1;
+                    continue;
+                };
+                let code = text.split_whitespace().next().unwrap_or("");
+                match code {
+                    "MOVED" | "ASK" => {
+                        let to = text
+                            .split_whitespace()
+                            .nth(2)
+                            .and_then(|a| a.parse::<Addr>().ok());
+                        if code == "MOVED" {
+                            if let (Some(to), Ok(mut r)) = (&to, shared.router.lock()) {
+                                r.owners[usize::from(t.p.slot)] = Some(to.clone());
+                            }
+                        }
+                        t.asking = code == "ASK";
+                        t.to = to;
+                        t.last = Some(format!("{addr}: {text}"));
+                        todo.push(t);
+                    }
+                    "BUSYKEY" => {
+                        counts.skipped_existing += 1;
+                        local.entry(t.p.kind).or_default().skipped_existing += 1;
+                    }
+                    "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" => {
+                        t.to = None;
+                        t.asking = false;
+                        t.last = Some(format!("{addr}: {text}"));
+                        todo.push(t);
+                    }
+                    _ => {
+                        let why = format!("{addr}: {text}");
+                        fail(&t.p, why, &mut counts, &mut local);
+                    }
                 }
             }
         }
     }
-    for (p, _, _) in todo {
-        let why = "still redirected after 5 attempts".to_string();
-        fail(&mut counts, &mut local, errors, &p, why);
+    for t in todo {
+        let why = format!(
+            "gave up after {ATTEMPTS} attempts: {}",
+            t.last.as_deref().unwrap_or("no answer")
+        );
+        fail(&t.p, why, &mut counts, &mut local);
     }
-    if let Ok(mut m) = per_type.lock() {
+    if let Ok(mut m) = shared.per_type.lock() {
         for (kind, c) in local {
             m.entry(kind).or_default().add(&c);
         }
     }
-    counts
+    Sent { counts, failed }
 }
 
-/// Counts one key as failed, per type too, keeping the reason among the first errors.
-fn fail(
-    counts: &mut Counts,
-    per_type: &mut BTreeMap<&'static str, Counts>,
-    errors: &Mutex<Vec<String>>,
-    p: &Prepared,
-    why: String,
-) {
-    counts.failed += 1;
-    per_type.entry(p.kind).or_default().failed += 1;
-    note(
-        errors,
-        format!("{:?}: {why}", String::from_utf8_lossy(&p.key)),
-    );
+/// Whether each key exists, asked on a fresh connection within `timeout` (the server may
+/// still be busy with the writes whose replies were lost).
+async fn exists(
+    shared: &Shared<'_>,
+    addr: &Addr,
+    items: &[Todo],
+    timeout: Duration,
+) -> Result<Vec<bool>, NodeError> {
+    let mut t = Transport::open(shared.exec.options(), addr).await?;
+    let n = items.len() + items.iter().filter(|t| t.asking).count();
+    let frames = t
+        .frames_within(addr, n, timeout, |out| {
+            for t in items {
+                if t.asking {
+                    rcops_formats::resp::encode_command(&[b"ASKING"], out);
+                }
+                rcops_formats::resp::encode_command(&[b"EXISTS", &t.p.key], out);
+            }
+        })
+        .await?;
+    let mut it = frames.into_iter();
+    let mut out = Vec::with_capacity(items.len());
+    for t in items {
+        if t.asking {
+            it.next();
+        }
+        match it.next() {
+            Some(f) if f.starts_with(b":1") => out.push(true),
+            Some(f) if f.starts_with(b":0") => out.push(false),
+            other => {
+                return Err(NodeError::Command {
+                    addr: addr.clone(),
+                    reason: format!(
+                        "EXISTS answered {:?}",
+                        String::from_utf8_lossy(&other.unwrap_or_default())
+                    ),
+                })
+            }
+        }
+    }
+    shared.pool.put(addr, t);
+    Ok(out)
 }
 
 fn note(errors: &Mutex<Vec<String>>, e: String) {
@@ -801,60 +1405,95 @@ impl Pool {
     }
 }
 
-/// One pipeline of RESTOREs to one node; per key `Ok` or the error text. Commands are encoded
-/// straight into the output buffer and replies framed, not decoded (TCP or TLS alike).
-async fn pipeline(
-    exec: &Executor,
-    pool: &Pool,
-    addr: &Addr,
-    items: &[(Prepared, bool)],
-    replace: bool,
-) -> Result<Vec<Result<(), String>>, NodeError> {
-    let mut t = pool.take(exec, addr).await?;
-    let n = items.len() + items.iter().filter(|(_, a)| *a).count();
-    let replies = t
-        .raw(addr, n, |out| {
-            for (p, asking) in items {
-                if *asking {
-                    rcops_formats::resp::encode_command(&[b"ASKING"], out);
-                }
-                let ttl = p.abs_ttl.to_string();
-                let mut args: [&[u8]; 6] =
-                    [b"RESTORE", &p.key, ttl.as_bytes(), &p.payload, b"", b""];
-                let mut n = 4;
-                if replace {
-                    args[n] = b"REPLACE";
-                    n += 1;
-                }
-                if p.abs_ttl > 0 {
-                    args[n] = b"ABSTTL";
-                    n += 1;
-                }
-                rcops_formats::resp::encode_command(&args[..n], out);
-            }
-        })
-        .await;
-    let r = replies.map(|replies| {
-        let mut it = replies.into_iter();
-        items
-            .iter()
-            .map(|(_, asking)| {
-                if *asking {
-                    it.next(); // ASKING's +OK
-                }
-                match it.next().flatten() {
-                    None => Ok(()),
-                    Some(e) => Err(e),
-                }
-            })
-            .collect()
-    });
-    if r.is_ok() {
-        pool.put(addr, t);
+
+/// `RESTORE key ttl <payload> [REPLACE] [ABSTTL]` up to the payload's bytes (`head`, with the
+/// payload's length header), and what follows them (`tail`).
+fn restore_parts(p: &Prepared, asking: bool, head: &mut Vec<u8>, payload_len: u64) -> Vec<u8> {
+    if asking {
+        rcops_formats::resp::encode_command(&[b"ASKING"], head);
     }
-    r
+    let ttl = p.abs_ttl.to_string();
+    let mut extra: Vec<&[u8]> = Vec::new();
+    if p.replace {
+        extra.push(b"REPLACE");
+    }
+    if p.abs_ttl > 0 {
+        extra.push(b"ABSTTL");
+    }
+    head.extend_from_slice(format!("*{}\r\n", 4 + extra.len()).as_bytes());
+    for a in [b"RESTORE".as_slice(), &p.key, ttl.as_bytes()] {
+        head.extend_from_slice(&rcops_formats::resp::bulk(a));
+    }
+    head.extend_from_slice(format!("${payload_len}\r\n").as_bytes());
+    let mut tail = b"\r\n".to_vec();
+    for a in extra {
+        tail.extend_from_slice(&rcops_formats::resp::bulk(a));
+    }
+    tail
 }
 
+/// Writes `items` to `addr`: the in-memory ones in one pipelined round trip, each value kept
+/// in a spill file in a round trip of its own streamed from the file. The reply budget grows
+/// with the bytes sent. One reply per item (`None` for success); an error means the outcome
+/// of the whole round is unknown.
+async fn pipeline(
+    shared: &Shared<'_>,
+    addr: &Addr,
+    items: &[Todo],
+    base: Duration,
+) -> Result<Vec<Option<String>>, NodeError> {
+    let mut t = shared.pool.take(shared.exec, addr).await?;
+    let mut replies: Vec<Option<Option<String>>> = vec![None; items.len()];
+    let mem: Vec<usize> = (0..items.len())
+        .filter(|&i| matches!(items[i].p.payload, Payload::Mem(_)))
+        .collect();
+    if !mem.is_empty() {
+        let n = mem.len() + mem.iter().filter(|&&i| items[i].asking).count();
+        let bytes: u64 = mem.iter().map(|&i| items[i].p.payload.len()).sum();
+        let got = t
+            .raw_within(addr, n, write_timeout(base, bytes), |out| {
+                for &i in &mem {
+                    let (todo, Payload::Mem(v)) = (&items[i], &items[i].p.payload) else {
+                        continue;
+                    };
+                    let tail = restore_parts(&todo.p, todo.asking, out, v.len() as u64);
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(&tail);
+                }
+            })
+            .await?;
+        let mut it = got.into_iter();
+        for &i in &mem {
+            if items[i].asking {
+                it.next(); // ASKING's +OK
+            }
+            replies[i] = Some(it.next().flatten());
+        }
+    }
+    for (i, todo) in items.iter().enumerate() {
+        let Payload::File { spilled, trailer } = &todo.p.payload else {
+            continue;
+        };
+        let n = 1 + usize::from(todo.asking);
+        let mut tail = trailer.to_vec();
+        let mut head = Vec::new();
+        tail.extend(restore_parts(&todo.p, todo.asking, &mut head, spilled.len + 10));
+        let got = t
+            .raw_with_file(
+                addr,
+                n,
+                write_timeout(base, spilled.len),
+                |out| out.extend_from_slice(&head),
+                &spilled.file,
+                spilled.len,
+                &tail,
+            )
+            .await?;
+        replies[i] = Some(got.into_iter().last().flatten());
+    }
+    shared.pool.put(addr, t);
+    Ok(replies.into_iter().map(Option::flatten).collect())
+}
 /// Sum of `DBSIZE` over the target's masters (0: nothing can conflict).
 pub async fn target_keys(exec: &Executor, view: &ClusterView) -> u64 {
     let masters: Vec<Addr> = view.masters().filter_map(line_addr).collect();

@@ -1,0 +1,502 @@
+//! `rcops restore`: render [`rcops_core::ops::restore`] (backup sets and RDB files) and
+//! [`rcops_core::ops::aof`] (`--aof`).
+
+use rcops_core::ops::backup;
+use rcops_core::ops::restore::{self, OnConflict, RestoreError, RestoreOptions, SourceFile};
+use rcops_core::topology::Detail;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::backup::backup_dir;
+use super::config::default_state_dir;
+use super::{view, CmdResult, Failure};
+use crate::cli::{GlobalOpts, RestoreArgs};
+use crate::output::{self, EXIT_FAILED, EXIT_FINDINGS, EXIT_OK};
+
+fn failure(e: RestoreError) -> Failure {
+    match e {
+        RestoreError::Usage(m) => Failure::usage(m),
+        e => Failure::failed(e),
+    }
+}
+
+fn on_conflict(a: &RestoreArgs) -> OnConflict {
+    match a.on_conflict.as_deref() {
+        Some("skip") => OnConflict::Skip,
+        Some("replace") => OnConflict::Replace,
+        _ => OnConflict::Fail,
+    }
+}
+
+/// The files to restore: a backup set (id, prefix, `latest` or folder) or RDB files, the
+/// set's label, and the keys its manifest counts.
+fn sources(g: &GlobalOpts, a: &RestoreArgs) -> Result<(String, Vec<SourceFile>), Failure> {
+    let dir = backup_dir(g, &a.dir);
+    let source = a.source.clone().unwrap_or_default();
+    let src_path = Path::new(&source);
+    let (label, mut sources) = if src_path.is_file() {
+        let file = SourceFile {
+            label: source.clone(),
+            path: src_path.to_path_buf(),
+            sha256: None,
+            keys: None,
+        };
+        let name = src_path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (name, vec![file])
+    } else {
+        if src_path.is_dir() && !src_path.join(backup::MANIFEST).is_file() {
+            return Err(Failure::failed(format!(
+                "{}: not a backup set (no {} in it); pass RDB files by name",
+                src_path.display(),
+                backup::MANIFEST
+            )));
+        }
+        let (folder, m) = backup::find(&dir, &source).map_err(Failure::failed)?;
+        if m.status != "complete" {
+            return Err(Failure::failed(format!(
+                "backup {} is {}: some shards are missing; restore its files one by one if you must",
+                m.id, m.status
+            )));
+        }
+        let files = m
+            .shards
+            .iter()
+            .map(|s| SourceFile {
+                label: s.file.clone(),
+                path: folder.join(&s.file),
+                sha256: Some(s.sha256.clone()),
+                keys: Some(s.keys),
+            })
+            .collect();
+        (m.id.clone(), files)
+    };
+    for f in &a.files {
+        if !f.is_file() {
+            return Err(Failure::failed(format!("{}: no such file", f.display())));
+        }
+        sources.push(SourceFile {
+            label: f.display().to_string(),
+            path: f.clone(),
+            sha256: None,
+            keys: None,
+        });
+    }
+    // Every file must at least open as an RDB before anything else.
+    for s in &sources {
+        rcops_core::ops::rdb::parser(&s.path).map_err(Failure::failed)?;
+    }
+    Ok((label, sources))
+}
+
+/// Prints the findings that make writing unsafe; an error unless `--force`.
+fn refuse_unsafe(
+    g: &GlobalOpts,
+    blockers: &[rcops_core::ops::check::Finding],
+    force: bool,
+) -> Result<(), Failure> {
+    if blockers.is_empty() {
+        return Ok(());
+    }
+    if !g.json {
+        for f in blockers {
+            output::error(format!("{}: {}", f.code, f.message));
+        }
+    }
+    if force {
+        output::warn("--force: writing into a cluster that check finds unsafe");
+        return Ok(());
+    }
+    Err(Failure::failed(format!(
+        "the target is not healthy ({} finding(s) above): keys for unserved slots would fail; \
+         fix the cluster (rcops check) or pass --force; nothing was written",
+        blockers.len()
+    )))
+}
+
+pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
+    if let Some(aof) = &a.aof {
+        return replay_aof(g, a, aof).await;
+    }
+    let (label, sources) = sources(g, a)?;
+    let (exec, view) = view(g, Detail::Health).await?;
+    let mode = on_conflict(a);
+    let key = rcops_core::ops::config::cluster_key(&view);
+    let checkpoint = g
+        .state_dir
+        .clone()
+        .unwrap_or_else(default_state_dir)
+        .join("restore")
+        .join(format!("{}-into-{key}.json", sanitize(&label)));
+    if a.resume && !checkpoint.is_file() {
+        return Err(Failure::usage(format!(
+            "--resume: no checkpoint for {label} into this cluster ({}): nothing to resume; \
+             run without --resume",
+            checkpoint.display()
+        )));
+    }
+    let opts = RestoreOptions {
+        on_conflict: mode,
+        pattern: a.pattern.clone(),
+        types: a.types.clone(),
+        db: a.db,
+        merge_dbs: a.merge_dbs,
+        verify: !a.no_verify,
+        batch: a.batch as usize,
+        checkpoint,
+        resume: a.resume,
+        rate: a.rate,
+    };
+    let target_rdb_version = restore::target_rdb_version(&exec, &view)
+        .await
+        .map_err(failure)?;
+    let mut plan = restore::RestorePlan {
+        source: label.clone(),
+        files: sources.iter().map(|s| s.label.clone()).collect(),
+        source_keys: sources.iter().map(|s| s.keys).sum(),
+        target_masters: view.masters().filter(|m| m.slot_count() > 0).count(),
+        target_keys: restore::target_keys(&exec, &view).await,
+        target_rdb_version,
+        on_conflict: mode,
+        resume: a.resume,
+        blockers: restore::write_blockers(&view),
+        preflight: None,
+    };
+    if !g.json {
+        crate::outln!(
+            "plan: restore {} file(s) of {label}{} into {} master(s) ({} keys there now), on conflict: {}{}",
+            plan.files.len(),
+            plan.source_keys
+                .map(|k| format!(" ({k} keys)"))
+                .unwrap_or_default(),
+            plan.target_masters,
+            plan.target_keys,
+            mode.as_str(),
+            if a.resume {
+                ", resuming from the checkpoint"
+            } else {
+                ""
+            }
+        );
+    }
+    let blocked = refuse_unsafe(g, &plan.blockers, a.force);
+    if !a.dry_run && !a.yes {
+        blocked?;
+        return Err(Failure::usage("pass --yes to restore (or --dry-run)"));
+    }
+    // Refuse before writing: corrupt files, several databases, value types the target cannot
+    // load, keys that already exist.
+    let check_existing = mode == OnConflict::Fail && plan.target_keys > 0 && !a.resume;
+    let checked = if blocked.is_ok() || a.dry_run {
+        restore::preflight(
+            &exec,
+            &view,
+            &sources,
+            &opts,
+            target_rdb_version,
+            check_existing,
+        )
+        .await
+    } else {
+        Err(RestoreError::Refused(String::new()))
+    };
+    if a.dry_run {
+        let code = match (&blocked, &checked) {
+            (Ok(()), Ok(_)) => EXIT_OK,
+            _ => EXIT_FAILED,
+        };
+        let refusal = match (blocked, &checked) {
+            (Err(f), _) => Some(f.message),
+            (_, Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Ok(c) = &checked {
+            plan.source_keys = c.entries().or(plan.source_keys);
+            plan.preflight = Some(c.clone());
+        }
+        if g.json {
+            output::print_json(&serde_json::json!({"plan": plan, "refused": refusal}));
+        } else {
+            if let Ok(c) = &checked {
+                print_preflight(c);
+            }
+            match &refusal {
+                Some(r) => output::error(format!("would be refused: {r}")),
+                None => crate::outln!("dry run: the checks passed; nothing was written"),
+            }
+        }
+        return Ok(code);
+    }
+    blocked?;
+    let checked = checked.map_err(failure)?;
+    if !g.json {
+        print_preflight(&checked);
+    }
+    let bar = output::progress(
+        checked.entries().or(plan.source_keys),
+        g.json,
+        "{bar:30} {pos}/{len} keys {per_sec} eta {eta}",
+    );
+    let b2 = bar.clone();
+    let progress = Arc::new(move |n: u64| b2.inc(n));
+    let stop = super::stop_on_ctrl_c();
+    let report = restore::restore(
+        &exec,
+        &view,
+        &sources,
+        &opts,
+        target_rdb_version,
+        &checked,
+        stop,
+        progress,
+    )
+    .await
+    .map_err(failure)?;
+    bar.finish_and_clear();
+    if g.json {
+        output::print_json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(report.exit_code())
+}
+
+fn print_preflight(c: &restore::Preflight) {
+    let verified: Vec<String> = c
+        .files
+        .iter()
+        .map(|f| format!("{} {}", f.label, f.verified))
+        .collect();
+    crate::outln!("checked: {}", verified.join(", "));
+    if c.db_collisions > 0 {
+        output::warn(format!(
+            "--merge-dbs: {} key name(s) occur in more than one database (e.g. {}): the last one written wins",
+            c.db_collisions,
+            c.collision_examples.join(", ")
+        ));
+    }
+}
+
+fn print_report(report: &restore::RestoreReport) {
+    let mut t = output::table(&[
+        "SOURCE",
+        "RESTORED",
+        "EXPIRED",
+        "FILTERED",
+        "EXISTING",
+        "EARLIER RUN",
+        "FAILED",
+    ]);
+    let row = |name: String, c: &restore::Counts| {
+        vec![
+            name,
+            c.restored.to_string(),
+            c.skipped_expired.to_string(),
+            c.skipped_filtered.to_string(),
+            c.skipped_existing.to_string(),
+            c.already_done.to_string(),
+            c.failed.to_string(),
+        ]
+    };
+    for (s, c) in &report.per_source {
+        t.add_row(row(s.clone(), c));
+    }
+    t.add_row(row("total".into(), &report.total));
+    output::align_right(&mut t, &[1, 2, 3, 4, 5, 6]);
+    output::print_table(&t);
+    let mut t = output::table(&["TYPE", "RESTORED", "EXISTING", "FAILED"]);
+    for (ty, c) in &report.per_type {
+        t.add_row(vec![
+            ty.to_string(),
+            c.restored.to_string(),
+            c.skipped_existing.to_string(),
+            c.failed.to_string(),
+        ]);
+    }
+    output::align_right(&mut t, &[1, 2, 3]);
+    output::print_table(&t);
+    for e in &report.errors {
+        output::error(e);
+    }
+    let total = &report.total;
+    let in_target = total.restored + total.already_done;
+    crate::outln!(
+        "{} keys restored in {:.1} s ({:.0} keys/s){}",
+        total.restored,
+        report.elapsed_ms as f64 / 1000.0,
+        report.keys_per_sec,
+        if report.resumed {
+            format!("; with the earlier runs {in_target} in total")
+        } else {
+            String::new()
+        }
+    );
+    if let Some(n) = report.source_keys {
+        let accounted = total.entries();
+        crate::outln!(
+            "source: {n} keys = {in_target} restored + {} expired + {} filtered + {} kept as they were{}{}",
+            total.skipped_expired,
+            total.skipped_filtered,
+            total.skipped_existing,
+            if total.failed > 0 {
+                format!(" + {} FAILED", total.failed)
+            } else {
+                String::new()
+            },
+            if accounted < n {
+                format!(" + {} not reached", n - accounted)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if report.interrupted {
+        output::error("interrupted: run the same command with --resume to continue");
+    } else if !report.complete {
+        output::error(format!(
+            "incomplete: {} key(s) are not in the target; run the same command with --resume to retry them",
+            total.failed + report.source_keys.map_or(0, |n| n.saturating_sub(total.entries()))
+        ));
+    }
+}
+
+/// `--until`: RFC 3339 or Unix seconds.
+fn parse_until(s: &str) -> Result<u64, Failure> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--until {s:?}: expected RFC 3339 (2026-11-25T10:00:00Z) or Unix seconds"
+            ))
+        })
+}
+
+async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
+    let until = a.until.as_deref().map(parse_until).transpose()?;
+    let files = rcops_core::ops::aof::files(path).map_err(Failure::failed)?;
+    for f in &files {
+        if !f.is_file() {
+            return Err(Failure::failed(format!(
+                "{}: no such file (listed by the manifest?)",
+                f.display()
+            )));
+        }
+    }
+    let mode = on_conflict(a);
+    if a.into_non_empty && mode == OnConflict::Fail {
+        return Err(Failure::usage(
+            "--into-non-empty needs --on-conflict replace or skip: what to do with base keys the target holds",
+        ));
+    }
+    let (exec, view) = view(g, Detail::Health).await?;
+    let target_keys = restore::target_keys(&exec, &view).await;
+    if !g.json {
+        crate::outln!(
+            "plan: replay {} file(s) from {} into {} master(s) ({target_keys} keys there now){}{}",
+            files.len(),
+            path.display(),
+            view.masters().filter(|m| m.slot_count() > 0).count(),
+            until
+                .map(|u| format!(", stopping after {u} (Unix)"))
+                .unwrap_or_default(),
+            if a.into_non_empty {
+                format!(", base keys there: {}", mode.as_str())
+            } else {
+                String::new()
+            }
+        );
+    }
+    let blocked = refuse_unsafe(g, &restore::write_blockers(&view), a.force);
+    let non_empty = if target_keys > 0 && !a.into_non_empty {
+        Err(Failure::failed(format!(
+            "the target already holds {target_keys} keys: an AOF replays commands on top of them \
+             (not idempotent: an INCR counts twice, a base key would be overwritten); replay into \
+             an empty cluster, or pass --into-non-empty with --on-conflict replace|skip; nothing was written"
+        )))
+    } else {
+        Ok(())
+    };
+    if a.dry_run {
+        let refusal = blocked.err().or(non_empty.err()).map(|f| f.message);
+        match &refusal {
+            Some(r) if !g.json => output::error(format!("would be refused: {r}")),
+            _ => {}
+        }
+        if g.json {
+            output::print_json(&serde_json::json!({
+                "plan": {"files": files, "target_keys": target_keys, "until_unix": until,
+                         "on_conflict": mode, "into_non_empty": a.into_non_empty},
+                "refused": refusal,
+            }));
+        }
+        return Ok(if refusal.is_some() { EXIT_FAILED } else { EXIT_OK });
+    }
+    blocked?;
+    non_empty?;
+    if !a.yes {
+        return Err(Failure::usage("pass --yes to replay (or --dry-run)"));
+    }
+    let target_version = restore::target_rdb_version(&exec, &view)
+        .await
+        .map_err(failure)?;
+    let opts = rcops_core::ops::aof::AofOptions {
+        until_unix: until,
+        batch: a.batch as usize,
+        base_conflict: mode,
+    };
+    let report = rcops_core::ops::aof::replay(&exec, &view, path, &opts, target_version)
+        .await
+        .map_err(Failure::failed)?;
+    if g.json {
+        output::print_json(&report);
+    } else {
+        crate::outln!(
+            "{} command(s) read, {} sent, {} failed; {} key(s) from an RDB preamble/base ({} kept as they were); {} transaction(s), {} split across slots",
+            report.commands, report.sent, report.failed, report.preamble_keys, report.preamble_kept, report.transactions, report.transactions_split
+        );
+        for (name, n) in &report.keyless_skipped {
+            output::warn(format!("{n} {name} command(s) without keys not replayed"));
+        }
+        if report.other_db_skipped > 0 {
+            output::warn(format!(
+                "{} command(s) for databases other than 0 skipped",
+                report.other_db_skipped
+            ));
+        }
+        if let Some(ts) = report.stopped_at_ts {
+            crate::outln!("stopped at the first entry after --until (#TS:{ts})");
+        }
+        for e in &report.errors {
+            output::error(e);
+        }
+    }
+    Ok(if report.failed > 0 {
+        EXIT_FAILED
+    } else if !report.keyless_skipped.is_empty()
+        || report.transactions_split > 0
+        || report.preamble_kept > 0
+    {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
