@@ -7,15 +7,18 @@ use rcops_formats::slot::{even_split, key_slot};
 use std::collections::BTreeMap;
 use std::process::Command;
 
-fn conn(port: u16) -> redis::Connection {
+pub(crate) fn conn(port: u16) -> redis::Connection {
     redis::Client::open(format!("redis://127.0.0.1:{port}/"))
         .unwrap()
         .get_connection()
         .unwrap()
 }
 
+/// Key name → (DUMP payload, absolute expiry in ms or -1).
+pub(crate) type Snapshot = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
+
 /// Every key of a lab's masters: name → (DUMP payload, absolute expiry in ms or -1).
-fn snapshot(ports: &[u16]) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+pub(crate) fn snapshot(ports: &[u16]) -> Snapshot {
     snapshot_with(ports, false)
 }
 
@@ -116,7 +119,10 @@ fn snapshot_with(ports: &[u16], semantic: bool) -> BTreeMap<Vec<u8>, (Vec<u8>, i
 }
 
 /// Compares two snapshots: same keys, same payloads, TTLs within a second.
-fn assert_same(a: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>, b: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>) {
+pub(crate) fn assert_same(
+    a: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    b: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+) {
     let missing: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(5).collect();
     let extra: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
     assert!(
@@ -739,7 +745,26 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
     assert!(v["stopped_at_ts"].as_u64().unwrap() > cut);
     assert_eq!(get(dst.port, &k("late")), None);
     assert_eq!(get(dst.port, &k("n")).as_deref(), Some("3"));
-    let r = dst.run(&["restore", "--aof", &dir, "--yes", "--json"]);
+    // Into a cluster that holds keys: refused (replay is not idempotent), nothing written.
+    let r = dst.run(&["restore", "--aof", &dir, "--yes"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stderr, r.stdout);
+    assert!(r.stderr.contains("not idempotent"), "{}", r.stderr);
+    assert!(r.stdout.contains("keys there now"), "{}", r.stdout);
+    assert_eq!(get(dst.port, &k("n")).as_deref(), Some("3"));
+    assert_eq!(get(dst.port, &k("late")), None);
+    // --into-non-empty must say what happens to base keys.
+    let r = dst.run(&["restore", "--aof", &dir, "--into-non-empty", "--yes"]);
+    assert_eq!(r.code, 64, "{}\n{}", r.stderr, r.stdout);
+    let r = dst.run(&[
+        "restore",
+        "--aof",
+        &dir,
+        "--into-non-empty",
+        "--on-conflict",
+        "replace",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     assert_eq!(get(dst.port, &k("late")).as_deref(), Some("yes"));
     assert_eq!(get(dst.port, &k("a")).as_deref(), Some("1"));
@@ -771,7 +796,14 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
     ]
     .concat();
     std::fs::write(&f, text).unwrap();
-    let r = dst.run(&["restore", "--aof", f.to_str().unwrap(), "--yes", "--json"]);
+    let into = ["--into-non-empty", "--on-conflict", "skip", "--yes"];
+    let r = dst.run(
+        &[
+            &["restore", "--aof", f.to_str().unwrap(), "--json"][..],
+            &into,
+        ]
+        .concat(),
+    );
     assert_eq!(r.code, 1, "{}\n{}", r.stderr, r.stdout);
     let v = r.json();
     assert_eq!(v["transactions_split"], 1);
@@ -788,7 +820,7 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
     // Truncated: an error with an offset, exit 2.
     let bad = tmp.path().join("cut.aof");
     std::fs::write(&bad, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nab").unwrap();
-    let r = dst.run(&["restore", "--aof", bad.to_str().unwrap(), "--yes"]);
+    let r = dst.run(&[&["restore", "--aof", bad.to_str().unwrap()][..], &into].concat());
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("byte "), "{}", r.stderr);
 }

@@ -11,4 +11,5 @@ mod config;
 mod errors;
 mod observability;
 mod readonly;
+mod restore;
 mod security;

@@ -84,8 +84,9 @@ fn sources(g: &GlobalOpts, a: &RestoreArgs) -> Result<(String, Vec<SourceFile>),
             keys: None,
         });
     }
-    // Every file must at least open as an RDB before anything else.
-    for s in &sources {
+    // A plain file must at least open as an RDB (a backup shard is checked against its
+    // SHA-256 first, by the preflight).
+    for s in sources.iter().filter(|s| s.sha256.is_none()) {
         rcops_core::ops::rdb::parser(&s.path).map_err(Failure::failed)?;
     }
     Ok((label, sources))
@@ -149,6 +150,10 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         resume: a.resume,
         rate: a.rate,
     };
+    let blockers = restore::write_blockers(&view);
+    if !blockers.is_empty() && !a.force {
+        refuse_unsafe(g, &blockers, false)?;
+    }
     let target_rdb_version = restore::target_rdb_version(&exec, &view)
         .await
         .map_err(failure)?;
@@ -161,7 +166,7 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         target_rdb_version,
         on_conflict: mode,
         resume: a.resume,
-        blockers: restore::write_blockers(&view),
+        blockers,
         preflight: None,
     };
     if !g.json {
@@ -436,7 +441,11 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
                 "refused": refusal,
             }));
         }
-        return Ok(if refusal.is_some() { EXIT_FAILED } else { EXIT_OK });
+        return Ok(if refusal.is_some() {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        });
     }
     blocked?;
     non_empty?;

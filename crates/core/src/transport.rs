@@ -84,8 +84,10 @@ impl Transport {
     ) -> Result<Vec<Vec<u8>>, NodeError> {
         self.out.clear();
         encode(&mut self.out);
-        self.round_trip(addr, n, timeout, None, |buf, r| buf[r.start..r.end].to_vec())
-            .await
+        self.round_trip(addr, n, timeout, None, |buf, r| {
+            buf[r.start..r.end].to_vec()
+        })
+        .await
     }
 
     /// Sends the output buffer `head`, then the first `len` bytes of `file`, then `tail`,

@@ -156,6 +156,8 @@ pub struct Entry {
 /// What the parser yields.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "item", rename_all = "snake_case")]
+// Entries are nearly every item: boxing them would cost an allocation per key.
+#[allow(clippy::large_enum_variant)]
 pub enum Item {
     Aux {
         #[serde(serialize_with = "ser_bytes")]

@@ -276,7 +276,14 @@ pub async fn replay(
                             multi: false,
                         });
                         if batch.len() >= opts.batch {
-                            send(exec, &owners, std::mem::take(&mut batch), skip_busy, &mut report).await;
+                            send(
+                                exec,
+                                &owners,
+                                std::mem::take(&mut batch),
+                                skip_busy,
+                                &mut report,
+                            )
+                            .await;
                         }
                     }
                     Item::Entry(_) => report.other_db_skipped += 1,
@@ -366,7 +373,14 @@ pub async fn replay(
                 None => queue(exec, &cmds, args, &mut units, &mut report).await,
             }
             if units.len() >= opts.batch {
-                send(exec, &owners, std::mem::take(&mut units), false, &mut report).await;
+                send(
+                    exec,
+                    &owners,
+                    std::mem::take(&mut units),
+                    false,
+                    &mut report,
+                )
+                .await;
             }
         }
     }
@@ -504,7 +518,9 @@ async fn send(
             Ok(replies) => {
                 // A base key kept as it was (RESTORE without REPLACE under skip).
                 let busy = |r: &&redis::RedisResult<redis::Value>| {
-                    r.as_ref().err().is_some_and(|e| e.code() == Some("BUSYKEY"))
+                    r.as_ref()
+                        .err()
+                        .is_some_and(|e| e.code() == Some("BUSYKEY"))
                 };
                 let kept = if skip_busy {
                     replies.iter().filter(busy).count() as u64

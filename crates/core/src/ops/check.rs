@@ -153,9 +153,7 @@ pub fn write_blockers(view: &ClusterView, report: &CheckReport) -> Vec<Finding> 
         .iter()
         .filter(|f| f.severity == Severity::Critical)
         .filter(|f| match f.code {
-            "slots_uncovered" | "cluster_state_fail" | "node_fail" | "slot_multiple_owners" => {
-                true
-            }
+            "slots_uncovered" | "cluster_state_fail" | "node_fail" | "slot_multiple_owners" => true,
             "node_unreachable" => f.nodes.iter().any(|n| masters.contains(n)),
             _ => false,
         })

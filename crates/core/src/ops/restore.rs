@@ -89,7 +89,10 @@ pub struct RestorePlan {
 /// `check`'s rules on the target, keeping the findings that make writing unsafe.
 pub fn write_blockers(view: &ClusterView) -> Vec<crate::ops::check::Finding> {
     use crate::ops::check;
-    check::write_blockers(view, &check::evaluate(view, &check::CheckOptions::default()))
+    check::write_blockers(
+        view,
+        &check::evaluate(view, &check::CheckOptions::default()),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -617,20 +620,27 @@ fn check_file(
         check.verified = "sha256";
     }
     let (mut collisions, mut examples) = (0u64, Vec::new());
-    if !walk {
-        return Ok((check, collisions, examples));
-    }
     let fail = |source| {
         RestoreError::Refused(format!(
             "{}: {source}; nothing was written",
             src.path.display()
         ))
     };
-    let p = crate::ops::rdb::parser(&src.path)?;
+    let p = crate::ops::rdb::parser(&src.path).map_err(|e| match e {
+        crate::ops::rdb::RdbFileError::Rdb { source, .. } => fail(source),
+        e => RestoreError::File(e),
+    })?;
     let file_version = p.version();
-    let mut p = p.decode_values(file_version > target_version).keep_raw(false);
+    // A file the target reads as it is needs no walk when its checksum already matched.
+    if !walk && file_version <= target_version {
+        return Ok((check, collisions, examples));
+    }
+    let mut p = p
+        .decode_values(file_version > target_version)
+        .keep_raw(false);
     let mut seen: HashSet<u64> = HashSet::new();
-    let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
     let mut entries = 0u64;
     let mut batch: Vec<Vec<u8>> = Vec::new();
     for item in &mut p {
@@ -711,7 +721,11 @@ async fn count_existing(
         for found in futures::future::join_all(lookups).await {
             let found = found?;
             count += found.len() as u64;
-            examples.extend(found.into_iter().take(5usize.saturating_sub(examples.len())));
+            examples.extend(
+                found
+                    .into_iter()
+                    .take(5usize.saturating_sub(examples.len())),
+            );
         }
     }
     Ok((count, examples))
@@ -733,17 +747,13 @@ pub async fn preflight(
         .into_iter()
         .map(|o| o.and_then(line_addr))
         .collect();
-    let mut walk = Vec::new();
-    for src in sources {
-        // A plain RDB is parsed to its trailer (CRC64, truncation, databases); a backup
-        // shard whose SHA-256 matched was parsed when it was taken, so it is read again
-        // only for what the target needs checked.
-        let needs = (opts.verify && src.sha256.is_none())
-            || check_existing
-            || (opts.merge_dbs && src.sha256.is_none())
-            || crate::ops::rdb::parser(&src.path)?.version() > target_version;
-        walk.push(needs);
-    }
+    // A plain RDB is parsed to its trailer (CRC64, truncation, databases); a backup shard
+    // whose SHA-256 matched was parsed when it was taken, so it is read again only for what
+    // the target needs checked (existing keys; value types when its version is newer).
+    let walk: Vec<bool> = sources
+        .iter()
+        .map(|src| ((opts.verify || opts.merge_dbs) && src.sha256.is_none()) || check_existing)
+        .collect();
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);
     let checker = async {
         if check_existing {
@@ -781,9 +791,11 @@ pub async fn preflight(
     let mut report = Preflight::default();
     for (check, collisions, examples) in files {
         report.db_collisions += collisions;
-        report
-            .collision_examples
-            .extend(examples.into_iter().take(5 - report.collision_examples.len().min(5)));
+        report.collision_examples.extend(
+            examples
+                .into_iter()
+                .take(5 - report.collision_examples.len().min(5)),
+        );
         report.files.push(check);
     }
     // Several databases in a standalone RDB: a cluster has one.
@@ -866,10 +878,17 @@ pub async fn restore(
             ))
         })?
     } else {
-        Checkpoint {
+        // Saved before the first write, so a run killed at any point after it resumes.
+        let fresh = Checkpoint {
             first_mode: Some(opts.on_conflict),
+            batch: Some(opts.batch as u64),
             ..Default::default()
-        }
+        };
+        save_checkpoint(&opts.checkpoint, &fresh).map_err(|reason| RestoreError::Checkpoint {
+            path: opts.checkpoint.display().to_string(),
+            reason,
+        })?;
+        fresh
     };
     let shared = Shared {
         exec,
@@ -909,9 +928,8 @@ pub async fn restore(
     }
     let interrupted = stop.load(Ordering::Relaxed);
     // Every entry of the source accounted for: none failed, none left unread.
-    let complete = !interrupted
-        && total.failed == 0
-        && checked.entries().is_none_or(|n| total.entries() >= n);
+    let complete =
+        !interrupted && total.failed == 0 && checked.entries().is_none_or(|n| total.entries() >= n);
     if complete {
         let _ = std::fs::remove_file(&opts.checkpoint);
     }
@@ -987,10 +1005,9 @@ fn produce(
             if !retrying {
                 window = window.saturating_sub(1);
             }
-            let payload =
-                prepare_payload(&mut e, file_version, target_version).map_err(|why| {
-                    RestoreError::Refused(format!("{}: key {}: {why}", src.label, show_key(&e.key)))
-                })?;
+            let payload = prepare_payload(&mut e, file_version, target_version).map_err(|why| {
+                RestoreError::Refused(format!("{}: key {}: {why}", src.label, show_key(&e.key)))
+            })?;
             bytes += match &payload {
                 Payload::Mem(v) => v.len(),
                 Payload::File { .. } => 1 << 20,
@@ -1079,7 +1096,9 @@ async fn restore_file(
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
-            save_progress(shared, &src.label, &earlier, index, &run, &failed, opts.batch);
+            save_progress(
+                shared, &src.label, &earlier, index, &run, &failed, opts.batch,
+            );
             since_save = 0;
         }
         if stopping {
@@ -1087,7 +1106,9 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
-        save_progress(shared, &src.label, &earlier, index, &run, &failed, opts.batch);
+        save_progress(
+            shared, &src.label, &earlier, index, &run, &failed, opts.batch,
+        );
     }
     drop(rx);
     producer
@@ -1405,7 +1426,6 @@ impl Pool {
     }
 }
 
-
 /// `RESTORE key ttl <payload> [REPLACE] [ABSTTL]` up to the payload's bytes (`head`, with the
 /// payload's length header), and what follows them (`tail`).
 fn restore_parts(p: &Prepared, asking: bool, head: &mut Vec<u8>, payload_len: u64) -> Vec<u8> {
@@ -1477,7 +1497,12 @@ async fn pipeline(
         let n = 1 + usize::from(todo.asking);
         let mut tail = trailer.to_vec();
         let mut head = Vec::new();
-        tail.extend(restore_parts(&todo.p, todo.asking, &mut head, spilled.len + 10));
+        tail.extend(restore_parts(
+            &todo.p,
+            todo.asking,
+            &mut head,
+            spilled.len + 10,
+        ));
         let got = t
             .raw_with_file(
                 addr,
