@@ -129,6 +129,10 @@ pub struct BackupArgs {
     /// Read each shard from a healthy replica when it has one (the default)
     #[arg(long, conflicts_with = "from_masters")]
     pub from_replicas: bool,
+    /// Longest silence allowed once a shard's snapshot has started (forking and generating a
+    /// big dataset can be quiet); the handshake before it is bounded by --timeout
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -604,7 +608,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("duration {s:?} is too large (at most a year)"));
+    }
+    if secs <= 0.0 {
         return Err(format!("duration {s:?} must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -630,6 +637,9 @@ mod tests {
         for bad in ["", "0", "-1s", "abc", "5x", "1e400"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        let big = parse_duration("99999999999999s").unwrap_err();
+        assert!(big.contains("too large"), "{big}");
+        assert!(parse_duration("0s").unwrap_err().contains("positive"));
     }
 
     #[test]

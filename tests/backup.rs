@@ -969,3 +969,185 @@ fn valkey_9_backups_restore_into_redis_7() {
     );
     assert_eq!(cli(&["HGET", "{hx}fields", "b"]), "2");
 }
+
+/// `(master port, replica port)` pairs of a lab, from `ROLE`.
+fn pairs(lab: &Lab) -> Vec<(u16, u16)> {
+    let ports: Vec<u16> = (0..lab.nodes as u16).map(|i| lab.port + i).collect();
+    let mut out = Vec::new();
+    for &p in &ports {
+        let role = lab.redis_cli(p, &["ROLE"]);
+        let mut lines = role.lines();
+        if lines.next() == Some("slave") {
+            let master: u16 = lines.nth(1).unwrap().trim().parse().unwrap();
+            out.push((master, p));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn signal(lab: &Lab, port: u16, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &lab.pid(port).to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn partial_dirs(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".partial"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
+    let lab = Lab::start(LabSpec {
+        node_timeout_ms: 1000,
+        ..Default::default()
+    });
+    assert_eq!(lab.load(3000).code, 0);
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let dir = state.path().join("backups");
+    let pairs = pairs(&lab);
+    assert_eq!(pairs.len(), 3, "{pairs:?}");
+
+    // A frozen replica: not chosen (discovery saw it time out); its master is read instead,
+    // well within the timeouts, and the set is complete.
+    let (m0, r0) = pairs[0];
+    signal(&lab, r0, "-STOP");
+    let started = std::time::Instant::now();
+    let r = lab.run(&["backup", "--state-dir", &st, "--timeout", "1s", "--json"]);
+    let took = started.elapsed();
+    signal(&lab, r0, "-CONT");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    let v = r.json();
+    assert_eq!(v["manifest"]["status"], "complete");
+    let shards = v["manifest"]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    let s0 = shards
+        .iter()
+        .find(|s| s["node"] == format!("127.0.0.1:{m0}"))
+        .unwrap_or_else(|| panic!("shard of {m0} not read from its master: {v:#}"));
+    assert_eq!(s0["role"], "master");
+    for (_, r) in &pairs[1..] {
+        assert!(
+            shards
+                .iter()
+                .any(|s| s["node"] == format!("127.0.0.1:{r}") && s["role"] == "replica"),
+            "healthy replicas are the sources: {v:#}"
+        );
+    }
+    let warnings = v["manifest"]["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "127.0.0.1:{r0}: replica of 127.0.0.1:{m0} not used"
+        )),
+        "{warnings}"
+    );
+    assert_eq!(manifest_keys(&v["manifest"]), 3000);
+
+    // A failover (old master frozen, its replica promoted): the old master is in CLUSTER
+    // NODES but no shard, so the backup is complete, with a warning naming it.
+    let (m1, r1) = pairs[1];
+    signal(&lab, m1, "-STOP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let promoted = lab.redis_cli(r1, &["ROLE"]).starts_with("master");
+        let nodes = lab.redis_cli(m0, &["CLUSTER", "NODES"]);
+        let failed = nodes
+            .lines()
+            .any(|l| l.contains(&format!(":{m1}@")) && l.contains("master,fail "));
+        if promoted && failed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failover:\n{nodes}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let started = std::time::Instant::now();
+    let r = lab.run(&["backup", "--state-dir", &st, "--timeout", "1s"]);
+    let took = started.elapsed();
+    signal(&lab, m1, "-CONT");
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    assert!(r.stdout.contains("complete"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains(&format!("127.0.0.1:{m1}: failed master without slots")),
+        "{}",
+        r.stderr
+    );
+
+    // Ctrl-C mid-stream: exit 130, said so, and no unfinished folder left behind.
+    for p in [r1, m0, pairs[2].0] {
+        lab.redis_cli(p, &["CONFIG", "SET", "rdb-key-save-delay", "3000"]);
+    }
+    let child = lab
+        .cmd(&["backup", "--state-dir", &st, "--from-masters"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(partial_dirs(&dir).len(), 1, "a backup is being written");
+    let listed = run(&mut rcops(&["backup", "list", "--state-dir", &st]));
+    assert!(listed.stdout.contains("in progress"), "{}", listed.stdout);
+    let pid = child.id();
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("nothing was kept"),
+        "{stderr}"
+    );
+    assert!(partial_dirs(&dir).is_empty(), "{:?}", partial_dirs(&dir));
+
+    // kill -9 leaves an unfinished folder; prune removes it at once (its writer is gone)
+    // and keeps the complete sets.
+    let mut child = lab
+        .cmd(&["backup", "--state-dir", &st, "--from-masters"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(partial_dirs(&dir).len(), 1);
+    let r = run(&mut rcops(&[
+        "backup",
+        "prune",
+        "--keep-last",
+        "10",
+        "--yes",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(partial_dirs(&dir).is_empty(), "{}", r.stdout);
+    let r = run(&mut rcops(&[
+        "backup",
+        "list",
+        "--json",
+        "--state-dir",
+        &st,
+    ]));
+    assert_eq!(
+        r.json().as_array().unwrap().len(),
+        2,
+        "both complete sets kept"
+    );
+}

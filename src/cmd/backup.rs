@@ -1,15 +1,14 @@
 //! `rcops backup [list|verify|prune]`: render [`rcops_core::ops::backup`].
 
-use rcops_core::ops::backup::{self, BackupOptions, Listed};
+use rcops_core::ops::backup::{self, BackupError, BackupOptions, Listed};
 use rcops_core::topology::Detail;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::config::default_state_dir;
 use super::{view, CmdResult, Failure};
 use crate::cli::{BackupArgs, BackupCommand, GlobalOpts};
-use crate::output::{self, bytes, paint, EXIT_FAILED, EXIT_OK};
+use crate::output::{self, bytes, paint, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK};
 
 pub(super) fn backup_dir(g: &GlobalOpts, dir: &Option<PathBuf>) -> PathBuf {
     dir.clone().unwrap_or_else(|| {
@@ -47,7 +46,14 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
                         "-".into(),
                         "-".into(),
                         "-".into(),
-                        "unfinished".into(),
+                        if l.problem
+                            .as_deref()
+                            .is_some_and(|p| p.starts_with("in progress"))
+                        {
+                            "in progress".into()
+                        } else {
+                            "unfinished".into()
+                        },
                     ),
                 };
                 let verified = match &l.verified {
@@ -154,7 +160,7 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
     let cluster_nodes = backup::cluster_nodes_text(&exec, &view)
         .await
         .map_err(Failure::failed)?;
-    let srcs = backup::sources(&view, !a.from_masters);
+    let (srcs, _) = backup::sources(&view, !a.from_masters);
     let bar = output::progress(None, g.json, "{spinner} {msg}");
     let totals: Arc<std::sync::Mutex<Vec<u64>>> =
         Arc::new(std::sync::Mutex::new(vec![0; srcs.len()]));
@@ -172,13 +178,22 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
     let opts = BackupOptions {
         dir: dir.to_path_buf(),
         from_replicas: !a.from_masters,
-        idle_timeout: Duration::from_secs(60).max(g.timeout * 10),
+        idle_timeout: a.idle_timeout,
         concurrency: g.concurrency as usize,
+        stop: super::stop_on_ctrl_c(),
     };
-    let (m, folder) = backup::backup(exec.options(), &view, cluster_nodes, &opts, progress)
-        .await
-        .map_err(Failure::failed)?;
+    let result = backup::backup(exec.options(), &view, cluster_nodes, &opts, progress).await;
     bar.finish_and_clear();
+    let (m, folder) = match result {
+        Ok(done) => done,
+        Err(e @ BackupError::Interrupted(..)) => {
+            return Err(Failure {
+                code: EXIT_INTERRUPTED,
+                message: e.to_string(),
+            })
+        }
+        Err(e) => return Err(Failure::failed(e)),
+    };
     if g.json {
         output::print_json(&serde_json::json!({ "path": folder, "manifest": m }));
     } else {
@@ -203,6 +218,17 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
         }
         output::align_right(&mut t, &[4, 5, 6]);
         output::print_table(&t);
+        for s in &m.shards {
+            for n in &s.notes {
+                output::warn(format!(
+                    "shard {}: {n}",
+                    &s.master_id[..8.min(s.master_id.len())]
+                ));
+            }
+        }
+        for w in &m.warnings {
+            output::warn(w);
+        }
         let secs = (m.finished_unix_ms - m.started_unix_ms) as f64 / 1000.0;
         if m.status == "complete" {
             crate::outln!(

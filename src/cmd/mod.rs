@@ -126,8 +126,8 @@ pub fn seeds(g: &GlobalOpts) -> Result<Vec<Addr>, Failure> {
             "no cluster given: pass -c HOST:PORT[,HOST:PORT…] or set RCOPS_CLUSTER",
         ));
     };
-    // A malformed address is a failed run naming the address (exit 2), not a usage error.
-    Addr::parse_list(text).map_err(Failure::failed)
+    // A malformed address is a usage error (64) naming the address.
+    Addr::parse_list(text).map_err(Failure::usage)
 }
 
 /// Executor and seeds for a cluster command.

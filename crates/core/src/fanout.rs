@@ -118,7 +118,10 @@ impl Executor {
                 };
                 let result = match tokio::time::timeout(timeout, work).instrument(span).await {
                     // redis-rs reports its own per-reply timeout, which is the connection budget.
-                    Ok(r) => r.map_err(|e| e.or_timeout(self.opts.timeout)),
+                    Ok(r) => r.map_err(|e| {
+                        e.or_timeout(self.opts.timeout)
+                            .for_user(self.opts.user.as_deref())
+                    }),
                     Err(_) => Err(NodeError::Timeout {
                         addr: addr.clone(),
                         after: timeout,

@@ -407,6 +407,14 @@ pub enum NodeError {
     Tls { addr: Addr, reason: String },
     #[error("{addr}: not a cluster node (cluster support disabled)")]
     NotCluster { addr: Addr },
+    /// An ACL refused a command. `user` is filled in by whoever knows who connected (the
+    /// server names the user only since Redis 7.2).
+    #[error("{addr}: {} may not run {command} (NOPERM)", .user.as_deref().map_or_else(|| "this user".to_string(), |u| format!("user {u}")))]
+    NoPerm {
+        addr: Addr,
+        user: Option<String>,
+        command: String,
+    },
     #[error("{addr}: {reason}")]
     Command { addr: Addr, reason: String },
 }
@@ -433,7 +441,31 @@ impl NodeError {
             | NodeError::Auth { addr, .. }
             | NodeError::Tls { addr, .. }
             | NodeError::NotCluster { addr }
+            | NodeError::NoPerm { addr, .. }
             | NodeError::Command { addr, .. } => addr,
+        }
+    }
+
+    /// The cause without the node's address in front.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        let prefix = format!("{}: ", self.addr());
+        text.strip_prefix(&prefix).unwrap_or(&text).to_string()
+    }
+
+    /// Names the ACL user in a permission error the server did not name it in.
+    pub fn for_user(self, user: Option<&str>) -> NodeError {
+        match self {
+            NodeError::NoPerm {
+                addr,
+                user: None,
+                command,
+            } => NodeError::NoPerm {
+                addr,
+                user: Some(user.unwrap_or("default").to_string()),
+                command,
+            },
+            other => other,
         }
     }
 
@@ -445,6 +477,7 @@ impl NodeError {
             NodeError::Auth { .. } => "auth",
             NodeError::Tls { .. } => "tls",
             NodeError::NotCluster { .. } => "not_cluster",
+            NodeError::NoPerm { .. } => "noperm",
             NodeError::Command { .. } => "command",
         }
     }
@@ -471,7 +504,26 @@ impl NodeError {
     /// Classifies a redis-rs error by what the operator has to fix.
     pub fn from_redis(addr: &Addr, e: &redis::RedisError) -> NodeError {
         let addr = addr.clone();
-        let text = one_line(&e.to_string());
+        // A server's error reply (alone or inside a pipeline) as the server wrote it, not as
+        // the client library lists pipeline failures: the first one, counted if it repeats.
+        let text = match e.clone().into_server_errors() {
+            Some(errs) if !errs.is_empty() => {
+                let reply = |s: &redis::ServerError| match s.details() {
+                    Some(d) => format!("{} {d}", s.code()),
+                    None => s.code().to_string(),
+                };
+                let first = reply(&errs[0].1);
+                if let Some(e) = noperm(&addr, &errs[0].1) {
+                    return e;
+                }
+                let others = errs.iter().filter(|(_, s)| reply(s) != first).count();
+                match others {
+                    0 => one_line(&first),
+                    n => one_line(&format!("{first} (and {n} other error(s))")),
+                }
+            }
+            _ => one_line(&e.to_string()),
+        };
         let lower = text.to_ascii_lowercase();
         let code = e.code().unwrap_or_default();
         if code == "WRONGPASS"
@@ -534,6 +586,26 @@ impl NodeError {
 }
 
 const TIMED_OUT: &str = "timed out";
+
+/// `NOPERM this user has no permissions to run the 'info' command` (7.0) or `NOPERM User
+/// alice has no permissions to run the 'config|get' command` (7.2+) → who and what.
+fn noperm(addr: &Addr, e: &redis::ServerError) -> Option<NodeError> {
+    if e.code() != "NOPERM" {
+        return None;
+    }
+    let detail = e.details().unwrap_or_default();
+    // Key and channel refusals name no command: those stay the server's text.
+    let command = detail.split('\'').nth(1)?.replace('|', " ").to_uppercase();
+    let user = detail
+        .strip_prefix("User ")
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string);
+    Some(NodeError::NoPerm {
+        addr: addr.clone(),
+        user,
+        command,
+    })
+}
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -493,6 +493,117 @@ impl ClusterView {
     }
 }
 
+/// Where one shard (a master that owns slots) can be read from, best first.
+#[derive(Debug, Clone)]
+pub struct ReadSource {
+    pub master_id: String,
+    pub master_addr: Option<Addr>,
+    pub slots: SlotSet,
+    /// Usable nodes, best first: `(address, is_replica)`. Empty when none is usable; then
+    /// `why_none` says why.
+    pub candidates: Vec<(Addr, bool)>,
+    pub why_none: Option<String>,
+}
+
+/// What [`ClusterView::read_sources`] chose, and the nodes it passed over.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPlan {
+    pub shards: Vec<ReadSource>,
+    /// Masters that are not shards (no slots, failed) and replicas that were not usable, one
+    /// line each naming the node.
+    pub warnings: Vec<String>,
+}
+
+impl ClusterView {
+    /// The one rule for reading a shard's data (backups, key scans): the shards are the
+    /// masters that own slots; a replica is used only if it answered discovery, is not
+    /// flagged failing, and its link to the master is up with no sync in progress (the most
+    /// caught-up first); the master only if it answered and is not flagged failed. With
+    /// `prefer_replicas` false the master alone is a candidate.
+    pub fn read_sources(&self, prefer_replicas: bool) -> ReadPlan {
+        let mut plan = ReadPlan::default();
+        for m in self.masters_by_slot() {
+            let addr = line_addr(m);
+            let name = addr.as_ref().map_or_else(|| m.id.clone(), Addr::to_string);
+            if m.slot_count() == 0 {
+                plan.warnings.push(if m.flags.fail {
+                    format!("{name}: failed master without slots (an old master after a failover?): not a shard")
+                } else {
+                    format!("{name}: master without slots: not a shard")
+                });
+                continue;
+            }
+            let master_ok = if m.flags.fail {
+                Err("flagged failed by the cluster".to_string())
+            } else if self.snapshot(&m.id).is_none() {
+                Err(self
+                    .error_for(m)
+                    .map_or_else(|| "did not answer".to_string(), |e| e.reason()))
+            } else {
+                Ok(())
+            };
+            let mut replicas: Vec<(u64, Addr)> = Vec::new();
+            if prefer_replicas {
+                for r in self.replicas_of(&m.id) {
+                    let Some(raddr) = line_addr(r) else { continue };
+                    let snap = self.snapshot(&r.id);
+                    let why = if r.flags.fail || r.flags.pfail {
+                        Some("flagged failing".to_string())
+                    } else if snap.is_none() {
+                        Some(
+                            self.error_for(r)
+                                .map_or_else(|| "did not answer".to_string(), |e| e.reason()),
+                        )
+                    } else if snap.and_then(|s| s.info.get("master_link_status")) != Some("up") {
+                        Some("link to its master is down".to_string())
+                    } else if snap.and_then(|s| s.info.u64("master_sync_in_progress")) == Some(1) {
+                        Some("still syncing with its master".to_string())
+                    } else {
+                        None
+                    };
+                    match why {
+                        Some(why) => plan.warnings.push(format!(
+                            "{raddr}: replica of {name} not used as a source: {why}"
+                        )),
+                        None => {
+                            let offset = snap
+                                .and_then(|s| s.info.u64("slave_repl_offset"))
+                                .unwrap_or(0);
+                            replicas.push((offset, raddr));
+                        }
+                    }
+                }
+            }
+            replicas.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let mut candidates: Vec<(Addr, bool)> =
+                replicas.into_iter().map(|(_, a)| (a, true)).collect();
+            let why_none = match (&master_ok, &addr) {
+                (Ok(()), Some(a)) => {
+                    candidates.push((a.clone(), false));
+                    None
+                }
+                (Err(why), _) if candidates.is_empty() => {
+                    Some(format!("master {name} {why}, and no replica is in sync"))
+                }
+                (Err(why), _) => {
+                    plan.warnings
+                        .push(format!("{name}: master not usable as a fallback: {why}"));
+                    None
+                }
+                (Ok(()), None) => Some(format!("master {name} has no address")),
+            };
+            plan.shards.push(ReadSource {
+                master_id: m.id.clone(),
+                master_addr: addr,
+                slots: m.slot_set(),
+                candidates,
+                why_none,
+            });
+        }
+        plan
+    }
+}
+
 /// A node as the JSON outputs show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeRef {
@@ -506,5 +617,136 @@ impl From<&NodeLine> for NodeRef {
             id: l.id.clone(),
             addr: l.addr(),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Synthetic snapshots for testing the model and the rules that read it.
+    use super::*;
+    use rcops_formats::info::Info;
+
+    /// The same cluster text, as seen by `me`.
+    fn nodes_as(me: &str, text: &str) -> String {
+        text.lines()
+            .map(|l| {
+                if l.starts_with(me) {
+                    l.replacen(" master ", " myself,master ", 1).replacen(
+                        " slave ",
+                        " myself,slave ",
+                        1,
+                    )
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub(crate) fn snap(id: &str, port: u16, nodes: &str, info: &str) -> (String, NodeSnapshot) {
+        let lines = cluster_nodes::parse(&nodes_as(id, nodes)).unwrap();
+        (
+            id.to_string(),
+            NodeSnapshot {
+                addr: Addr::new("127.0.0.1", port),
+                lines,
+                own_view: true,
+                cluster_info: Info::parse("cluster_state:ok\n"),
+                info: Info::parse(info),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::snap;
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddddddddddd";
+    const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
+    fn text() -> String {
+        format!(
+            "{A} 127.0.0.1:7000@17000 master - 0 0 1 connected 0-8191\n\
+             {B} 127.0.0.1:7001@17001 master - 0 0 2 connected 8192-16383\n\
+             {C} 127.0.0.1:7002@17002 slave {A} 0 0 1 connected\n\
+             {D} 127.0.0.1:7003@17003 slave {A} 0 0 1 connected\n\
+             {E} 127.0.0.1:7004@17004 master,fail - 0 0 0 disconnected\n"
+        )
+    }
+
+    const MASTER: &str = "role:master\nmaster_repl_offset:1000\n";
+    const UP: &str =
+        "role:slave\nmaster_link_status:up\nmaster_sync_in_progress:0\nslave_repl_offset:";
+
+    #[test]
+    fn shards_are_slot_owners_and_only_in_sync_reachable_replicas_are_sources() {
+        let t = text();
+        let up_900 = format!("{UP}900\n");
+        let up_1000 = format!("{UP}1000\n");
+        let all = [
+            snap(A, 7000, &t, MASTER),
+            snap(B, 7001, &t, MASTER),
+            snap(C, 7002, &t, &up_900),
+            snap(D, 7003, &t, &up_1000),
+        ];
+        let view =
+            ClusterView::from_snapshots(all.clone().into_iter().collect(), Default::default());
+        let plan = view.read_sources(true);
+        assert_eq!(
+            plan.shards.len(),
+            2,
+            "the slotless failed master is no shard"
+        );
+        assert!(plan.warnings[0].contains("127.0.0.1:7004: failed master without slots"));
+        let ports = |s: &ReadSource| {
+            s.candidates
+                .iter()
+                .map(|(a, r)| (a.port, *r))
+                .collect::<Vec<_>>()
+        };
+        // The most caught-up replica first, then the other, then the master.
+        assert_eq!(
+            ports(&plan.shards[0]),
+            [(7003, true), (7002, true), (7000, false)]
+        );
+        assert_eq!(ports(&plan.shards[1]), [(7001, false)]);
+        assert_eq!(ports(&view.read_sources(false).shards[0]), [(7000, false)]);
+
+        // D frozen (no snapshot), C's link down: the master only, with one warning each.
+        let down = up_900.replace("up", "down");
+        let view = ClusterView::from_snapshots(
+            [all[0].clone(), all[1].clone(), snap(C, 7002, &t, &down)]
+                .into_iter()
+                .collect(),
+            Default::default(),
+        );
+        let plan = view.read_sources(true);
+        assert_eq!(ports(&plan.shards[0]), [(7000, false)]);
+        let w = plan.warnings.join("\n");
+        assert!(w.contains("127.0.0.1:7002: replica of 127.0.0.1:7000 not used as a source: link to its master is down"), "{w}");
+        assert!(
+            w.contains(
+                "127.0.0.1:7003: replica of 127.0.0.1:7000 not used as a source: did not answer"
+            ),
+            "{w}"
+        );
+
+        // B unreachable and without replicas: a shard with no source, and why.
+        let view = ClusterView::from_snapshots(
+            [all[0].clone(), all[2].clone()].into_iter().collect(),
+            Default::default(),
+        );
+        let plan = view.read_sources(true);
+        assert!(plan.shards[1].candidates.is_empty());
+        assert_eq!(
+            plan.shards[1].why_none.as_deref(),
+            Some("master 127.0.0.1:7001 did not answer, and no replica is in sync")
+        );
     }
 }

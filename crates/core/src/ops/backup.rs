@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::node::{Addr, ConnectOptions, RawStream};
-use crate::topology::{line_addr, ClusterView};
+use crate::topology::ClusterView;
 
 pub const MANIFEST: &str = "manifest.json";
 
@@ -45,6 +47,9 @@ pub struct ShardManifest {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Sources tried before the one used, and why each was passed over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +62,10 @@ pub struct Manifest {
     pub rcops_version: String,
     pub cluster_nodes: String,
     pub shards: Vec<ShardManifest>,
+    /// Nodes that were not shards or sources (slotless or failed masters, replicas out of
+    /// sync): what an operator should know, not a reason for `partial`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +76,11 @@ pub enum BackupError {
     NotFound(String, String),
     #[error("no master owns slots: nothing to back up")]
     NoShards,
+    /// Stopped by Ctrl-C: the unfinished set was removed.
+    #[error(
+        "interrupted: backup {0} stopped and its unfinished files removed ({1}); nothing was kept"
+    )]
+    Interrupted(String, String),
 }
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BackupError {
@@ -97,42 +111,36 @@ pub async fn cluster_nodes_text(
     crate::fanout::query(&addr, &mut conn, redis::cmd("CLUSTER").arg("NODES")).await
 }
 
-/// Which node each shard is read from.
+/// Which nodes each shard may be read from, best first (see
+/// [`ClusterView::read_sources`]: the selection rule key scans share).
 #[derive(Debug, Clone)]
 pub struct Source {
     pub master_id: String,
-    pub addr: Addr,
-    pub role: &'static str,
+    /// `(address, "replica" | "master")`, best first; empty when none is usable.
+    pub candidates: Vec<(Addr, &'static str)>,
+    /// Why no node is usable, when none is.
+    pub why_none: Option<String>,
     pub slots: SlotSet,
 }
 
-/// Picks each shard's source: a connected replica that is not failing (when `from_replicas`
-/// allows), else the master.
-pub fn sources(view: &ClusterView, from_replicas: bool) -> Vec<Source> {
-    let mut out = Vec::new();
-    for m in view.masters_by_slot() {
-        let Some(maddr) = line_addr(m) else { continue };
-        let replica = view
-            .replicas_of(&m.id)
-            .filter(|r| !r.flags.fail && !r.flags.pfail && r.connected)
-            .filter(|r| {
-                view.snapshot(&r.id)
-                    .and_then(|s| s.info.get("master_link_status").map(|x| x == "up"))
-                    .unwrap_or(true)
-            })
-            .find_map(line_addr);
-        let (addr, role) = match replica {
-            Some(r) if from_replicas => (r, "replica"),
-            _ => (maddr, "master"),
-        };
-        out.push(Source {
-            master_id: m.id.clone(),
-            addr,
-            role,
-            slots: m.slot_set(),
-        });
-    }
-    out
+/// Each shard's sources, and warnings about the nodes passed over.
+pub fn sources(view: &ClusterView, from_replicas: bool) -> (Vec<Source>, Vec<String>) {
+    let plan = view.read_sources(from_replicas);
+    let shards = plan
+        .shards
+        .into_iter()
+        .map(|s| Source {
+            master_id: s.master_id,
+            candidates: s
+                .candidates
+                .into_iter()
+                .map(|(a, replica)| (a, if replica { "replica" } else { "master" }))
+                .collect(),
+            why_none: s.why_none,
+            slots: s.slots,
+        })
+        .collect();
+    (shards, plan.warnings)
 }
 
 /// What the disk side of one shard produced.
@@ -292,7 +300,7 @@ async fn read_line(
         let mut buf = [0u8; 4096];
         let n = tokio::time::timeout(idle, s.read(&mut buf))
             .await
-            .map_err(|_| format!("no data for {}s", idle.as_secs()))?
+            .map_err(|_| format!("no data for {}", humantime::format_duration(idle)))?
             .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed by the server".into());
@@ -302,13 +310,17 @@ async fn read_line(
 }
 
 /// Handshake and payload of one shard. Returns (replid, offset) once the whole RDB went to
-/// `tx`.
+/// `tx`. Every handshake reply up to `+FULLRESYNC` must come within `opts.timeout` (a server
+/// waiting to start its snapshot sends a newline each second, so only a frozen or dead one
+/// is silent that long); from then on — forking, generating, streaming — the silence
+/// allowed is `idle`.
 async fn stream_shard(
     opts: &ConnectOptions,
     addr: &Addr,
     out: &mut Out<'_>,
     idle: Duration,
 ) -> Result<(String, u64), String> {
+    let handshake = opts.timeout;
     let mut s = opts.connect_raw(addr).await.map_err(|e| {
         // The caller names the node; keep only the cause.
         let text = e.to_string();
@@ -327,7 +339,7 @@ async fn stream_shard(
         s.write_all(&send).await.map_err(|e| e.to_string())?;
         s.flush().await.map_err(|e| e.to_string())?; // TLS: push out what rustls buffered
         if wait {
-            read_line(s, pending, idle).await
+            read_line(s, pending, handshake).await
         } else {
             Ok(String::new())
         }
@@ -372,7 +384,7 @@ async fn stream_shard(
     }
     call(&mut s, &mut pending, &[b"PSYNC", b"?", b"-1"], false).await?;
     let (replid, offset) = loop {
-        let l = read_line(&mut s, &mut pending, idle).await?;
+        let l = read_line(&mut s, &mut pending, handshake).await?;
         if l.is_empty() {
             continue; // keep-alive newline
         }
@@ -412,7 +424,7 @@ async fn stream_shard(
             }
             let n = tokio::time::timeout(idle, s.read(&mut buf))
                 .await
-                .map_err(|_| format!("stream stalled for {}s", idle.as_secs()))?
+                .map_err(|_| format!("stream stalled for {}", humantime::format_duration(idle)))?
                 .map_err(|e| e.to_string())?;
             if n == 0 {
                 return Err("connection closed before the end of the RDB".into());
@@ -435,7 +447,7 @@ async fn stream_shard(
         let want = (left as usize).min(buf.len());
         let n = tokio::time::timeout(idle, s.read(&mut buf[..want]))
             .await
-            .map_err(|_| format!("stream stalled for {}s", idle.as_secs()))?
+            .map_err(|_| format!("stream stalled for {}", humantime::format_duration(idle)))?
             .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err(format!(
@@ -452,22 +464,31 @@ async fn stream_shard(
 pub struct BackupOptions {
     pub dir: PathBuf,
     pub from_replicas: bool,
-    /// Longest silence tolerated on a replication stream.
+    /// Longest silence tolerated once a snapshot has started (forking, generating and
+    /// streaming it); the handshake before it is bounded by the connection timeout.
     pub idle_timeout: Duration,
     /// Most shards streamed at once.
     pub concurrency: usize,
+    /// Set to stop: the unfinished set is removed and [`BackupError::Interrupted`] returned.
+    pub stop: Arc<AtomicBool>,
 }
 
+/// The file in an unfinished set naming the process writing it, so `prune` can tell a
+/// running backup from an abandoned one.
+const OWNER: &str = "owner.pid";
+
 /// Backs up every shard at once into `DIR/<id>/` (written as `DIR/.<id>.partial/`, renamed
-/// when done). `progress` is told the raw bytes received per shard.
+/// when done). `progress` is told the raw bytes received per shard. A shard whose first
+/// source fails before any of its payload arrived is read from the next one (another
+/// in-sync replica, then its master).
 pub async fn backup(
     opts_conn: &ConnectOptions,
     view: &ClusterView,
     cluster_nodes: String,
     opts: &BackupOptions,
-    progress: std::sync::Arc<dyn Fn(usize, u64) + Send + Sync>,
+    progress: Arc<dyn Fn(usize, u64) + Send + Sync>,
 ) -> Result<(Manifest, PathBuf), BackupError> {
-    let srcs = sources(view, opts.from_replicas);
+    let (srcs, warnings) = sources(view, opts.from_replicas);
     if srcs.is_empty() {
         return Err(BackupError::NoShards);
     }
@@ -476,6 +497,12 @@ pub async fn backup(
     std::fs::create_dir_all(&opts.dir).map_err(|e| io(opts.dir.display(), e))?;
     let tmp = opts.dir.join(format!(".{id}.partial"));
     std::fs::create_dir_all(&tmp).map_err(|e| io(tmp.display(), e))?;
+    let _ = std::fs::write(tmp.join(OWNER), std::process::id().to_string());
+    let stopped = || async {
+        while !opts.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     let jobs = srcs.iter().enumerate().map(|(i, src)| {
         let file = format!(
             "shard-{i:03}-{}.rdb.zst",
@@ -484,21 +511,10 @@ pub async fn backup(
         let path = tmp.join(&file);
         let progress = progress.clone();
         async move {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-            let writer = tokio::task::spawn_blocking(move || write_shard(&path, rx));
-            let report = move |n: u64| progress(i, n);
-            let mut out = Out {
-                tx,
-                total: 0,
-                progress: &report,
-            };
-            let streamed = stream_shard(opts_conn, &src.addr, &mut out, opts.idle_timeout).await;
-            drop(out);
-            let written = writer.await.map_err(|e| e.to_string()).and_then(|r| r);
             let mut m = ShardManifest {
                 master_id: src.master_id.clone(),
-                node: src.addr.to_string(),
-                role: src.role.to_string(),
+                node: String::new(),
+                role: String::new(),
                 slots: format_ranges(&src.slots.ranges()),
                 file,
                 raw_bytes: 0,
@@ -510,31 +526,62 @@ pub async fn backup(
                 offset: 0,
                 keys: 0,
                 ok: false,
-                error: None,
+                error: src.why_none.clone(),
+                notes: Vec::new(),
             };
-            match (streamed, written) {
-                (Ok((replid, offset)), Ok(w)) => {
-                    m.replid = replid;
-                    m.offset = offset;
-                    m.raw_bytes = w.raw_bytes;
-                    m.compressed_bytes = w.compressed_bytes;
-                    m.sha256 = w.sha256;
-                    m.rdb_version = w.rdb_version;
-                    m.server_version = w.server_version;
-                    m.keys = w.keys;
-                    m.ok = true;
+            for (n, (addr, role)) in src.candidates.iter().enumerate() {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+                let writer_path = path.clone();
+                let writer = tokio::task::spawn_blocking(move || write_shard(&writer_path, rx));
+                let report = |n: u64| progress(i, n);
+                let mut out = Out {
+                    tx,
+                    total: 0,
+                    progress: &report,
+                };
+                let streamed = tokio::select! {
+                    r = stream_shard(opts_conn, addr, &mut out, opts.idle_timeout) => r,
+                    _ = stopped() => Err(INTERRUPTED.to_string()),
+                };
+                let received = out.total;
+                drop(out);
+                // The writer ends once its channel closes: wait for it so no file is left open.
+                let written = writer.await.map_err(|e| e.to_string()).and_then(|r| r);
+                m.node = addr.to_string();
+                m.role = role.to_string();
+                match (streamed, written) {
+                    (Ok((replid, offset)), Ok(w)) => {
+                        m.replid = replid;
+                        m.offset = offset;
+                        m.raw_bytes = w.raw_bytes;
+                        m.compressed_bytes = w.compressed_bytes;
+                        m.sha256 = w.sha256;
+                        m.rdb_version = w.rdb_version;
+                        m.server_version = w.server_version;
+                        m.keys = w.keys;
+                        m.ok = true;
+                        m.error = None;
+                    }
+                    // The disk writer's own failure (full disk, …) is the cause when it stopped
+                    // the stream; otherwise the network side's error is.
+                    (Err(e), Err(w)) if e == WRITER_STOPPED => {
+                        m.error = Some(format!("{addr}: writing {}: {w}", m.file));
+                    }
+                    (Ok(_), Err(w)) => {
+                        m.error = Some(format!("{addr}: writing {}: {w}", m.file));
+                    }
+                    (Err(e), _) => {
+                        let last = n + 1 == src.candidates.len();
+                        // Nothing of this source's payload arrived: the next one starts clean.
+                        if received == 0 && !last && e != INTERRUPTED {
+                            m.notes
+                                .push(format!("{addr} ({role}): {e}; tried the next source"));
+                            continue;
+                        }
+                        m.error = Some(format!("{addr}: {e}"));
+                    }
                 }
-                // The disk writer's own failure (full disk, …) is the cause when it stopped
-                // the stream; otherwise the network side's error is.
-                (Err(e), Err(w)) if e == WRITER_STOPPED => {
-                    m.error = Some(format!("{}: writing {}: {w}", src.addr, m.file));
-                }
-                (Ok(_), Err(w)) => {
-                    m.error = Some(format!("{}: writing {}: {w}", src.addr, m.file));
-                }
-                (Err(e), _) => {
-                    m.error = Some(format!("{}: {e}", src.addr));
-                }
+                break;
             }
             m
         }
@@ -544,6 +591,10 @@ pub async fn backup(
         .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
+    if opts.stop.load(Ordering::Relaxed) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(BackupError::Interrupted(id, tmp.display().to_string()));
+    }
     shards.sort_by_key(|(i, _)| *i);
     let shards: Vec<ShardManifest> = shards.into_iter().map(|(_, s)| s).collect();
     let complete = shards.iter().all(|s| s.ok);
@@ -555,6 +606,7 @@ pub async fn backup(
         rcops_version: env!("CARGO_PKG_VERSION").into(),
         cluster_nodes,
         shards,
+        warnings,
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| io("manifest", e))?;
     let mpath = tmp.join(MANIFEST);
@@ -562,9 +614,24 @@ pub async fn backup(
     if let Ok(f) = std::fs::File::open(&mpath) {
         let _ = f.sync_all();
     }
+    let _ = std::fs::remove_file(tmp.join(OWNER));
     let done = opts.dir.join(&id);
     std::fs::rename(&tmp, &done).map_err(|e| io(done.display(), e))?;
     Ok((manifest, done))
+}
+
+const INTERRUPTED: &str = "interrupted";
+
+/// Whether the process that started an unfinished set still runs (Linux: `/proc`). Unknown
+/// (no owner file, no `/proc`) counts as running: only age then makes a set abandoned.
+fn owner_running(partial: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(partial.join(OWNER))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let proc = Path::new("/proc");
+    (!proc.is_dir() || proc.join(pid.to_string()).exists()).then_some(pid)
 }
 
 /// `20261125T201530Z-123` (UTC, with milliseconds so two backups in one second differ).
@@ -606,12 +673,18 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>, BackupError> {
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".partial"))
         {
+            let problem = match owner_running(&path) {
+                Some(pid) if path.join(OWNER).is_file() && pid != 0 => {
+                    format!("in progress (pid {pid}): not restorable yet")
+                }
+                _ => "unfinished (interrupted backup): not restorable".into(),
+            };
             out.push(Listed {
                 id: id.to_string(),
                 path: path.display().to_string(),
                 manifest: None,
                 verified: None,
-                problem: Some("unfinished (interrupted backup): not restorable".into()),
+                problem: Some(problem),
             });
             continue;
         }
@@ -818,7 +891,8 @@ pub fn sha256_file(path: &Path) -> Result<String, String> {
 }
 
 /// Which backups `prune` would delete: everything but the `keep_last` newest and those
-/// younger than `keep_days`; unfinished folders older than a day too.
+/// younger than `keep_days`; unfinished sets whose backup process is gone (or, when that
+/// cannot be told, older than a day) too. A set still being written is never deleted.
 pub fn prune_plan(all: &[Listed], keep_days: Option<u64>, keep_last: Option<usize>) -> Vec<Listed> {
     let now = unix_ms();
     let mut out = Vec::new();
@@ -829,12 +903,14 @@ pub fn prune_plan(all: &[Listed], keep_days: Option<u64>, keep_last: Option<usiz
                 .as_deref()
                 .is_some_and(|p| p.starts_with("unfinished"))
             {
+                let path = Path::new(&l.path);
+                let abandoned = path.join(OWNER).is_file() && owner_running(path).is_none();
                 let old = std::fs::metadata(&l.path)
                     .and_then(|md| md.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > Duration::from_secs(86_400));
-                if old {
+                if abandoned || old {
                     out.push(l.clone());
                 }
             }

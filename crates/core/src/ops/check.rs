@@ -557,45 +557,11 @@ fn abbreviate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::NodeSnapshot;
-    use rcops_formats::cluster_nodes;
-    use rcops_formats::info::Info;
+    use crate::topology::testing::snap;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
-
-    /// The same cluster text, as seen by `me`.
-    fn nodes_as(me: &str, text: &str) -> String {
-        text.lines()
-            .map(|l| {
-                if l.starts_with(me) {
-                    l.replacen(" master ", " myself,master ", 1).replacen(
-                        " slave ",
-                        " myself,slave ",
-                        1,
-                    )
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn snap(id: &str, port: u16, nodes: &str, info: &str) -> (String, NodeSnapshot) {
-        let lines = cluster_nodes::parse(&nodes_as(id, nodes)).unwrap();
-        (
-            id.to_string(),
-            NodeSnapshot {
-                addr: Addr::new("127.0.0.1", port),
-                lines,
-                own_view: true,
-                cluster_info: Info::parse("cluster_state:ok\n"),
-                info: Info::parse(info),
-            },
-        )
-    }
 
     fn healthy_text() -> String {
         format!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
-use crate::topology::{line_addr, ClusterView};
+use crate::topology::ClusterView;
 
 /// What to measure and how hard to push.
 #[derive(Debug, Clone)]
@@ -246,25 +246,24 @@ async fn scan_shard(
     Ok(acc)
 }
 
-/// The node each shard is scanned on, with whether it is a replica, and its key count.
+/// The node each shard is scanned on, with whether it is a replica, and its key count: the
+/// first source [`ClusterView::read_sources`] picks (a shard with none is scanned on its
+/// master, whose error the report then carries).
 pub fn scan_targets(view: &ClusterView, from_replicas: bool) -> Vec<(Addr, bool, u64)> {
-    view.masters()
-        .filter(|m| m.slot_count() > 0)
-        .filter_map(|m| {
-            let replica = from_replicas
-                .then(|| {
-                    view.replicas_of(&m.id).find(|r| {
-                        view.snapshot(&r.id)
-                            .is_some_and(|s| s.info.get("master_link_status") == Some("up"))
-                    })
-                })
-                .flatten();
-            let line = replica.unwrap_or(m);
+    view.read_sources(from_replicas)
+        .shards
+        .into_iter()
+        .filter_map(|s| {
+            let (addr, replica) = s
+                .candidates
+                .into_iter()
+                .next()
+                .or_else(|| Some((s.master_addr?, false)))?;
             let keys = view
-                .snapshot(&m.id)
-                .map(|s| s.info.total_keys())
+                .snapshot(&s.master_id)
+                .map(|n| n.info.total_keys())
                 .unwrap_or(0);
-            Some((line_addr(line)?, replica.is_some(), keys))
+            Some((addr, replica, keys))
         })
         .collect()
 }
