@@ -21,6 +21,27 @@ fn killed_master_is_unreachable_then_failed_over() {
     assert_eq!(f["nodes"][0], victim_addr.as_str());
     assert_eq!(f["severity"], "critical");
     assert_eq!(report["nodes"], 6);
+    // `slots` with a master down: a finding (exit 1), its keys unknown, the total marked
+    // incomplete, the cause named.
+    let r = lab.run(&["slots", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["keys_complete"], false);
+    let row = |v: &serde_json::Value| {
+        v["masters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["addr"] == victim_addr.as_str())
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        row(&v)["keys"].is_null() && row(&v)["error"].is_string(),
+        "{v:#}"
+    );
+    let human = lab.run(&["slots"]);
+    assert!(human.stdout.contains("INCOMPLETE"), "{}", human.stdout);
 
     // After cluster-node-timeout the cluster agrees it failed, and its replica takes over.
     let (code, report) = lab.check_until(Duration::from_secs(30), |_, r| {
@@ -58,12 +79,20 @@ fn killed_master_is_unreachable_then_failed_over() {
         .unwrap()
         .clone();
     assert_eq!(shard["master"]["ranges"], "10923-16383");
+    // The failed old master: no slots, no deviation (not "-100%"), flagged failed.
+    let v = lab.run(&["slots", "--json"]).json();
+    let old = row(&v);
+    assert_eq!(old["slots"], 0, "{old}");
+    assert!(old["deviation_pct"].is_null(), "{old}");
+    assert_eq!(old["failed"], true, "{old}");
+    assert!(!lab.run(&["slots"]).stdout.contains("-100.0%"));
 }
 
 #[test]
 fn deleted_and_open_slots_are_reported() {
     let lab = Lab::start(LabSpec::default());
     let (p0, p1) = (lab.port, lab.port + 1);
+    assert_eq!(lab.load(600).code, 0);
 
     // An open slot: 100 moving from the first master to the second.
     let (id0, id1) = (lab.node_id(p0), lab.node_id(p1));
@@ -108,11 +137,65 @@ fn deleted_and_open_slots_are_reported() {
     let slots = lab.run(&["slots", "--json"]).json();
     assert_eq!(slots["uncovered"], "200-299");
 
+    // While the cluster is down: key scans and latency say so in one line per node, and a
+    // run without a single answer is a failure, never a table of zeros.
+    let r = lab.run(&["bigkeys"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        !r.stderr.contains("Index") && !r.stderr.contains("Pipeline"),
+        "{}",
+        r.stderr
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("CLUSTERDOWN"))
+        .collect();
+    assert!(!errors.is_empty() && errors.len() <= 3, "{}", r.stderr);
+    assert!(r.stderr.contains("INCOMPLETE"), "{}", r.stderr);
+    let started = std::time::Instant::now();
+    let r = lab.run(&["latency", "--duration", "1s", "--json"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let v = r.json();
+    for n in v["nodes"].as_array().unwrap() {
+        if n["role"] == "master" {
+            assert_eq!(n["samples"], 0, "{n}");
+            assert!(n["p50_ms"].is_null() && n["min_ms"].is_null(), "{n}");
+            assert!(n["error"].as_str().unwrap().contains("CLUSTERDOWN"), "{n}");
+        }
+    }
+    let text = serde_json::to_string(&v["nodes"][0]).unwrap();
+    assert_eq!(
+        text.matches("\"mean_ms\"").count(),
+        v["nodes"][0]["p50_ms"].is_number() as usize
+    );
+
     // Deleted on the owner only: the others still route there, the owner refuses.
     lab.redis_cli(p0, &["CLUSTER", "ADDSLOTSRANGE", "200", "299"]);
     lab.check_until(Duration::from_secs(10), |code, _| code == 0);
     lab.redis_cli(p0, &["CLUSTER", "DELSLOTSRANGE", "300", "301"]);
     let (code, report) = lab.check();
+    // `slots` shows the owner's own claim in its row, agreeing with the summary.
+    let r = lab.run(&["slots", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["uncovered"], "300-301");
+    let row = v["masters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["addr"] == format!("127.0.0.1:{p0}"))
+        .unwrap()
+        .clone();
+    assert_eq!(row["slots"], 5461 - 2, "{row}");
+    assert!(
+        row["ranges"].as_str().unwrap().contains("0-299,302-"),
+        "{row}"
+    );
     assert_eq!(code, 2);
     assert_eq!(
         finding(&report, "slots_uncovered").unwrap()["slots"],

@@ -72,6 +72,51 @@ fn tls_and_passwords_and_acl_users() {
     .env("RCOPS_PASSWORD", "audit-pw"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["shards"].as_array().unwrap().len(), 3);
+
+    // Users missing a permission: the error names the node, the user and the command, in
+    // one line; a missing INFO degrades what can work without it, a missing CONFIG fails
+    // the commands that need it (exit 2), never "no drift across 0 nodes".
+    for port in lab.port..lab.port + 3 {
+        for (user, deny) in [("noinfo", "-info"), ("noconf", "-config")] {
+            let args = [
+                "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", deny,
+            ];
+            assert_eq!(lab.redis_cli(port, &args), "OK");
+        }
+    }
+    let as_user = |user: &str, args: &[&str]| {
+        let mut all = vec!["-c", &seed, "--tls", "--cacert", &ca, "--user", user];
+        all.extend_from_slice(args);
+        run(rcops(&all).env("RCOPS_PASSWORD", "pw"))
+    };
+    let r = as_user("noinfo", &["nodes", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("user noinfo may not run INFO (NOPERM)") && r.stderr.contains(&seed),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Pipeline"), "{}", r.stderr);
+    let r = as_user("noinfo", &["check", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(finding(&r.json(), "info_denied").is_some(), "{}", r.stdout);
+    for args in [&["config", "drift"][..], &["advise"]] {
+        let r = as_user("noconf", args);
+        assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains("user noconf may not run CONFIG GET (NOPERM)"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("INCOMPLETE"), "{args:?}: {}", r.stderr);
+        assert!(!r.stdout.contains("no drift across 0"), "{}", r.stdout);
+    }
+    let r = as_user("noconf", &["advise", "--json"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.json()["failed"].as_object().unwrap().len(), 3);
     // --insecure skips verification (no CA needed).
     let r = run(
         rcops(&["check", "--json", "-c", &seed, "--tls", "--insecure"])

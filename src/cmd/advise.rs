@@ -37,10 +37,12 @@ pub async fn run(g: &GlobalOpts, a: &AdviseArgs) -> CmdResult {
         return change_flow(g, &exec, &view, &t, desired, Vec::new(), &desc, &a.change).await;
     }
     let worst = advice.iter().map(|x| x.severity).max();
+    // A node that could not be read (down, or an ACL without CONFIG) is a failed run: its
+    // advice is missing, not clean.
     Ok(match worst {
+        _ if !failed.is_empty() => EXIT_FAILED,
         Some(Severity::Critical) => EXIT_FAILED,
         Some(Severity::Warning) => EXIT_FINDINGS,
-        _ if !failed.is_empty() => EXIT_FINDINGS,
         _ => EXIT_OK,
     })
 }
@@ -94,8 +96,9 @@ fn render(
         output::print_table(&t);
     }
     crate::outln!(
-        "{} finding(s) on {nodes} node(s){}",
+        "{} finding(s) in {} group(s) on {nodes} node(s){}",
         advice.len(),
+        groups.len(),
         if advice.iter().any(|x| x.change.is_some()) {
             "; `rcops advise --apply` turns the CONFIG SET recommendations into one plan"
         } else {
@@ -104,5 +107,11 @@ fn render(
     );
     for e in failed.values() {
         output::error(e);
+    }
+    if !failed.is_empty() {
+        output::error(format!(
+            "INCOMPLETE: {} node(s) could not be read; their advice is missing",
+            failed.len()
+        ));
     }
 }

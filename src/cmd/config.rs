@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use super::{view_seeds as view, CmdResult, Failure};
 use crate::cli::{ChangeArgs, ConfigCommand, GlobalOpts, SelectArgs};
-use crate::output::{self, paint, EXIT_FINDINGS, EXIT_OK};
+use crate::output::{self, paint, EXIT_FAILED, EXIT_FINDINGS, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, c: &ConfigCommand) -> CmdResult {
     match c {
@@ -713,7 +713,9 @@ async fn drift(
     if g.json {
         output::print_json(&report);
     } else {
-        if report.drift.is_empty() {
+        if report.drift.is_empty() && report.nodes == 0 {
+            crate::outln!("no node could be read");
+        } else if report.drift.is_empty() {
             crate::outln!("no drift across {} node(s)", report.nodes);
         } else {
             let mut tb = output::table(&["PARAMETER", "SCOPE", "EXPECTED", "VALUE", "NODES"]);
@@ -750,8 +752,17 @@ async fn drift(
         for e in report.failed.values() {
             output::error(e);
         }
+        if !report.failed.is_empty() {
+            output::error(format!(
+                "INCOMPLETE: {} node(s) could not be read; drift on them is unknown",
+                report.failed.len()
+            ));
+        }
     }
-    Ok(if report.drift.is_empty() && report.failed.is_empty() {
+    // A node that could not be read (down, or an ACL without CONFIG) fails the run.
+    Ok(if !report.failed.is_empty() {
+        EXIT_FAILED
+    } else if report.drift.is_empty() {
         EXIT_OK
     } else {
         EXIT_FINDINGS

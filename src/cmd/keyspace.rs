@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{view_light, CmdResult};
 use crate::cli::{GlobalOpts, ScanArgs};
-use crate::output::{self, bytes, EXIT_FINDINGS, EXIT_OK};
+use crate::output::{self, bytes, EXIT_FAILED, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &ScanArgs, memory: bool) -> CmdResult {
     let (exec, view) = view_light(g, Detail::Keyspace).await?;
@@ -108,10 +108,18 @@ pub async fn run(g: &GlobalOpts, a: &ScanArgs, memory: bool) -> CmdResult {
         for e in report.errors.values() {
             output::error(e);
         }
+        if !report.errors.is_empty() {
+            output::error(format!(
+                "INCOMPLETE: {} of {} shard(s) could not be scanned",
+                report.errors.len(),
+                report.shards
+            ));
+        }
     }
+    // A shard that could not be scanned leaves the answer incomplete: a failed run.
     Ok(if report.errors.is_empty() {
         EXIT_OK
     } else {
-        EXIT_FINDINGS
+        EXIT_FAILED
     })
 }

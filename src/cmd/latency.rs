@@ -5,7 +5,7 @@ use rcops_core::topology::{line_addr, Detail};
 
 use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, LatencyArgs};
-use crate::output::{self, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
+use crate::output::{self, EXIT_FAILED, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
 pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
     let (exec, view) = view_light(g, Detail::Health).await?;
@@ -36,26 +36,33 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
             "NODE", "ROLE", "SAMPLES", "ERRORS", "MIN", "P50", "P95", "P99", "P99.9", "MAX",
         ]);
         for n in &report.nodes {
-            if let Some(e) = &n.error {
+            let (Some(min), Some(p)) = (n.min_ms, &n.latency) else {
                 t.add_row(vec![
                     n.node.clone(),
                     n.role.to_string(),
-                    format!("failed: {e}"),
+                    n.samples.to_string(),
+                    n.errors.to_string(),
+                    "-".into(),
                 ]);
                 continue;
-            }
+            };
             let mut row = vec![
                 n.node.clone(),
                 n.role.to_string(),
                 n.samples.to_string(),
                 n.errors.to_string(),
-                format!("{:.3}", n.min_ms),
+                format!("{min:.3}"),
             ];
-            row.extend(output::percentile_cells(&n.latency));
+            row.extend(output::percentile_cells(p));
             t.add_row(row);
         }
         output::align_right(&mut t, &[2, 3, 4, 5, 6, 7, 8, 9]);
         output::print_table(&t);
+        for n in &report.nodes {
+            if let Some(e) = &n.error {
+                output::error(format!("{}: {e}", n.node));
+            }
+        }
         crate::outln!(
             "latencies in ms; {} ms measured{}",
             report.duration_ms,
@@ -74,6 +81,8 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
     }
     Ok(if report.stopped_early {
         EXIT_INTERRUPTED
+    } else if report.nodes.iter().all(|n| n.latency.is_none()) {
+        EXIT_FAILED
     } else if report
         .nodes
         .iter()

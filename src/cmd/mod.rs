@@ -169,6 +169,9 @@ async fn view_by(
     let view = discover_with(&exec, &seeds, detail, follow)
         .await
         .map_err(Failure::failed)?;
+    if let Some(w) = view.denied_warning() {
+        output::warn(w);
+    }
     Ok((exec, view))
 }
 

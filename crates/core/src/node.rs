@@ -516,10 +516,17 @@ impl NodeError {
                 if let Some(e) = noperm(&addr, &errs[0].1) {
                     return e;
                 }
-                let others = errs.iter().filter(|(_, s)| reply(s) != first).count();
-                match others {
-                    0 => one_line(&first),
-                    n => one_line(&format!("{first} (and {n} other error(s))")),
+                let others: Vec<String> = errs
+                    .iter()
+                    .map(|(_, s)| reply(s))
+                    .filter(|r| *r != first)
+                    .collect();
+                match others.first() {
+                    None => one_line(&first),
+                    Some(other) => one_line(&format!(
+                        "{first} (and {} other error(s), e.g. {other})",
+                        others.len()
+                    )),
                 }
             }
             _ => one_line(&e.to_string()),

@@ -27,6 +27,8 @@ pub struct NodeSnapshot {
     pub own_view: bool,
     pub cluster_info: Info,
     pub info: Info,
+    /// The ACL refused `INFO` or `CLUSTER INFO`: those figures are missing, not zero.
+    pub denied: Option<NodeError>,
 }
 
 impl NodeSnapshot {
@@ -36,6 +38,11 @@ impl NodeSnapshot {
 
     pub fn id(&self) -> Option<&str> {
         self.myself().map(|l| l.id.as_str())
+    }
+
+    fn for_user(mut self, user: Option<&str>) -> Self {
+        self.denied = self.denied.map(|e| e.for_user(user));
+        self
     }
 
     /// This node's view reduced to what must agree cluster-wide: which master owns which
@@ -106,10 +113,28 @@ async fn fetch_snapshot(
     for s in sections {
         pipe.cmd("INFO").arg(*s);
     }
-    let replies: Vec<String> = pipe
+    // A refused INFO (an ACL without it) degrades the snapshot instead of failing it: the
+    // topology still comes from CLUSTER NODES.
+    let replies: Vec<redis::RedisResult<String>> = pipe
+        .ignore_errors()
         .query_async(conn)
         .await
         .map_err(|e| NodeError::from_redis(addr, &e))?;
+    let mut denied = None;
+    let mut replies_ok = Vec::with_capacity(replies.len());
+    for (i, r) in replies.into_iter().enumerate() {
+        match r {
+            Ok(text) => replies_ok.push(text),
+            Err(e) => match NodeError::from_redis(addr, &e) {
+                e @ NodeError::NoPerm { .. } if i > 0 || seen_as.is_some() => {
+                    denied.get_or_insert(e);
+                    replies_ok.push(String::new());
+                }
+                e => return Err(e),
+            },
+        }
+    }
+    let replies = replies_ok;
     let short = || NodeError::Command {
         addr: addr.clone(),
         reason: "short reply to CLUSTER NODES/INFO pipeline".into(),
@@ -136,6 +161,7 @@ async fn fetch_snapshot(
         lines,
         cluster_info: Info::parse(cinfo),
         info: Info::parse(&infos.join("\r\n")),
+        denied,
     })
 }
 
@@ -158,7 +184,7 @@ pub struct ClusterView {
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
     /// Every seed failed; each error names its node.
-    #[error("no seed node answered: {}", join_errors(.0))]
+    #[error("{}: {}", if .0.iter().all(NodeError::is_unreachable) { "no seed node answered" } else { "no seed node could be read" }, join_errors(.0))]
     NoSeed(Vec<NodeError>),
 }
 
@@ -234,7 +260,9 @@ pub async fn discover_with(
     let started = Instant::now();
     let seed_results = exec
         .run(seeds.iter().cloned(), |addr, mut conn| async move {
-            fetch_snapshot(&addr, &mut conn, detail, None).await
+            fetch_snapshot(&addr, &mut conn, detail, None)
+                .await
+                .map(|s| s.for_user(exec.options().user.as_deref()))
         })
         .await;
     if seed_results.ok.is_empty() {
@@ -286,7 +314,9 @@ pub async fn discover_with(
         let round = exec
             .run(todo.keys().cloned(), |addr, mut conn| async move {
                 let seen_as = (follow != Follow::AllViews).then(|| &todo[&addr]);
-                fetch_snapshot(&addr, &mut conn, detail, seen_as).await
+                fetch_snapshot(&addr, &mut conn, detail, seen_as)
+                    .await
+                    .map(|s| s.for_user(exec.options().user.as_deref()))
             })
             .await;
         tracing::info!(
@@ -480,6 +510,24 @@ impl ClusterView {
             .collect()
     }
 
+    /// Nodes whose INFO the ACL refused, as one warning line (None when there are none).
+    pub fn denied_warning(&self) -> Option<String> {
+        let mut denied: Vec<&NodeError> = self
+            .snapshots
+            .values()
+            .filter_map(|s| s.denied.as_ref())
+            .collect();
+        denied.sort_by_key(|e| e.addr().clone());
+        let first = denied.first()?;
+        let more = match denied.len() {
+            1 => String::new(),
+            n => format!(" (and {} other node(s))", n - 1),
+        };
+        Some(format!(
+            "{first}{more}: figures from INFO (roles, memory, keys, replication) are missing"
+        ))
+    }
+
     /// Replication offset gap of a replica behind its master, in bytes, when both answered.
     pub fn replica_lag_bytes(&self, replica: &NodeLine) -> Option<u64> {
         let master = self.snapshot(replica.master_id.as_deref()?)?;
@@ -654,6 +702,7 @@ pub(crate) mod testing {
                 own_view: true,
                 cluster_info: Info::parse("cluster_state:ok\n"),
                 info: Info::parse(info),
+                denied: None,
             },
         )
     }

@@ -176,6 +176,23 @@ pub fn evaluate(view: &ClusterView, opts: &CheckOptions) -> CheckReport {
         ));
     }
 
+    // Nodes whose INFO an ACL refused: replication, persistence and loading are not checked.
+    let mut denied: Vec<&crate::NodeError> = view
+        .snapshots
+        .values()
+        .filter_map(|s| s.denied.as_ref())
+        .collect();
+    denied.sort_by_key(|e| e.addr().clone());
+    if let Some(first) = denied.first() {
+        let nodes = denied.iter().map(|e| e.addr().to_string()).collect();
+        f.push(Finding::new(
+            Warning,
+            "info_denied",
+            nodes,
+            format!("{first}: replication, persistence and loading not checked on these nodes"),
+        ));
+    }
+
     // Failure flags: `fail` is the cluster's verdict (from the reference view); `fail?` is any
     // reachable node's suspicion.
     for line in &view.nodes {

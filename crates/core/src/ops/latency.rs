@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::{rtt_histogram, Percentiles};
 use crate::fanout::{query, Executor};
-use crate::node::Addr;
+use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
 
 /// Every key rcops writes for measurements starts with this.
@@ -37,11 +37,11 @@ pub struct NodeLatency {
     pub role: &'static str,
     pub samples: u64,
     pub errors: u64,
-    pub min_ms: f64,
-    pub mean_ms: f64,
+    /// None (null) without a single successful reply: no latency was measured.
+    pub min_ms: Option<f64>,
     #[serde(flatten)]
-    pub latency: Percentiles,
-    /// Set when the node could not be measured at all.
+    pub latency: Option<Percentiles>,
+    /// Set when the node could not be measured at all, or no request succeeded.
     pub error: Option<String>,
 }
 
@@ -56,27 +56,32 @@ pub struct LatencyReport {
     pub keys_left: usize,
 }
 
-fn summarise(node: String, role: &'static str, h: &Histogram<u64>, errors: u64) -> NodeLatency {
+fn summarise(
+    node: String,
+    role: &'static str,
+    h: &Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+) -> NodeLatency {
+    let measured = !h.is_empty();
     NodeLatency {
         node,
         role,
         samples: h.len(),
         errors,
-        min_ms: if h.is_empty() {
-            0.0
-        } else {
-            h.min() as f64 / 1000.0
+        min_ms: measured.then(|| h.min() as f64 / 1000.0),
+        latency: measured.then(|| Percentiles::of(h)),
+        error: match first_error {
+            Some(e) if !measured => Some(format!("all {errors} request(s) failed: {e}")),
+            _ => None,
         },
-        mean_ms: h.mean().round() / 1000.0,
-        latency: Percentiles::of(h),
-        error: None,
     }
 }
 
 fn failed(node: String, role: &'static str, error: String) -> NodeLatency {
     NodeLatency {
         error: Some(error),
-        ..summarise(node, role, &rtt_histogram(), 0)
+        ..summarise(node, role, &rtt_histogram(), 0, None)
     }
 }
 
@@ -137,6 +142,7 @@ pub async fn latency(
             let (role, key) = &plan[&addr];
             let mut h = rtt_histogram();
             let mut errors = 0u64;
+            let mut first_error = None;
             if *role == "replica" {
                 query::<()>(&addr, &mut conn, &redis::cmd("READONLY")).await?;
             }
@@ -172,10 +178,14 @@ pub async fn latency(
                         let us = t.elapsed().as_micros().max(1) as u64;
                         let _ = h.record(us.min(60_000_000));
                     }
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| NodeError::from_redis(&addr, &e).reason());
+                    }
                 }
             }
-            Ok(summarise(addr.to_string(), role, &h, errors))
+            Ok(summarise(addr.to_string(), role, &h, errors, first_error))
         })
         .await;
     // Clean up whatever happened above.
@@ -188,7 +198,7 @@ pub async fn latency(
     let mut nodes: Vec<NodeLatency> = result.ok.into_values().collect();
     for (addr, e) in result.failed {
         let role = plan.get(&addr).map(|p| p.0).unwrap_or("unknown");
-        nodes.push(failed(addr.to_string(), role, e.to_string()));
+        nodes.push(failed(addr.to_string(), role, e.reason()));
     }
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     LatencyReport {

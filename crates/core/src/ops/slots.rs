@@ -18,8 +18,14 @@ pub struct MasterSlots {
     pub share_pct: f64,
     /// Keys in the master's keyspace (`INFO keyspace`), when it answered.
     pub keys: Option<u64>,
-    /// Deviation of the slot count from an even split over slot-owning masters, percent.
-    pub deviation_pct: f64,
+    /// Deviation of the slot count from an even split over slot-owning masters, percent;
+    /// none for a master without slots (a spare, or an old master after a failover).
+    pub deviation_pct: Option<f64>,
+    /// Why the master could not be read (its keys are then unknown, not zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Flagged `fail` by the cluster.
+    pub failed: bool,
 }
 
 /// A slot being moved, as the nodes involved report it.
@@ -33,14 +39,24 @@ pub struct OpenSlotEntry {
 }
 
 /// JSON: `{"masters": [MasterSlots], "covered", "uncovered": "ranges", "open": [OpenSlotEntry],
-/// "total_keys"}`.
+/// "total_keys", "keys_complete"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotsReport {
     pub masters: Vec<MasterSlots>,
     pub covered: usize,
     pub uncovered: String,
     pub open: Vec<OpenSlotEntry>,
+    /// Keys over the masters that answered.
     pub total_keys: u64,
+    /// False when a slot-owning master could not be read: `total_keys` is then a lower bound.
+    pub keys_complete: bool,
+}
+
+impl SlotsReport {
+    /// Uncovered or open slots, or a slot owner that could not be read.
+    pub fn has_problems(&self) -> bool {
+        self.uncovered != "-" || !self.open.is_empty() || !self.keys_complete
+    }
 }
 
 pub fn slots(view: &ClusterView) -> SlotsReport {
@@ -50,20 +66,33 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
         .masters_by_slot()
         .into_iter()
         .map(|m| {
-            let n = m.slot_count();
+            // A reachable master's own claim is authoritative (after `CLUSTER DELSLOTS` on
+            // the owner only it knows), as in `covered`.
+            let snap = view.snapshot(&m.id);
+            let own = snap.and_then(|s| s.myself()).map(|l| l.slot_set());
+            let set = own.unwrap_or_else(|| m.slot_set());
+            let n = set.len();
             MasterSlots {
                 id: m.id.clone(),
                 addr: m.addr(),
                 slots: n,
-                ranges: format_ranges(&m.slots),
+                ranges: format_ranges(&set.ranges()),
                 share_pct: pct(n as f64, f64::from(SLOTS)),
-                keys: view.snapshot(&m.id).map(|s| s.info.total_keys()),
-                deviation_pct: if n == 0 {
-                    -100.0
-                } else {
+                keys: snap
+                    .filter(|s| s.denied.is_none())
+                    .map(|s| s.info.total_keys()),
+                deviation_pct: (n > 0).then(|| {
                     // `+ 0.0` turns -0.0 into 0.0 so even splits print as +0.0%.
                     ((n as f64 - expected) / expected * 1000.0).round() / 10.0 + 0.0
+                }),
+                error: match snap {
+                    Some(s) => s.denied.as_ref().map(|e| e.reason()),
+                    None => Some(
+                        view.error_for(m)
+                            .map_or_else(|| "did not answer".to_string(), |e| e.reason()),
+                    ),
                 },
+                failed: m.flags.fail,
             }
         })
         .collect();
@@ -91,6 +120,7 @@ pub fn slots(view: &ClusterView) -> SlotsReport {
     open.sort_by_key(|o| (o.slot, o.node.clone()));
     SlotsReport {
         total_keys: masters.iter().filter_map(|m| m.keys).sum(),
+        keys_complete: masters.iter().all(|m| m.slots == 0 || m.keys.is_some()),
         masters,
         covered: covered.len(),
         uncovered: format_ranges(&covered.complement().ranges()),
