@@ -241,6 +241,24 @@ fn set_verifies_rewrites_records_refusals_roll_back_and_rollback_restores() {
     for &p in &ports {
         assert_eq!(c.get(p, "maxmemory"), "0");
     }
+    // A secret changed after a revision (set → another value): both sides are masked, yet a
+    // rollback reports it as not restored instead of "nothing to change".
+    let r = c.run(&["config", "history", "--json"]);
+    let with_auth = r.json()[0]["short"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", r.stdout))
+        .to_string();
+    let r = c.run(&["config", "set", "masterauth", "n3w-pa55", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = c.run(&["config", "rollback", &with_auth, "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
+    assert!(
+        r.stderr
+            .contains("masterauth not changed: secrets are not kept in history"),
+        "{}",
+        r.stderr
+    );
+    assert!(!format!("{}{}", r.stdout, r.stderr).contains("n3w-pa55"));
 
     // A revision that does not exist.
     let r = c.run(&["config", "rollback", "deadbeef", "--yes"]);

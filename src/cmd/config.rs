@@ -853,6 +853,16 @@ async fn rollback(
         let mut want = Params::new();
         for (k, v) in &then.params {
             let Some(cur) = now.get(k) else { continue };
+            // Secrets are masked on both sides, so equal masks say nothing: a set secret is
+            // always reported as not restored, never silently taken as unchanged.
+            if conf::is_secret(k) && !(cur.is_empty() && v.is_empty()) {
+                skipped.push(cfg::Skipped {
+                    node: addr.clone(),
+                    param: k.clone(),
+                    reason: "secrets are not kept in history: not restored, and whether it changed cannot be told; check it by hand".into(),
+                });
+                continue;
+            }
             if conf::same_value(k, cur, v) {
                 continue;
             }
