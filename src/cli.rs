@@ -14,8 +14,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every cluster command takes.
+/// Options every cluster command takes, listed under their own heading in every `--help`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Seed nodes, HOST:PORT[,HOST:PORT…]; a seed that is down is skipped if another answers
     #[arg(
@@ -561,8 +562,8 @@ pub enum LabCommand {
     Load {
         #[command(flatten)]
         at: LabLocation,
-        /// Number of keys
-        #[arg(long, default_value_t = 10_000)]
+        /// Number of keys (at least 1)
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
         keys: u64,
     },
 }

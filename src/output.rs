@@ -160,11 +160,31 @@ pub fn progress(total: Option<u64>, json: bool, template: &str) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style);
+    // `{rate}`: a whole number per second with thousands separators (indicatif's own
+    // `{per_sec}` prints four decimals: `148,642.8947/s`).
+    if let Ok(style) = ProgressStyle::with_template(&template.replace("{per_sec}", "{rate}")) {
+        pb.set_style(style.with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", grouped(s.per_sec().round() as u64));
+            },
+        ));
     }
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
+}
+
+/// `1234567` → `1,234,567`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `1.5 MiB` style sizes.
@@ -219,5 +239,9 @@ mod tests {
         assert_eq!(age(59), "59s");
         assert_eq!(age(3700), "1h1m");
         assert_eq!(age(90000), "1d1h");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(148_642), "148,642");
+        assert_eq!(grouped(1_234_567), "1,234,567");
     }
 }

@@ -383,6 +383,29 @@ fn bigkeys_and_memkeys_find_a_planted_hash(lab: &Lab) {
     let r = lab.run(&["bigkeys", "--json", "--match", "planted:*"]);
     assert_eq!(r.json()["keys_scanned"], 1);
     lab.redis_cli(lab.port, &["-c", "DEL", planted]);
+
+    // A binary key name reaches the terminal escaped, as redis-cli shows it.
+    let binary: &[u8] = b"planted:bin\x00\xff\n";
+    let slot = rcops_formats::slot::key_slot(binary);
+    let owner = rcops_formats::slot::even_split(3)
+        .iter()
+        .position(|r| r.start <= slot && slot <= r.end)
+        .unwrap() as u16;
+    let mut c = crate::backup::conn(lab.port + owner);
+    let _: () = redis::cmd("SADD")
+        .arg(binary)
+        .arg("a")
+        .query(&mut c)
+        .unwrap();
+    let r = lab.run(&["bigkeys", "--match", "planted:bin*"]);
+    let _: () = redis::cmd("DEL").arg(binary).query(&mut c).unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(r#""planted:bin\x00\xff\n""#),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains('\0'), "{}", r.stdout);
 }
 
 fn probe_keys_left(lab: &Lab) -> usize {

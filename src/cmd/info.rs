@@ -50,12 +50,9 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
         "RDB", "AOF",
     ]);
     for r in &rows {
-        if let Some(e) = &r.error {
-            t.add_row(vec![
-                r.addr.clone(),
-                r.role.clone(),
-                format!("unreachable: {e}"),
-            ]);
+        if r.error.is_some() {
+            // The cause goes under the table, so it neither fills a column nor widens it.
+            t.add_row(vec![r.addr.clone(), r.role.clone(), "DOWN".into()]);
             continue;
         }
         t.add_row(vec![
@@ -92,6 +89,9 @@ pub async fn run(g: &GlobalOpts, a: &InfoArgs) -> CmdResult {
         &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
     );
     output::print_table(&t);
+    for r in rows.iter().filter(|r| r.error.is_some()) {
+        output::error(r.error.as_deref().unwrap_or_default());
+    }
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }
 

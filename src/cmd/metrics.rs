@@ -58,8 +58,9 @@ fn render(r: &MetricsReport) {
     ]);
     for n in &r.nodes {
         let i = &n.info;
-        if let Some(e) = &i.error {
-            t.add_row(vec![i.addr.clone(), i.role.clone(), format!("down: {e}")]);
+        if i.error.is_some() {
+            // The cause goes under the table, so it neither fills a column nor widens it.
+            t.add_row(vec![i.addr.clone(), i.role.clone(), "DOWN".into()]);
             continue;
         }
         let ops = n
@@ -122,4 +123,7 @@ fn render(r: &MetricsReport) {
     ]);
     output::align_right(&mut t, &(2..19).collect::<Vec<_>>());
     output::print_table(&t);
+    for e in r.nodes.iter().filter_map(|n| n.info.error.as_ref()) {
+        output::error(e);
+    }
 }

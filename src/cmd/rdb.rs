@@ -60,7 +60,7 @@ pub fn run(g: &GlobalOpts, c: &RdbCommand) -> CmdResult {
                         "type": rcops_core::ops::rdb::type_name(e.type_byte), "expire_ms": e.expire_ms,
                     }));
                 } else {
-                    out.line(format_args!("{}", String::from_utf8_lossy(&e.key)));
+                    out.line(format_args!("{}", rcops_formats::display_key(&e.key)));
                 }
             })
             .map_err(Failure::failed)?;

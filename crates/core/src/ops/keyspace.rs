@@ -222,7 +222,7 @@ async fn scan_shard(
                     opts,
                     ty,
                     KeySize {
-                        key: String::from_utf8_lossy(k).into_owned(),
+                        key: rcops_formats::display_key(k),
                         node: addr.to_string(),
                         elements: int(&v[0]),
                         memory_bytes: v.get(1).map(int),

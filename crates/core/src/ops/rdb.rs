@@ -333,7 +333,7 @@ pub fn memory(path: &Path, top: usize, delimiter: &str) -> Result<RdbMemory, Rdb
     m.info = scan(path, true, |e| {
         let size = e.raw_len;
         let kind = type_name(e.type_byte);
-        let key = String::from_utf8_lossy(&e.key).into_owned();
+        let key = rcops_formats::display_key(&e.key);
         let t = m.by_type.entry(kind).or_default();
         t.keys += 1;
         t.serialized_bytes += size;

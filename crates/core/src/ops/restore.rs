@@ -541,24 +541,7 @@ fn selected(e: &Entry, opts: &RestoreOptions) -> bool {
         && (opts.types.is_empty() || opts.types.iter().any(|t| t == type_name(e.type_byte)))
 }
 
-/// Redis-cli style rendering of a key: printable ASCII as is, other bytes `\xNN`.
-pub fn show_key(k: &[u8]) -> String {
-    let mut s = String::with_capacity(k.len() + 2);
-    s.push('"');
-    for &b in k {
-        match b {
-            b'"' => s.push_str("\\\""),
-            b'\\' => s.push_str("\\\\"),
-            b'\n' => s.push_str("\\n"),
-            b'\r' => s.push_str("\\r"),
-            b'\t' => s.push_str("\\t"),
-            0x20..=0x7e => s.push(b as char),
-            _ => s.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    s.push('"');
-    s
-}
+pub use rcops_formats::show_key;
 
 /// What the checks before writing found in one file.
 #[derive(Debug, Clone, Default, Serialize)]
