@@ -1150,4 +1150,38 @@ fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
         2,
         "both complete sets kept"
     );
+
+    // Streams' consumer-group state as the master keeps it (a replica has no entries-read):
+    // --from-masters restores XINFO GROUPS' entries-read and lag.
+    for p in [r1, m0, pairs[2].0] {
+        lab.redis_cli(p, &["CONFIG", "SET", "rdb-key-save-delay", "0"]);
+    }
+    let cli = |args: &[&str]| lab.redis_cli(m0, &[&["-c"][..], args].concat());
+    for i in 0..200 {
+        cli(&["XADD", "events", "*", "n", &i.to_string()]);
+    }
+    assert_eq!(cli(&["XGROUP", "CREATE", "events", "g", "0"]), "OK");
+    cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "COUNT",
+        "50",
+        "STREAMS",
+        "events",
+        ">",
+    ]);
+    let groups = || cli(&["XINFO", "GROUPS", "events"]);
+    let before = groups();
+    assert!(before.contains("entries-read\n50\nlag\n150"), "{before}");
+    let r = lab.run(&["backup", "--state-dir", &st, "--from-masters", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let id = r.json()["manifest"]["id"].as_str().unwrap().to_string();
+    for p in [r1, m0, pairs[2].0] {
+        lab.redis_cli(p, &["FLUSHALL"]);
+    }
+    let r = lab.run(&["restore", &id, "--state-dir", &st, "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(groups(), before);
 }
