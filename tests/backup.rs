@@ -1092,13 +1092,18 @@ fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
     for p in [r1, m0, pairs[2].0] {
         lab.redis_cli(p, &["CONFIG", "SET", "rdb-key-save-delay", "3000"]);
     }
-    let child = lab
-        .cmd(&["backup", "--state-dir", &st, "--from-masters"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A backup of the slowed masters, left running for 1.5 s.
+    let slow_backup = || {
+        let child = lab
+            .cmd(&["backup", "--state-dir", &st, "--from-masters"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        child
+    };
+    let child = slow_backup();
     assert_eq!(partial_dirs(&dir).len(), 1, "a backup is being written");
     let listed = run(&mut rcops(&["backup", "list", "--state-dir", &st]));
     assert!(listed.stdout.contains("in progress"), "{}", listed.stdout);
@@ -1117,13 +1122,7 @@ fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
 
     // kill -9 leaves an unfinished folder; prune removes it at once (its writer is gone)
     // and keeps the complete sets.
-    let mut child = lab
-        .cmd(&["backup", "--state-dir", &st, "--from-masters"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut child = slow_backup();
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(partial_dirs(&dir).len(), 1);

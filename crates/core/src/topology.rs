@@ -674,6 +674,10 @@ pub(crate) mod testing {
     use super::*;
     use rcops_formats::info::Info;
 
+    pub(crate) const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    pub(crate) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    pub(crate) const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+
     /// The same cluster text, as seen by `me`.
     fn nodes_as(me: &str, text: &str) -> String {
         text.lines()
@@ -710,12 +714,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::snap;
+    use super::testing::{snap, A, B, C};
     use super::*;
 
-    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
     const D: &str = "dddddddddddddddddddddddddddddddddddddddd";
     const E: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 

@@ -622,8 +622,9 @@ pub async fn backup(
 
 const INTERRUPTED: &str = "interrupted";
 
-/// Whether the process that started an unfinished set still runs (Linux: `/proc`). Unknown
-/// (no owner file, no `/proc`) counts as running: only age then makes a set abandoned.
+/// The pid of the process writing an unfinished set, while it still runs (Linux: `/proc`;
+/// without `/proc` a recorded owner counts as running). None without an owner file (older
+/// sets: only age makes those abandoned) or once the process is gone.
 fn owner_running(partial: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(partial.join(OWNER))
         .ok()?
@@ -674,10 +675,8 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>, BackupError> {
             .and_then(|n| n.strip_suffix(".partial"))
         {
             let problem = match owner_running(&path) {
-                Some(pid) if path.join(OWNER).is_file() && pid != 0 => {
-                    format!("in progress (pid {pid}): not restorable yet")
-                }
-                _ => "unfinished (interrupted backup): not restorable".into(),
+                Some(pid) => format!("in progress (pid {pid}): not restorable yet"),
+                None => "unfinished (interrupted backup): not restorable".into(),
             };
             out.push(Listed {
                 id: id.to_string(),

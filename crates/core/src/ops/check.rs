@@ -574,11 +574,7 @@ fn abbreviate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::testing::snap;
-
-    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+    use crate::topology::testing::{snap, A, B, C};
 
     fn healthy_text() -> String {
         format!(
