@@ -971,7 +971,7 @@ fn valkey_9_backups_restore_into_redis_7() {
 }
 
 /// `(master port, replica port)` pairs of a lab, from `ROLE`.
-fn pairs(lab: &Lab) -> Vec<(u16, u16)> {
+pub(crate) fn pairs(lab: &Lab) -> Vec<(u16, u16)> {
     let ports: Vec<u16> = (0..lab.nodes as u16).map(|i| lab.port + i).collect();
     let mut out = Vec::new();
     for &p in &ports {
@@ -986,7 +986,7 @@ fn pairs(lab: &Lab) -> Vec<(u16, u16)> {
     out
 }
 
-fn signal(lab: &Lab, port: u16, sig: &str) {
+pub(crate) fn signal(lab: &Lab, port: u16, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &lab.pid(port).to_string()])
         .status()

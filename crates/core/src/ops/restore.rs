@@ -17,6 +17,9 @@
 //!   past the last checkpoint.
 //! - A write whose outcome is unknown (timeout, dropped connection) is re-checked with
 //!   `EXISTS` before it is counted, and re-sent when the key is absent.
+//! - A checkpoint counts a key only once a replica of its master has it (the fence:
+//!   `WAIT 1` before each save): keys a master acknowledged and lost in a failover before
+//!   replicating them are re-sent by `--resume`.
 //! - Memory stays bounded whatever the size of a key: batches are capped in bytes, and a
 //!   value above [`SPILL_ABOVE`] goes to an anonymous temporary file and streams from there;
 //!   the reply timeout of a write grows with its size.
@@ -156,7 +159,8 @@ pub struct Counts {
     pub skipped_existing: u64,
     /// Restored by earlier, interrupted runs of the same restore (`--resume`).
     pub already_done: u64,
-    /// Not in the target: retried by `--resume`.
+    /// Not in the target, or written but not confirmed by a replica before its master
+    /// failed: sent again by `--resume`.
     pub failed: u64,
 }
 
@@ -246,6 +250,10 @@ pub struct FileProgress {
     /// again.
     #[serde(default)]
     pub retry: Vec<u64>,
+    /// The entries of `retry` that were written but no replica confirmed them: ours, so a
+    /// resumed run sends them with `REPLACE` whatever the conflict mode.
+    #[serde(default)]
+    pub resend: Vec<u64>,
     /// Outcomes of the handled entries, failed ones excepted (those are in `retry`).
     #[serde(default)]
     pub counts: Counts,
@@ -829,7 +837,6 @@ struct Router {
 /// What every file's writer shares.
 struct Shared<'a> {
     exec: &'a Executor,
-    pool: Pool,
     router: Mutex<Router>,
     errors: Mutex<Vec<String>>,
     per_type: Mutex<BTreeMap<&'static str, Counts>>,
@@ -875,7 +882,6 @@ pub async fn restore(
     };
     let shared = Shared {
         exec,
-        pool: Pool::default(),
         router: Mutex::new(Router {
             owners: view
                 .slot_owner()
@@ -961,6 +967,7 @@ fn produce(
     let batch = opts.batch.max(1);
     let (mut index, mut bytes, mut window) = (0u64, 0usize, replace_window);
     let mut retry = earlier.retry.iter().copied().peekable();
+    let mut resend = earlier.resend.iter().copied().peekable();
     let mut out = Vec::with_capacity(batch.min(4096));
     let mut c = Counts::default();
     for item in &mut p {
@@ -971,11 +978,14 @@ fn produce(
         let Item::Entry(mut e) = item else { continue };
         index += 1;
         let retrying = index <= earlier.done;
+        let mut ours_for_sure = false;
         if retrying {
             while retry.next_if(|&i| i < index).is_some() {}
             if retry.next_if_eq(&index).is_none() {
                 continue; // done by an earlier run
             }
+            while resend.next_if(|&i| i < index).is_some() {}
+            ours_for_sure = resend.next_if_eq(&index).is_some();
         }
         if !selected(&e, opts) {
             c.skipped_filtered += 1;
@@ -1002,7 +1012,9 @@ fn produce(
                 key: e.key,
                 payload,
                 index,
-                replace: opts.on_conflict == OnConflict::Replace || (ours && may_replace_ours),
+                replace: opts.on_conflict == OnConflict::Replace
+                    || ours_for_sure
+                    || (ours && may_replace_ours),
             });
         }
         if out.len() >= batch || bytes >= BATCH_BYTES {
@@ -1067,20 +1079,24 @@ async fn restore_file(
     let mut failed: Vec<u64> = Vec::new();
     let mut since_save = 0u64;
     let mut last_index = None;
+    let conns = Conns::default();
+    let mut fence = Fence::default();
     while let Some((batch, c, index)) = rx.recv().await {
         run.skipped_filtered += c.skipped_filtered;
         run.skipped_expired += c.skipped_expired;
         shared.pace.admit(batch.len() as u64).await;
-        let sent = send_batch(shared, batch).await;
+        let sent = send_batch(shared, &conns, batch).await;
         progress(sent.counts.entries());
         run.add(&sent.counts);
         failed.extend(sent.failed);
+        fence.add(sent.landed);
         last_index = Some(index);
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
+            fence.confirm(shared, &conns, &mut run, &mut failed).await;
             save_progress(
-                shared, &src.label, &earlier, index, &run, &failed, opts.batch,
+                shared, &src.label, &earlier, index, &run, &failed, &fence, opts.batch,
             );
             since_save = 0;
         }
@@ -1089,8 +1105,9 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
+        fence.confirm(shared, &conns, &mut run, &mut failed).await;
         save_progress(
-            shared, &src.label, &earlier, index, &run, &failed, opts.batch,
+            shared, &src.label, &earlier, index, &run, &failed, &fence, opts.batch,
         );
     }
     drop(rx);
@@ -1114,6 +1131,7 @@ fn poisoned() -> RestoreError {
 
 /// Records `file` as handled up to entry `index`: this run's outcomes added to the earlier
 /// runs', failed entries kept for a retry (with the earlier failures not reached yet).
+#[allow(clippy::too_many_arguments)]
 fn save_progress(
     shared: &Shared<'_>,
     file: &str,
@@ -1121,6 +1139,7 @@ fn save_progress(
     index: u64,
     run: &Counts,
     failed: &[u64],
+    fence: &Fence,
     batch: usize,
 ) {
     let Ok(mut cp) = shared.checkpoint.lock() else {
@@ -1133,6 +1152,14 @@ fn save_progress(
         .collect();
     retry.sort_unstable();
     retry.dedup();
+    let mut resend: Vec<u64> = fence
+        .unconfirmed
+        .iter()
+        .copied()
+        .chain(earlier.resend.iter().copied().filter(|&i| i > index))
+        .collect();
+    resend.sort_unstable();
+    resend.dedup();
     let mut counts = earlier.counts.clone();
     counts.restored += run.restored;
     counts.skipped_expired += run.skipped_expired;
@@ -1143,6 +1170,7 @@ fn save_progress(
         FileProgress {
             done: earlier.done.max(index),
             retry,
+            resend,
             counts,
         },
     );
@@ -1160,10 +1188,109 @@ fn save_progress(
     }
 }
 
-/// A batch's outcome: counts, and the file indices of the keys that failed.
+/// A batch's outcome: counts, the file indices of the keys that failed, and where each key
+/// counted as restored was written.
 struct Sent {
     counts: Counts,
     failed: Vec<u64>,
+    landed: Vec<(Addr, u64, &'static str)>,
+}
+
+/// The replication fence: keys written since the last checkpoint, by master, until a
+/// replica confirms them (`WAIT`). A checkpoint never counts a key that a failover can still
+/// take away: acknowledged by a master that then died before replicating it, it is sent
+/// again by `--resume`.
+#[derive(Default)]
+struct Fence {
+    pending: HashMap<Addr, Vec<(u64, &'static str)>>,
+    /// Entries this run wrote that no replica confirmed.
+    unconfirmed: Vec<u64>,
+}
+
+impl Fence {
+    fn add(&mut self, landed: Vec<(Addr, u64, &'static str)>) {
+        for (addr, index, kind) in landed {
+            self.pending.entry(addr).or_default().push((index, kind));
+        }
+    }
+
+    /// Confirms every pending master at once; the keys of those that cannot confirm move
+    /// from restored to failed (and `unconfirmed`), with one error line per master.
+    async fn confirm(
+        &mut self,
+        shared: &Shared<'_>,
+        conns: &Conns,
+        run: &mut Counts,
+        failed: &mut Vec<u64>,
+    ) {
+        let pending = std::mem::take(&mut self.pending);
+        let checks = pending.into_iter().map(|(addr, keys)| async move {
+            let r = replicated(shared, conns, &addr).await;
+            (addr, keys, r)
+        });
+        for (addr, keys, r) in futures::future::join_all(checks).await {
+            let Err(why) = r else { continue };
+            note(
+                &shared.errors,
+                format!(
+                    "{addr}: {} restored key(s) not confirmed by a replica ({why}): \
+                     --resume sends them again",
+                    keys.len()
+                ),
+            );
+            let mut per_type = shared.per_type.lock().ok();
+            for (index, kind) in keys {
+                run.restored = run.restored.saturating_sub(1);
+                run.failed += 1;
+                if let Some(m) = per_type.as_mut() {
+                    let c = m.entry(kind).or_default();
+                    c.restored = c.restored.saturating_sub(1);
+                    c.failed += 1;
+                }
+                failed.push(index);
+                self.unconfirmed.push(index);
+            }
+        }
+    }
+}
+
+/// Whether a replica of `addr` holds what this file wrote there: `WAIT 1` on the connection
+/// that wrote (WAIT covers its own connection's writes), within the node timeout. A master
+/// without an online replica confirms at once: nothing else could hold the keys.
+async fn replicated(shared: &Shared<'_>, conns: &Conns, addr: &Addr) -> Result<(), String> {
+    let Some((mut t, true)) = conns.idle(addr) else {
+        return Err("the connection that wrote them was lost".into());
+    };
+    let base = shared.exec.timeout();
+    let info = t
+        .frames_within(addr, 1, base, |out| {
+            rcops_formats::resp::encode_command(&[b"INFO", b"replication"], out)
+        })
+        .await
+        .map_err(|e| e.reason())?;
+    let info = String::from_utf8_lossy(info.first().map_or(&[][..], |f| f));
+    let online = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    if online > 0 {
+        let ms = base.as_millis().to_string();
+        let got = t
+            .frames_within(addr, 1, base * 2, |out| {
+                rcops_formats::resp::encode_command(&[b"WAIT", b"1", ms.as_bytes()], out)
+            })
+            .await
+            .map_err(|e| e.reason())?;
+        if got.first().is_none_or(|f| f.starts_with(b":0")) {
+            conns.put(addr, t, true);
+            return Err(format!(
+                "{online} replica(s) online, none acknowledged within {}",
+                humantime::format_duration(base)
+            ));
+        }
+    }
+    conns.put(addr, t, true);
+    Ok(())
 }
 
 /// Attempts per key (redirects, retryable errors, re-sends after an unknown outcome).
@@ -1182,9 +1309,10 @@ struct Todo {
 /// come back MOVED/ASK go to the new owner; TRYAGAIN, CLUSTERDOWN and LOADING are retried
 /// with backoff; a pipeline that failed (timeout, dropped connection) is re-checked key by
 /// key before anything is counted.
-async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
+async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) -> Sent {
     let mut counts = Counts::default();
     let mut failed = Vec::new();
+    let mut landed = Vec::new();
     // Per-type counts of this batch, merged into the shared map once at the end.
     let mut local: BTreeMap<&'static str, Counts> = BTreeMap::new();
     let mut todo: Vec<Todo> = batch
@@ -1235,7 +1363,7 @@ async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
             }
         }
         let rounds = futures::future::join_all(by_node.into_iter().map(|(addr, items)| async {
-            let r = pipeline(shared, &addr, &items, base).await;
+            let r = pipeline(shared, conns, &addr, &items, base).await;
             (addr, items, r)
         }))
         .await;
@@ -1245,7 +1373,7 @@ async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
                 Err(e) => {
                     // The writes may or may not have happened: look before counting.
                     let bytes: u64 = items.iter().map(|t| t.p.payload.len()).sum();
-                    match exists(shared, &addr, &items, write_timeout(base, bytes)).await {
+                    match exists(shared, conns, &addr, &items, write_timeout(base, bytes)).await {
                         Err(_) => {
                             for t in items {
                                 fail(&t.p, e.to_string(), &mut counts, &mut local);
@@ -1263,6 +1391,7 @@ async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
                                     } else {
                                         counts.restored += 1;
                                         c.restored += 1;
+                                        landed.push((addr.clone(), t.p.index, t.p.kind));
                                     }
                                 } else {
                                     t.last = Some(e.to_string());
@@ -1278,6 +1407,7 @@ async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
                 let Some(text) = reply else {
                     counts.restored += 1;
                     local.entry(t.p.kind).or_default().restored += 1;
+                    landed.push((addr.clone(), t.p.index, t.p.kind));
                     continue;
                 };
                 let code = text.split_whitespace().next().unwrap_or("");
@@ -1327,13 +1457,18 @@ async fn send_batch(shared: &Shared<'_>, batch: Vec<Prepared>) -> Sent {
             m.entry(kind).or_default().add(&c);
         }
     }
-    Sent { counts, failed }
+    Sent {
+        counts,
+        failed,
+        landed,
+    }
 }
 
 /// Whether each key exists, asked on a fresh connection within `timeout` (the server may
 /// still be busy with the writes whose replies were lost).
 async fn exists(
     shared: &Shared<'_>,
+    conns: &Conns,
     addr: &Addr,
     items: &[Todo],
     timeout: Duration,
@@ -1370,7 +1505,7 @@ async fn exists(
             }
         }
     }
-    shared.pool.put(addr, t);
+    conns.put(addr, t, false);
     Ok(out)
 }
 
@@ -1382,29 +1517,32 @@ fn note(errors: &Mutex<Vec<String>>, e: String) {
     }
 }
 
-/// Bulk connections per node, shared by the files being restored: taken for one pipeline,
-/// put back after it (dropped after an error).
+/// One file's bulk connections, one per node (a file sends one batch at a time): taken for
+/// one pipeline, put back after it (dropped after an error), each marked once it carried a
+/// write, since the replication fence must ask on a connection that wrote.
 #[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<Addr, Vec<Transport>>>,
+struct Conns {
+    idle: Mutex<HashMap<Addr, (Transport, bool)>>,
 }
 
-impl Pool {
-    async fn take(&self, exec: &Executor, addr: &Addr) -> Result<Transport, NodeError> {
-        let idle = self
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut m| m.get_mut(addr).and_then(Vec::pop));
-        match idle {
+impl Conns {
+    fn idle(&self, addr: &Addr) -> Option<(Transport, bool)> {
+        self.idle.lock().ok().and_then(|mut m| m.remove(addr))
+    }
+
+    async fn take(&self, exec: &Executor, addr: &Addr) -> Result<(Transport, bool), NodeError> {
+        match self.idle(addr) {
             Some(t) => Ok(t),
-            None => Transport::open(exec.options(), addr).await,
+            None => Ok((Transport::open(exec.options(), addr).await?, false)),
         }
     }
 
-    fn put(&self, addr: &Addr, t: Transport) {
+    /// Keeps `t` unless a connection that wrote is already kept for `addr`.
+    fn put(&self, addr: &Addr, t: Transport, wrote: bool) {
         if let Ok(mut m) = self.idle.lock() {
-            m.entry(addr.clone()).or_default().push(t);
+            if wrote || !m.get(addr).is_some_and(|(_, w)| *w) {
+                m.insert(addr.clone(), (t, wrote));
+            }
         }
     }
 }
@@ -1441,11 +1579,12 @@ fn restore_parts(p: &Prepared, asking: bool, head: &mut Vec<u8>, payload_len: u6
 /// of the whole round is unknown.
 async fn pipeline(
     shared: &Shared<'_>,
+    conns: &Conns,
     addr: &Addr,
     items: &[Todo],
     base: Duration,
 ) -> Result<Vec<Option<String>>, NodeError> {
-    let mut t = shared.pool.take(shared.exec, addr).await?;
+    let (mut t, _) = conns.take(shared.exec, addr).await?;
     let mut replies: Vec<Option<Option<String>>> = vec![None; items.len()];
     let mem: Vec<usize> = (0..items.len())
         .filter(|&i| matches!(items[i].p.payload, Payload::Mem(_)))
@@ -1499,7 +1638,7 @@ async fn pipeline(
             .await?;
         replies[i] = Some(got.into_iter().last().flatten());
     }
-    shared.pool.put(addr, t);
+    conns.put(addr, t, true);
     Ok(replies.into_iter().map(Option::flatten).collect())
 }
 /// Sum of `DBSIZE` over the target's masters (0: nothing can conflict).
