@@ -4,13 +4,14 @@
 #   2. RDB parsing: `rcops rdb info` vs rdbtools (`rdbtools-tikon93`, the maintained fork;
 #      rdbtools 0.1.15 refuses RDB version 10) on one shard's RDB.
 #   3. `rcops restore` into an empty 3-master lab vs `redis-benchmark --cluster -P 32` SET
-#      into the same lab (the box's physical limit for small writes).
+#      into the same lab (the box's physical limit for small writes); the cost of the
+#      pre-write checks (vs --no-verify --force); into a lab with replicas (the fence's WAIT).
 # Results go to bench/out/backup.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh; bench_init backup
 dir=$(mktemp -d)
-trap '$rcops lab down --dir "$dir/src" >/dev/null 2>&1 || true; $rcops lab down --dir "$dir/dst" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+trap 'for l in src dst dst2; do $rcops lab down --dir "$dir/$l" >/dev/null 2>&1 || true; done; rm -rf "$dir"' EXIT
 python3 -m pip install -q rdbtools-tikon93 python-lzf >/dev/null 2>&1 || python3 -m pip install -q rdbtools-tikon93 >/dev/null 2>&1 || true
 n=${KEYS:-1000000}
 $rcops lab up --masters 3 --replicas 1 --port 7400 --dir "$dir/src" >/dev/null
@@ -81,22 +82,44 @@ for name, a, b in rows:
 "
 } | tee -a "$md"
 
-# Restore into an empty 3-master lab vs redis-benchmark SETs into the same lab.
+# Restore into an empty 3-master lab vs redis-benchmark SETs into the same lab: with the default
+# checks (every file verified, the target checked, a replication fence at each checkpoint),
+# and without verification or health check (--no-verify --force) to show what they cost.
+# Then into a lab with a replica per master, where the fence waits for a replica (WAIT 1).
 $rcops lab up --masters 3 --replicas 0 --port 7500 --dir "$dir/dst" >/dev/null
+$rcops lab up --masters 3 --replicas 1 --port 7600 --dir "$dir/dst2" >/dev/null
 id=$($rcops backup list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-s=$(date +%s.%N)
-$rcops restore "$id" -c 127.0.0.1:7500 --yes --json > "$dir/restore.json"
-e=$(date +%s.%N)
-rk=$(python3 -c "import json; print(json.load(open('$dir/restore.json'))['total']['restored'])")
-rb=$(redis-benchmark --cluster -h 127.0.0.1 -p 7500 -t set -c 50 -P 32 -n 2000000 -d 3 -r 1000000 --csv 2>/dev/null | tail -1 | python3 -c 'import csv,sys; print(next(csv.reader(sys.stdin))[1])')
+flush() { for p in "$@"; do redis-cli -p "$p" FLUSHALL >/dev/null; done; }
+restore() { # seed, extra flags...: "keys seconds"
+  local seed=$1; shift; local s e
+  s=$(date +%s.%N)
+  $rcops restore "$id" -c "127.0.0.1:$seed" --yes --json "$@" > "$dir/restore.json"
+  e=$(date +%s.%N)
+  python3 -c "import json; print(json.load(open('$dir/restore.json'))['total']['restored'], round($e-$s,3))"
+}
+r1=$(restore 7500); flush 7500 7501 7502
+r2=$(restore 7500 --no-verify --force); flush 7500 7501 7502
+r3=$(restore 7500)
+r4=$(restore 7600)
+sleep 2 # let the replicas finish applying before the floor below
+bench_set() { redis-benchmark --cluster -h 127.0.0.1 -p "$1" -t set -c 50 -P 32 -n 2000000 -d 3 -r 1000000 --csv 2>/dev/null | tail -1 | python3 -c 'import csv,sys; print(next(csv.reader(sys.stdin))[1])'; }
+rb=$(bench_set 7500)
+rb2=$(bench_set 7600)
 {
 echo
-echo "| restore into an empty 3-master lab | keys/s |"
-echo "|---|---:|"
+echo "| restore of the backup ($n keys, all types, TTLs; wall incl. start-up and checks) | time | keys/s | of the SET floor |"
+echo "|---|---:|---:|---:|"
 python3 -c "
-k=$rk; s=$e-$s
-print(f'| rcops restore ({k} keys, all types, TTLs, {s:.2f} s wall incl. start-up and checks) | {k/s:,.0f} |')
-print(f'| redis-benchmark --cluster -P 32 SET (3-byte values) | {float($rb):,.0f} |')
-print(f'\nrcops restore reaches {100*k/s/float($rb):.0f}% of redis-benchmark SET throughput')
+rows = (('3 masters: rcops restore (verify + health check + fence)', '$r1', $rb),
+        ('3 masters: rcops restore --no-verify --force', '$r2', $rb),
+        ('3 masters: rcops restore, again', '$r3', $rb),
+        ('3 masters + 3 replicas: rcops restore (fence waits for a replica)', '$r4', $rb2))
+for name, r, floor in rows:
+    k, s = map(float, r.split())
+    print(f'| {name} | {s:.2f} s | {k/s:,.0f} | {100*k/s/floor:.0f}% |')
+print(f'| 3 masters: redis-benchmark --cluster -c 50 -P 32 SET, 3-byte values (floor) | | {float($rb):,.0f} | |')
+print(f'| 3 masters + 3 replicas: same (floor) | | {float($rb2):,.0f} | |')
+c = (float('$r1'.split()[1]) + float('$r3'.split()[1])) / 2 / float('$r2'.split()[1]) - 1
+print(f'\nverify + health check + fence: {100*c:+.0f}% wall time over --no-verify --force')
 "
 } | tee -a "$md"

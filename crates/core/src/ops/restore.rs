@@ -1193,7 +1193,7 @@ fn save_progress(
 struct Sent {
     counts: Counts,
     failed: Vec<u64>,
-    landed: Vec<(Addr, u64, &'static str)>,
+    landed: Vec<(Addr, Vec<(u64, &'static str)>)>,
 }
 
 /// The replication fence: keys written since the last checkpoint, by master, until a
@@ -1208,9 +1208,9 @@ struct Fence {
 }
 
 impl Fence {
-    fn add(&mut self, landed: Vec<(Addr, u64, &'static str)>) {
-        for (addr, index, kind) in landed {
-            self.pending.entry(addr).or_default().push((index, kind));
+    fn add(&mut self, landed: Vec<(Addr, Vec<(u64, &'static str)>)>) {
+        for (addr, keys) in landed {
+            self.pending.entry(addr).or_default().extend(keys);
         }
     }
 
@@ -1368,6 +1368,8 @@ async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) ->
         }))
         .await;
         for (addr, items, r) in rounds {
+            // The keys counted as restored on this node, for the replication fence.
+            let mut here = Vec::new();
             let replies = match r {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -1391,7 +1393,7 @@ async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) ->
                                     } else {
                                         counts.restored += 1;
                                         c.restored += 1;
-                                        landed.push((addr.clone(), t.p.index, t.p.kind));
+                                        here.push((t.p.index, t.p.kind));
                                     }
                                 } else {
                                     t.last = Some(e.to_string());
@@ -1400,6 +1402,9 @@ async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) ->
                             }
                         }
                     }
+                    if !here.is_empty() {
+                        landed.push((addr, here));
+                    }
                     continue;
                 }
             };
@@ -1407,7 +1412,7 @@ async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) ->
                 let Some(text) = reply else {
                     counts.restored += 1;
                     local.entry(t.p.kind).or_default().restored += 1;
-                    landed.push((addr.clone(), t.p.index, t.p.kind));
+                    here.push((t.p.index, t.p.kind));
                     continue;
                 };
                 let code = text.split_whitespace().next().unwrap_or("");
@@ -1442,6 +1447,9 @@ async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) ->
                         fail(&t.p, why, &mut counts, &mut local);
                     }
                 }
+            }
+            if !here.is_empty() {
+                landed.push((addr, here));
             }
         }
     }
@@ -1547,27 +1555,48 @@ impl Conns {
     }
 }
 
-/// `RESTORE key ttl <payload> [REPLACE] [ABSTTL]` up to the payload's bytes (`head`, with the
-/// payload's length header), and what follows them (`tail`).
+/// The arguments of `RESTORE key ttl <payload> [REPLACE] [ABSTTL]` (the payload at index 3),
+/// and how many there are.
+fn restore_args<'a>(p: &'a Prepared, ttl: &'a str, payload: &'a [u8]) -> ([&'a [u8]; 6], usize) {
+    let mut args: [&[u8]; 6] = [b"RESTORE", &p.key, ttl.as_bytes(), payload, b"", b""];
+    let mut n = 4;
+    if p.replace {
+        args[n] = b"REPLACE";
+        n += 1;
+    }
+    if p.abs_ttl > 0 {
+        args[n] = b"ABSTTL";
+        n += 1;
+    }
+    (args, n)
+}
+
+/// A `RESTORE` (after `ASKING` if asked) with its payload in memory: one encoding, one copy
+/// of the payload (this is the hot loop of a restore).
+fn encode_restore(p: &Prepared, asking: bool, payload: &[u8], out: &mut Vec<u8>) {
+    if asking {
+        rcops_formats::resp::encode_command(&[b"ASKING"], out);
+    }
+    let ttl = p.abs_ttl.to_string();
+    let (args, n) = restore_args(p, &ttl, payload);
+    rcops_formats::resp::encode_command(&args[..n], out);
+}
+
+/// A `RESTORE` whose payload streams from a file: the bytes up to the payload's own (`head`,
+/// ending with its length header) and those after it (returned).
 fn restore_parts(p: &Prepared, asking: bool, head: &mut Vec<u8>, payload_len: u64) -> Vec<u8> {
     if asking {
         rcops_formats::resp::encode_command(&[b"ASKING"], head);
     }
     let ttl = p.abs_ttl.to_string();
-    let mut extra: Vec<&[u8]> = Vec::new();
-    if p.replace {
-        extra.push(b"REPLACE");
-    }
-    if p.abs_ttl > 0 {
-        extra.push(b"ABSTTL");
-    }
-    head.extend_from_slice(format!("*{}\r\n", 4 + extra.len()).as_bytes());
-    for a in [b"RESTORE".as_slice(), &p.key, ttl.as_bytes()] {
+    let (args, n) = restore_args(p, &ttl, b"");
+    head.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    for a in &args[..3] {
         head.extend_from_slice(&rcops_formats::resp::bulk(a));
     }
     head.extend_from_slice(format!("${payload_len}\r\n").as_bytes());
     let mut tail = b"\r\n".to_vec();
-    for a in extra {
+    for a in &args[4..n] {
         tail.extend_from_slice(&rcops_formats::resp::bulk(a));
     }
     tail
@@ -1598,9 +1627,7 @@ async fn pipeline(
                     let (todo, Payload::Mem(v)) = (&items[i], &items[i].p.payload) else {
                         continue;
                     };
-                    let tail = restore_parts(&todo.p, todo.asking, out, v.len() as u64);
-                    out.extend_from_slice(v);
-                    out.extend_from_slice(&tail);
+                    encode_restore(&todo.p, todo.asking, v, out);
                 }
             })
             .await?;
