@@ -270,13 +270,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
     }
     let r = run(&mut rcops(&["backup", "verify", &id, "--state-dir", &st]));
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
-    let r = run(&mut rcops(&[
-        "backup",
-        "list",
-        "--json",
-        "--state-dir",
-        &st,
-    ]));
+    let r = list(&st);
     assert_eq!(r.json()[0]["verified"]["ok"], true);
 
     // Into two masters: every key at its new owner, identical.
@@ -615,13 +609,7 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!std::path::Path::new(folder).exists());
-    let r = run(&mut rcops(&[
-        "backup",
-        "list",
-        "--json",
-        "--state-dir",
-        &st,
-    ]));
+    let r = list(&st);
     assert_eq!(r.json().as_array().unwrap().len(), 0);
     // Not an RDB at all.
     let r = run(&mut rcops(&["rdb", "info", "Cargo.toml"]));
@@ -971,6 +959,11 @@ fn valkey_9_backups_restore_into_redis_7() {
 }
 
 /// `(master port, replica port)` pairs of a lab, from `ROLE`.
+/// `backup list --json` of the state directory `st`.
+fn list(st: &str) -> Run {
+    run(&mut rcops(&["backup", "list", "--json", "--state-dir", st]))
+}
+
 pub(crate) fn pairs(lab: &Lab) -> Vec<(u16, u16)> {
     let ports: Vec<u16> = (0..lab.nodes as u16).map(|i| lab.port + i).collect();
     let mut out = Vec::new();
@@ -1137,13 +1130,7 @@ fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
     ]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(partial_dirs(&dir).is_empty(), "{}", r.stdout);
-    let r = run(&mut rcops(&[
-        "backup",
-        "list",
-        "--json",
-        "--state-dir",
-        &st,
-    ]));
+    let r = list(&st);
     assert_eq!(
         r.json().as_array().unwrap().len(),
         2,

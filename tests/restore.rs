@@ -37,6 +37,37 @@ fn backed_up(keys: u32, st: &str) -> (String, crate::backup::Snapshot) {
     (id, before)
 }
 
+/// A backup of sample keys and an empty 3-master target without replicas.
+struct Setup {
+    state: tempfile::TempDir,
+    st: String,
+    id: String,
+    before: crate::backup::Snapshot,
+    dst: Lab,
+    ports: [u16; 3],
+}
+
+impl Setup {
+    fn new(keys: u32) -> Setup {
+        let state = tempfile::tempdir().unwrap();
+        let st = state.path().display().to_string();
+        let (id, before) = backed_up(keys, &st);
+        let dst = Lab::start(LabSpec {
+            replicas: 0,
+            ..Default::default()
+        });
+        let ports = [dst.port, dst.port + 1, dst.port + 2];
+        Setup {
+            state,
+            st,
+            id,
+            before,
+            dst,
+            ports,
+        }
+    }
+}
+
 /// Pseudo-random milliseconds in `lo..hi` (no rand crate in the tests: the clock's nanos).
 fn jitter(lo: u64, hi: u64) -> u64 {
     let n = std::time::SystemTime::now()
@@ -48,15 +79,8 @@ fn jitter(lo: u64, hi: u64) -> u64 {
 
 #[test]
 fn skip_with_resume_never_overwrites_and_interrupted_restores_finish() {
-    let state = tempfile::tempdir().unwrap();
-    let st = state.path().display().to_string();
-    let (id, before) = backed_up(12_000, &st);
-    let dst = Lab::start(LabSpec {
-        masters: 3,
-        replicas: 0,
-        ..Default::default()
-    });
-    let ports = [dst.port, dst.port + 1, dst.port + 2];
+    let s = Setup::new(12_000);
+    let (state, st, id, before, dst, ports) = (&s.state, &s.st, &s.id, &s.before, &s.dst, s.ports);
     // SIGINT and kill -9 at random points, twice each.
     for (round, signal) in ["-INT", "-9", "-INT", "-9"].iter().enumerate() {
         for p in ports {
@@ -69,14 +93,14 @@ fn skip_with_resume_never_overwrites_and_interrupted_restores_finish() {
             let _: () = redis::cmd("SET")
                 .arg(k.as_slice())
                 .arg("PREEXISTING")
-                .query(&mut conn(owner(&dst, 3, k)))
+                .query(&mut conn(owner(dst, 3, k)))
                 .unwrap();
         }
         let args = [
             "restore",
-            &id,
+            id,
             "--state-dir",
-            &st,
+            st,
             "--yes",
             "--on-conflict",
             "skip",
@@ -132,7 +156,7 @@ fn skip_with_resume_never_overwrites_and_interrupted_restores_finish() {
         for k in &pre {
             let v: String = redis::cmd("GET")
                 .arg(k.as_slice())
-                .query(&mut conn(owner(&dst, 3, k)))
+                .query(&mut conn(owner(dst, 3, k)))
                 .unwrap_or_default();
             changed += usize::from(v != "PREEXISTING");
         }
@@ -152,15 +176,8 @@ fn skip_with_resume_never_overwrites_and_interrupted_restores_finish() {
 
 #[test]
 fn an_unhealthy_target_is_refused_and_failed_keys_are_retried_on_resume() {
-    let state = tempfile::tempdir().unwrap();
-    let st = state.path().display().to_string();
-    let (id, before) = backed_up(6_000, &st);
-    let dst = Lab::start(LabSpec {
-        masters: 3,
-        replicas: 0,
-        ..Default::default()
-    });
-    let ports = [dst.port, dst.port + 1, dst.port + 2];
+    let s = Setup::new(6_000);
+    let (st, id, before, dst, ports) = (&s.st, &s.id, &s.before, &s.dst, s.ports);
     // Slots 0-99 served by nobody: every node forgets them (the others stay writable).
     for p in ports {
         dst.redis_cli(p, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
@@ -169,7 +186,8 @@ fn an_unhealthy_target_is_refused_and_failed_keys_are_retried_on_resume() {
     dst.check_until(Duration::from_secs(20), |_, r| {
         finding(r, "slots_uncovered").is_some()
     });
-    let r = dst.run(&["restore", &id, "--state-dir", &st, "--yes"]);
+    let args = ["restore", id, "--state-dir", st, "--yes"];
+    let r = dst.run(&args);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("slots_uncovered") && r.stderr.contains("nothing was written"),
@@ -178,15 +196,7 @@ fn an_unhealthy_target_is_refused_and_failed_keys_are_retried_on_resume() {
     );
     assert_eq!(dbsize(&ports), 0, "a refused restore wrote keys");
     // Forced: the keys of those slots fail, the run says the restore is incomplete.
-    let r = dst.run(&[
-        "restore",
-        &id,
-        "--state-dir",
-        &st,
-        "--yes",
-        "--force",
-        "--json",
-    ]);
+    let r = dst.run(&[&args[..], &["--force", "--json"]].concat());
     assert_eq!(r.code, 2, "{}", r.stderr);
     let v = r.json();
     let failed = v["total"]["failed"].as_u64().unwrap();
@@ -197,23 +207,15 @@ fn an_unhealthy_target_is_refused_and_failed_keys_are_retried_on_resume() {
     // The slots come back; --resume retries exactly the failed keys and covers the whole run.
     dst.redis_cli(dst.port, &["CLUSTER", "ADDSLOTSRANGE", "0", "99"]);
     dst.check_until(Duration::from_secs(30), |code, _| code < 2);
-    let r = dst.run(&[
-        "restore",
-        &id,
-        "--state-dir",
-        &st,
-        "--yes",
-        "--resume",
-        "--json",
-    ]);
+    let r = dst.run(&[&args[..], &["--resume", "--json"]].concat());
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     let v = r.json();
     assert_eq!(v["total"]["restored"].as_u64(), Some(in_range), "{v}");
     assert_eq!(v["total"]["failed"], 0);
     assert_eq!(v["complete"], true);
-    assert_same(&before, &snapshot(&ports));
+    assert_same(before, &snapshot(&ports));
     // Nothing left to resume.
-    let r = dst.run(&["restore", &id, "--state-dir", &st, "--yes", "--resume"]);
+    let r = dst.run(&[&args[..], &["--resume"]].concat());
     assert_eq!(r.code, 64, "{}", r.stderr);
     assert!(r.stderr.contains("no checkpoint"), "{}", r.stderr);
 }
