@@ -1268,10 +1268,17 @@ async fn replicated(shared: &Shared<'_>, conns: &Conns, addr: &Addr) -> Result<(
         })
         .await
         .map_err(|e| e.reason())?;
-    let info = String::from_utf8_lossy(info.first().map_or(&[][..], |f| f));
+    let info = rcops_formats::info::Info::parse(&String::from_utf8_lossy(
+        info.first().map_or(&[][..], |f| f),
+    ));
+    // A master demoted by a failover dropped what its new master never had.
+    if info.get("role").is_some_and(|r| r != "master") {
+        return Err("it is a replica now (failed over)".into());
+    }
     let online = info
-        .lines()
-        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .replicas()
+        .iter()
+        .filter(|r| r.state == "online")
         .count();
     if online > 0 {
         let ms = base.as_millis().to_string();
