@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`node`]: addresses, credentials, TLS, connecting, and [`node::NodeError`].
 //! - [`fanout`]: the executor that runs one job per node concurrently with timeouts.
+//! - [`transport`]: the raw bulk connection (pre-encoded RESP out, framed replies in).
+//! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
 //! - [`topology`]: discovery and the [`topology::ClusterView`] model.
 //! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
 //!   async function over an executor and a view, returning a serialisable report.
@@ -12,6 +14,7 @@ pub mod fanout;
 pub mod lab;
 pub mod node;
 pub mod ops;
+pub mod repl;
 pub mod topology;
 pub mod transport;
 

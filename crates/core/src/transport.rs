@@ -48,6 +48,12 @@ impl Transport {
         Ok(t)
     }
 
+    /// The stream and the bytes read past the last reply, for a protocol that leaves RESP
+    /// replies behind (the replication stream after `PSYNC`).
+    pub fn into_parts(self) -> (Box<dyn RawStream>, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Sends `n` commands that `encode` writes into the output buffer; returns per command
     /// `Some(error text)` or `None`.
     pub async fn raw(

@@ -1,5 +1,6 @@
-//! Just enough RESP2 for a load generator: encode a command, and find where complete
-//! replies end in a read buffer (and whether each is an error) without building values.
+//! Just enough RESP2 for bulk traffic: encode a command, find where complete replies end in
+//! a read buffer (and whether each is an error) without building values, and take commands
+//! (arrays of bulk strings, as a replication stream carries them) off a buffer.
 
 /// Appends `*N\r\n$len\r\narg\r\n…` for one command (no allocation beyond `out`).
 pub fn encode_command(args: &[&[u8]], out: &mut Vec<u8>) {
@@ -145,6 +146,54 @@ pub fn error_text(buf: &[u8], r: &Reply) -> String {
     .into_owned()
 }
 
+/// Takes the first command (an array of bulk strings) off the start of `buf`: its arguments
+/// and how many bytes it used, or `None` until the whole command is in. Bare newlines before
+/// it (keep-alives) count as used bytes with no arguments.
+pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Malformed> {
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .count();
+    if skip > 0 {
+        return Ok(Some((Vec::new(), skip)));
+    }
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first != b'*' {
+        return Err(Malformed(0));
+    }
+    let Some(end) = line_end(buf, 1) else {
+        return Ok(None);
+    };
+    let n = usize::try_from(int(buf, 1, end)?).map_err(|_| Malformed(0))?;
+    let mut pos = end + 2;
+    let mut args = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        if kind != b'$' {
+            return Err(Malformed(pos));
+        }
+        let Some(e) = line_end(buf, pos + 1) else {
+            return Ok(None);
+        };
+        let len = usize::try_from(int(buf, pos + 1, e)?).map_err(|_| Malformed(pos))?;
+        let from = e + 2;
+        let to = from.checked_add(len).ok_or(Malformed(pos))?;
+        if buf.len() < to + 2 {
+            return Ok(None);
+        }
+        if &buf[to..to + 2] != b"\r\n" {
+            return Err(Malformed(to));
+        }
+        args.push(buf[from..to].to_vec());
+        pos = to + 2;
+    }
+    Ok(Some((args, pos)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +259,40 @@ mod tests {
             parts.extend_from_slice(&bulk(a));
         }
         assert_eq!(parts, whole);
+    }
+
+    #[test]
+    fn takes_whole_commands_and_waits_for_partial_ones() {
+        let mut buf = Vec::new();
+        encode_command(&[b"SET", b"k", b"v\r\n"], &mut buf);
+        let one = buf.len();
+        encode_command(&[b"PING"], &mut buf);
+        let (args, used) = parse_command(&buf).unwrap().unwrap();
+        assert_eq!(
+            (args, used),
+            (vec![b"SET".to_vec(), b"k".to_vec(), b"v\r\n".to_vec()], one)
+        );
+        for cut in 0..one {
+            assert_eq!(parse_command(&buf[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        assert_eq!(parse_command(b"\n\n*1\r\n").unwrap(), Some((Vec::new(), 2)));
+        assert_eq!(parse_command(b"+OK\r\n"), Err(Malformed(0)));
+        assert_eq!(parse_command(b"*1\r\n$1\r\nab\r\n"), Err(Malformed(9)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsed_commands_round_trip(args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100), 1..8)) {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            let mut out = Vec::new();
+            encode_command(&refs, &mut out);
+            let got = parse_command(&out).unwrap().unwrap();
+            proptest::prop_assert_eq!(got, (args.clone(), out.len()));
+        }
+
+        #[test]
+        fn parsing_commands_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_command(&data);
+        }
     }
 }

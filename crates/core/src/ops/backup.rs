@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::node::{Addr, ConnectOptions, RawStream};
+use crate::node::{Addr, ConnectOptions};
+use crate::repl::{ChunkReader, Psync, ReplError, ReplStream, Start};
 use crate::topology::ClusterView;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -153,41 +153,6 @@ struct Written {
     keys: u64,
 }
 
-/// A `Read` over chunks from the network task that also copies every byte into the
-/// compressed file: the parser and the file see the same stream.
-struct Tee<W: Write> {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-    out: W,
-    raw: u64,
-    /// A failed write to the file (full disk, …), told apart from a bad stream.
-    write_error: Option<String>,
-}
-
-impl<W: Write> Read for Tee<W> {
-    fn read(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    if let Err(e) = self.out.write_all(&chunk) {
-                        self.write_error = Some(e.to_string());
-                        return Err(e);
-                    }
-                    self.raw += chunk.len() as u64;
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = dst.len().min(self.buf.len() - self.pos);
-        dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Counts and hashes what reaches the file.
 struct Hashing<W: Write> {
     inner: W,
@@ -216,14 +181,7 @@ fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<
         bytes: 0,
     };
     let enc = zstd::stream::write::Encoder::new(hashing, ZSTD_LEVEL).map_err(|e| e.to_string())?;
-    let mut tee = Tee {
-        rx,
-        buf: Vec::new(),
-        pos: 0,
-        out: enc,
-        raw: 0,
-        write_error: None,
-    };
+    let mut tee = ChunkReader::new(rx, enc);
     // A parse failure caused by a failed write (full disk, …) reports the write.
     let (rdb_version, keys, server_version) =
         walk_stream(&mut tee).map_err(|e| match tee.write_error.take() {
@@ -286,31 +244,8 @@ impl Out<'_> {
     }
 }
 
-/// Reads one line (up to `\n`) from the socket, for the replication handshake.
-async fn read_line(
-    s: &mut Box<dyn RawStream>,
-    pending: &mut Vec<u8>,
-    idle: Duration,
-) -> Result<String, String> {
-    loop {
-        if let Some(p) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=p).collect();
-            return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
-        }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(idle, s.read(&mut buf))
-            .await
-            .map_err(|_| format!("no data for {}", humantime::format_duration(idle)))?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed by the server".into());
-        }
-        pending.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Handshake and payload of one shard. Returns (replid, offset) once the whole RDB went to
-/// `tx`. Every handshake reply up to `+FULLRESYNC` must come within `opts.timeout` (a server
+/// `out`. Every handshake reply up to `+FULLRESYNC` must come within `opts.timeout` (a server
 /// waiting to start its snapshot sends a newline each second, so only a frozen or dead one
 /// is silent that long); from then on — forking, generating, streaming — the silence
 /// allowed is `idle`.
@@ -320,143 +255,24 @@ async fn stream_shard(
     out: &mut Out<'_>,
     idle: Duration,
 ) -> Result<(String, u64), String> {
-    let handshake = opts.timeout;
-    let mut s = opts.connect_raw(addr).await.map_err(|e| {
-        // The caller names the node; keep only the cause.
-        let text = e.to_string();
-        let prefix = format!("{addr}: ");
-        text.strip_prefix(&prefix).unwrap_or(&text).to_string()
-    })?;
-    let mut pending = Vec::new();
-    // One command at a time: PSYNC is refused while earlier replies are still unread.
-    let call = async |s: &mut Box<dyn RawStream>,
-                      pending: &mut Vec<u8>,
-                      args: &[&[u8]],
-                      wait: bool|
-           -> Result<String, String> {
-        let mut send = Vec::new();
-        rcops_formats::resp::encode_command(args, &mut send);
-        s.write_all(&send).await.map_err(|e| e.to_string())?;
-        s.flush().await.map_err(|e| e.to_string())?; // TLS: push out what rustls buffered
-        if wait {
-            read_line(s, pending, handshake).await
-        } else {
-            Ok(String::new())
-        }
+    let psync = Psync {
+        from: None,
+        rdb_only: true,
     };
-    if let Some(pw) = &opts.password {
-        let l = match &opts.user {
-            Some(u) => {
-                call(
-                    &mut s,
-                    &mut pending,
-                    &[b"AUTH", u.as_bytes(), pw.expose().as_bytes()],
-                    true,
-                )
-                .await?
-            }
-            None => {
-                call(
-                    &mut s,
-                    &mut pending,
-                    &[b"AUTH", pw.expose().as_bytes()],
-                    true,
-                )
-                .await?
-            }
-        };
-        if let Some(e) = l.strip_prefix('-') {
-            return Err(format!("authentication failed: {e}"));
-        }
-    }
-    let capa = call(&mut s, &mut pending, &[b"REPLCONF", b"capa", b"eof"], true).await?;
-    if let Some(e) = capa.strip_prefix('-') {
-        return Err(format!("REPLCONF refused: {e}"));
-    }
-    // Options a server may refuse without harm, each reply read so the next stay in step:
-    // - version: Valkey picks the RDB version of a diskless sync from the replica's announced
-    //   version and, without one, falls back to RDB 11 — which cannot hold a hash with field
-    //   expirations, so the sync fails. 9.1 asks for RDB 80, the newest format rcops reads;
-    //   Redis does not know the option.
-    // - rdb-only: Redis 7+.
-    for (option, value) in [(&b"version"[..], &b"9.1.0"[..]), (b"rdb-only", b"1")] {
-        let _ = call(&mut s, &mut pending, &[b"REPLCONF", option, value], true).await?;
-    }
-    call(&mut s, &mut pending, &[b"PSYNC", b"?", b"-1"], false).await?;
-    let (replid, offset) = loop {
-        let l = read_line(&mut s, &mut pending, handshake).await?;
-        if l.is_empty() {
-            continue; // keep-alive newline
-        }
-        let Some(rest) = l.strip_prefix("+FULLRESYNC ") else {
-            return Err(format!("unexpected reply to PSYNC: {l}"));
-        };
-        let mut f = rest.split_whitespace();
-        let id = f.next().unwrap_or_default().to_string();
-        let off = f.next().and_then(|o| o.parse().ok()).unwrap_or(0);
-        break (id, off);
+    // The caller names the node; keep only the cause.
+    let (mut stream, sync) = ReplStream::open(opts, addr, &psync)
+        .await
+        .map_err(|e| e.reason())?;
+    let Start::Full { replid, offset } = sync else {
+        return Err("PSYNC ? -1 answered +CONTINUE".into());
     };
-    let header = loop {
-        let l = read_line(&mut s, &mut pending, idle).await?;
-        if !l.is_empty() {
-            break l;
-        }
-    };
-    let mut buf = vec![0u8; 256 * 1024];
-    if let Some(mark) = header.strip_prefix("$EOF:") {
-        // Diskless: the payload ends with the 40-byte mark.
-        let mark = mark.as_bytes().to_vec();
-        if mark.len() != 40 {
-            return Err(format!("bad EOF mark in {header:?}"));
-        }
-        let mut tail = std::mem::take(&mut pending);
-        loop {
-            if tail.ends_with(&mark) {
-                tail.truncate(tail.len() - 40);
-                if !tail.is_empty() {
-                    out.push(tail).await?;
-                }
-                return Ok((replid, offset));
-            }
-            if tail.len() > 40 {
-                let keep = tail.split_off(tail.len() - 40);
-                out.push(std::mem::replace(&mut tail, keep)).await?;
-            }
-            let n = tokio::time::timeout(idle, s.read(&mut buf))
-                .await
-                .map_err(|_| format!("stream stalled for {}", humantime::format_duration(idle)))?
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("connection closed before the end of the RDB".into());
-            }
-            tail.extend_from_slice(&buf[..n]);
-        }
-    }
-    let len: u64 = header
-        .strip_prefix('$')
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| format!("unexpected payload header {header:?}"))?;
-    let mut left = len;
-    let first = std::mem::take(&mut pending);
-    let take = (first.len() as u64).min(left) as usize;
-    if take > 0 {
-        out.push(first[..take].to_vec()).await?;
-        left -= take as u64;
-    }
-    while left > 0 {
-        let want = (left as usize).min(buf.len());
-        let n = tokio::time::timeout(idle, s.read(&mut buf[..want]))
-            .await
-            .map_err(|_| format!("stream stalled for {}", humantime::format_duration(idle)))?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err(format!(
-                "connection closed with {left} bytes of the RDB missing"
-            ));
-        }
-        out.push(buf[..n].to_vec()).await?;
-        left -= n as u64;
-    }
+    stream
+        .rdb(idle, async |chunk| out.push(chunk).await)
+        .await
+        .map_err(|e| match e {
+            ReplError::Sink(s) => s,
+            ReplError::Node(n) => n.reason(),
+        })?;
     Ok((replid, offset))
 }
 
