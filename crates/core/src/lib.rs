@@ -4,6 +4,7 @@
 //! - [`node`]: addresses, credentials, TLS, connecting, and [`node::NodeError`].
 //! - [`fanout`]: the executor that runs one job per node concurrently with timeouts.
 //! - [`transport`]: the raw bulk connection (pre-encoded RESP out, framed replies in).
+//! - [`writer`]: the slot writer, the one place that writes into a cluster.
 //! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
 //! - [`topology`]: discovery and the [`topology::ClusterView`] model.
 //! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
@@ -17,6 +18,7 @@ pub mod ops;
 pub mod repl;
 pub mod topology;
 pub mod transport;
+pub mod writer;
 
 pub use fanout::{Executor, FanOut};
 pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};

@@ -146,10 +146,13 @@ pub fn error_text(buf: &[u8], r: &Reply) -> String {
     .into_owned()
 }
 
+/// A command's arguments and the bytes it took.
+pub type Command = (Vec<Vec<u8>>, usize);
+
 /// Takes the first command (an array of bulk strings) off the start of `buf`: its arguments
 /// and how many bytes it used, or `None` until the whole command is in. Bare newlines before
 /// it (keep-alives) count as used bytes with no arguments.
-pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Malformed> {
+pub fn parse_command(buf: &[u8]) -> Result<Option<Command>, Malformed> {
     let skip = buf
         .iter()
         .take_while(|&&b| b == b'\n' || b == b'\r')

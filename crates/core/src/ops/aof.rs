@@ -18,6 +18,7 @@ use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
 use crate::ops::restore::payload_for;
 use crate::topology::{line_addr, ClusterView};
+use crate::writer::{Lane, Op, Outcome, Payload, SlotWriter, Write};
 
 /// Where a command's keys are (COMMAND's first key, last key, step).
 #[derive(Debug, Clone, Copy)]
@@ -187,13 +188,6 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(vec![path.to_path_buf()])
 }
 
-/// A unit sent as one: a command, or a transaction kept together.
-struct Unit {
-    slot: u16,
-    commands: Vec<Vec<Vec<u8>>>,
-    multi: bool,
-}
-
 pub struct AofOptions {
     pub until_unix: Option<u64>,
     pub batch: usize,
@@ -214,14 +208,11 @@ pub async fn replay(
     let cmds = Commands::load(exec, view)
         .await
         .map_err(|e| e.to_string())?;
-    let owners: Vec<Option<Addr>> = view
-        .slot_owner()
-        .into_iter()
-        .map(|o| o.and_then(line_addr))
-        .collect();
     let mut report = AofReport::default();
     let skip_busy = opts.base_conflict == crate::ops::restore::OnConflict::Skip;
-    let mut units: Vec<Unit> = Vec::new();
+    let writer = SlotWriter::new(exec, view, None, skip_busy);
+    let mut lane = writer.lane();
+    let mut units: Vec<Write> = Vec::new();
     let mut tx: Option<Vec<Vec<Vec<u8>>>> = None;
     let mut db = 0u64;
     'files: for file in files(path)? {
@@ -257,28 +248,22 @@ pub async fn replay(
                                 continue;
                             }
                         };
-                        let mut cmd = vec![
-                            b"RESTORE".to_vec(),
-                            e.key.clone(),
-                            e.expire_ms.unwrap_or(0).to_string().into_bytes(),
-                            payload,
-                        ];
-                        if opts.base_conflict == crate::ops::restore::OnConflict::Replace {
-                            cmd.push(b"REPLACE".to_vec());
-                        }
-                        if e.expire_ms.is_some() {
-                            cmd.push(b"ABSTTL".to_vec());
-                        }
                         report.preamble_keys += 1;
-                        batch.push(Unit {
+                        batch.push(Write {
                             slot: key_slot(&e.key),
-                            commands: vec![cmd],
-                            multi: false,
+                            kind: "base",
+                            index: 0,
+                            op: Op::Restore {
+                                payload: Payload::Mem(payload),
+                                abs_ttl: e.expire_ms.unwrap_or(0),
+                                replace: opts.base_conflict
+                                    == crate::ops::restore::OnConflict::Replace,
+                            },
+                            key: e.key,
                         });
                         if batch.len() >= opts.batch {
                             send(
-                                exec,
-                                &owners,
+                                &mut lane,
                                 std::mem::take(&mut batch),
                                 skip_busy,
                                 &mut report,
@@ -290,7 +275,7 @@ pub async fn replay(
                     _ => {}
                 }
             }
-            send(exec, &owners, batch, skip_busy, &mut report).await;
+            send(&mut lane, batch, skip_busy, &mut report).await;
             let offset = p.offset();
             let (left, inner) = p.into_rest();
             (
@@ -344,10 +329,15 @@ pub async fn replay(
                         slots.sort_unstable();
                         slots.dedup();
                         if slots.len() == 1 {
-                            units.push(Unit {
+                            units.push(Write {
                                 slot: slots[0],
-                                commands: t,
-                                multi: true,
+                                key: Vec::new(),
+                                kind: "multi",
+                                index: 0,
+                                op: Op::Commands {
+                                    cmds: t,
+                                    multi: true,
+                                },
                             });
                         } else {
                             report.transactions_split += 1;
@@ -373,18 +363,24 @@ pub async fn replay(
                 None => queue(exec, &cmds, args, &mut units, &mut report).await,
             }
             if units.len() >= opts.batch {
-                send(
-                    exec,
-                    &owners,
-                    std::mem::take(&mut units),
-                    false,
-                    &mut report,
-                )
-                .await;
+                send(&mut lane, std::mem::take(&mut units), false, &mut report).await;
             }
         }
     }
-    send(exec, &owners, units, false, &mut report).await;
+    send(&mut lane, units, false, &mut report).await;
+    // The replication fence: what no replica of its master confirmed is reported.
+    for u in lane.confirm().await {
+        let n = u.writes.len() as u64;
+        report.sent = report.sent.saturating_sub(n);
+        report.failed += n;
+        note(
+            &mut report,
+            format!(
+                "{}: {n} write(s) not confirmed by a replica ({})",
+                u.addr, u.why
+            ),
+        );
+    }
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
 }
@@ -395,7 +391,7 @@ async fn queue(
     exec: &Executor,
     cmds: &Commands,
     args: Vec<Vec<u8>>,
-    units: &mut Vec<Unit>,
+    units: &mut Vec<Write>,
     report: &mut AofReport,
 ) {
     let keys = match cmds.keys(exec, &args).await {
@@ -412,32 +408,33 @@ async fn queue(
         return;
     }
     let slots: Vec<u16> = keys.iter().map(|k| key_slot(k)).collect();
-    if slots.iter().all(|s| *s == slots[0]) {
-        units.push(Unit {
-            slot: slots[0],
-            commands: vec![args],
+    let one = |slot: u16, cmd: Vec<Vec<u8>>| Write {
+        slot,
+        key: Vec::new(),
+        kind: "command",
+        index: 0,
+        op: Op::Commands {
+            cmds: vec![cmd],
             multi: false,
-        });
+        },
+    };
+    if slots.iter().all(|s| *s == slots[0]) {
+        units.push(one(slots[0], args));
         return;
     }
     match name.as_str() {
         "DEL" | "UNLINK" | "TOUCH" => {
             for k in &args[1..] {
-                units.push(Unit {
-                    slot: key_slot(k),
-                    commands: vec![vec![args[0].clone(), k.clone()]],
-                    multi: false,
-                });
+                units.push(one(key_slot(k), vec![args[0].clone(), k.clone()]));
             }
         }
         "MSET" => {
             for kv in args[1..].chunks(2) {
                 if let [k, v] = kv {
-                    units.push(Unit {
-                        slot: key_slot(k),
-                        commands: vec![vec![args[0].clone(), k.clone(), v.clone()]],
-                        multi: false,
-                    });
+                    units.push(one(
+                        key_slot(k),
+                        vec![args[0].clone(), k.clone(), v.clone()],
+                    ));
                 }
             }
         }
@@ -457,89 +454,40 @@ fn note(report: &mut AofReport, e: String) {
     }
 }
 
-/// Sends units grouped by owner, in order, all owners at once.
+/// Sends writes through the slot writer and counts them: by commands (a transaction
+/// counts each of its own), a base key kept as it was under `skip` apart.
 async fn send(
-    exec: &Executor,
-    owners: &[Option<Addr>],
-    units: Vec<Unit>,
+    lane: &mut Lane<'_, '_>,
+    mut writes: Vec<Write>,
     skip_busy: bool,
     report: &mut AofReport,
 ) {
-    let mut by: BTreeMap<Addr, Vec<Unit>> = BTreeMap::new();
-    for u in units {
-        match &owners[usize::from(u.slot)] {
-            Some(a) => by.entry(a.clone()).or_default().push(u),
-            None => {
-                report.failed += u.commands.len() as u64;
+    let sizes: Vec<u64> = writes
+        .iter()
+        .map(|w| match &w.op {
+            Op::Commands { cmds, .. } => cmds.len() as u64,
+            Op::Restore { .. } => 1,
+        })
+        .collect();
+    for (i, w) in writes.iter_mut().enumerate() {
+        w.index = i as u64;
+    }
+    for d in lane.send(writes).await {
+        let n = sizes[d.index as usize];
+        match d.outcome {
+            Outcome::Written { .. } => report.sent += n,
+            Outcome::Exists if skip_busy => report.preamble_kept += 1,
+            Outcome::Exists => {
+                report.failed += n;
+                let key = String::from_utf8_lossy(&d.key).into_owned();
                 note(
                     report,
-                    format!("slot {} has no owner in the target", u.slot),
+                    format!("{key:?}: BUSYKEY Target key name already exists"),
                 );
             }
-        }
-    }
-    let results = futures::future::join_all(by.into_iter().map(|(addr, units)| async move {
-        let r = async {
-            let mut conn = exec.conn(&addr).await?;
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for u in &units {
-                if u.multi {
-                    pipe.cmd("MULTI");
-                }
-                for c in &u.commands {
-                    let mut cmd = redis::Cmd::new();
-                    for a in c {
-                        cmd.arg(a);
-                    }
-                    pipe.add_command(cmd);
-                }
-                if u.multi {
-                    pipe.cmd("EXEC");
-                }
-            }
-            let replies: Vec<redis::RedisResult<redis::Value>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| NodeError::from_redis(&addr, &e))?;
-            Ok::<_, NodeError>(replies)
-        }
-        .await;
-        (addr, units, r)
-    }))
-    .await;
-    for (addr, units, r) in results {
-        let n: u64 = units.iter().map(|u| u.commands.len() as u64).sum();
-        match r {
-            Err(e) => {
+            Outcome::Failed(why) => {
                 report.failed += n;
-                note(report, e.to_string());
-            }
-            Ok(replies) => {
-                // A base key kept as it was (RESTORE without REPLACE under skip).
-                let busy = |r: &&redis::RedisResult<redis::Value>| {
-                    r.as_ref()
-                        .err()
-                        .is_some_and(|e| e.code() == Some("BUSYKEY"))
-                };
-                let kept = if skip_busy {
-                    replies.iter().filter(busy).count() as u64
-                } else {
-                    0
-                };
-                report.preamble_kept += kept;
-                for e in replies
-                    .iter()
-                    .filter(|r| !(skip_busy && busy(r)))
-                    .filter_map(|r| r.as_ref().err())
-                {
-                    note(report, format!("{addr}: {e}"));
-                }
-                // MULTI/EXEC add replies of their own ("OK", "QUEUED"…): count by commands.
-                let errors = replies.iter().filter(|r| r.is_err()).count() as u64 - kept;
-                let n = n - kept;
-                report.failed += errors.min(n);
-                report.sent += n - errors.min(n);
+                note(report, why);
             }
         }
     }

@@ -32,12 +32,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
-use crate::transport::Transport;
+use crate::writer::{Done, Lane, Op, Outcome, Payload, SlotWriter, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,33 +123,6 @@ pub const SPILL_ABOVE: usize = 16 << 20;
 /// A batch closes at this many payload bytes, whatever `--batch` says (a run of big keys
 /// stays small in memory: the parser runs at most a few batches ahead).
 const BATCH_BYTES: usize = 8 << 20;
-
-/// Slowest write rate assumed when sizing a reply timeout: a write gets `--timeout` plus a
-/// second per this many bytes (a 300 MB value: 40 s), since the server parses the whole
-/// value before it answers.
-const WRITE_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
-
-fn write_timeout(base: Duration, bytes: u64) -> Duration {
-    base + Duration::from_secs_f64(bytes as f64 / WRITE_BYTES_PER_SEC)
-}
-
-/// Paces batches to a keys-per-second cap shared by every file.
-struct Pace {
-    start: Instant,
-    rate: Option<u64>,
-    admitted: std::sync::atomic::AtomicU64,
-}
-
-impl Pace {
-    async fn admit(&self, n: u64) {
-        let Some(rate) = self.rate.filter(|&r| r > 0) else {
-            return;
-        };
-        let before = self.admitted.fetch_add(n, Ordering::Relaxed);
-        let due = self.start + Duration::from_secs_f64(before as f64 / rate as f64);
-        tokio::time::sleep_until(due.into()).await;
-    }
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Counts {
@@ -391,40 +364,6 @@ pub async fn target_rdb_version(exec: &Executor, view: &ClusterView) -> Result<u
     }
     let v = &dump[dump.len() - 10..dump.len() - 8];
     Ok(u16::from_le_bytes([v[0], v[1]]))
-}
-
-/// A value's DUMP payload: in memory, or (too big for it) the raw bytes in their spill file
-/// with the version and CRC64 that follow them.
-enum Payload {
-    Mem(Vec<u8>),
-    File {
-        spilled: rcops_rdb::Spilled,
-        /// RDB version (2 bytes LE) and CRC64 (8 bytes LE) of the raw bytes and the version.
-        trailer: [u8; 10],
-    },
-}
-
-impl Payload {
-    fn len(&self) -> u64 {
-        match self {
-            Payload::Mem(v) => v.len() as u64,
-            Payload::File { spilled, .. } => spilled.len + 10,
-        }
-    }
-}
-
-/// One key ready to send.
-struct Prepared {
-    key: Vec<u8>,
-    payload: Payload,
-    /// Absolute expiry in ms, 0 for none.
-    abs_ttl: i64,
-    kind: &'static str,
-    slot: u16,
-    /// Position of the entry in its file (from 1), for the checkpoint.
-    index: u64,
-    /// Send with `REPLACE`.
-    replace: bool,
 }
 
 /// Why the target cannot take a value of this entry's type, if it cannot.
@@ -829,19 +768,11 @@ pub async fn preflight(
     Ok(report)
 }
 
-/// Where each slot goes; refreshed on MOVED.
-struct Router {
-    owners: Vec<Option<Addr>>,
-}
-
 /// What every file's writer shares.
 struct Shared<'a> {
-    exec: &'a Executor,
-    router: Mutex<Router>,
+    writer: SlotWriter<'a>,
     errors: Mutex<Vec<String>>,
     per_type: Mutex<BTreeMap<&'static str, Counts>>,
-    pace: Pace,
-    mode: OnConflict,
     checkpoint: Mutex<Checkpoint>,
     checkpoint_path: PathBuf,
 }
@@ -881,22 +812,9 @@ pub async fn restore(
         fresh
     };
     let shared = Shared {
-        exec,
-        router: Mutex::new(Router {
-            owners: view
-                .slot_owner()
-                .into_iter()
-                .map(|o| o.and_then(line_addr))
-                .collect(),
-        }),
+        writer: SlotWriter::new(exec, view, opts.rate, opts.on_conflict == OnConflict::Skip),
         errors: Mutex::new(Vec::new()),
         per_type: Mutex::new(BTreeMap::new()),
-        pace: Pace {
-            start: Instant::now(),
-            rate: opts.rate,
-            admitted: Default::default(),
-        },
-        mode: opts.on_conflict,
         checkpoint: Mutex::new(earlier),
         checkpoint_path: opts.checkpoint.clone(),
     };
@@ -943,7 +861,7 @@ pub async fn restore(
 
 /// One batch from the parser: keys to send, the entries it filtered or found expired, and
 /// the index of its last entry.
-type Batch = (Vec<Prepared>, Counts, u64);
+type Batch = (Vec<Write>, Counts, u64);
 
 /// Reads one file on a blocking thread and hands over batches: entries the checkpoint has as
 /// done are skipped (but not those it must retry), and each key knows whether it is sent with
@@ -1005,16 +923,18 @@ fn produce(
                 Payload::Mem(v) => v.len(),
                 Payload::File { .. } => 1 << 20,
             };
-            out.push(Prepared {
+            out.push(Write {
                 slot: key_slot(&e.key),
-                abs_ttl: e.expire_ms.unwrap_or(0),
                 kind: type_name(e.type_byte),
                 key: e.key,
-                payload,
                 index,
-                replace: opts.on_conflict == OnConflict::Replace
-                    || ours_for_sure
-                    || (ours && may_replace_ours),
+                op: Op::Restore {
+                    payload,
+                    abs_ttl: e.expire_ms.unwrap_or(0),
+                    replace: opts.on_conflict == OnConflict::Replace
+                        || ours_for_sure
+                        || (ours && may_replace_ours),
+                },
             });
         }
         if out.len() >= batch || bytes >= BATCH_BYTES {
@@ -1079,24 +999,29 @@ async fn restore_file(
     let mut failed: Vec<u64> = Vec::new();
     let mut since_save = 0u64;
     let mut last_index = None;
-    let conns = Conns::default();
-    let mut fence = Fence::default();
+    let mut lane = shared.writer.lane();
+    // Entries this run wrote that no replica confirmed: re-sent by --resume.
+    let mut unconfirmed: Vec<u64> = Vec::new();
     while let Some((batch, c, index)) = rx.recv().await {
         run.skipped_filtered += c.skipped_filtered;
         run.skipped_expired += c.skipped_expired;
-        shared.pace.admit(batch.len() as u64).await;
-        let sent = send_batch(shared, &conns, batch).await;
-        progress(sent.counts.entries());
-        run.add(&sent.counts);
-        failed.extend(sent.failed);
-        fence.add(sent.landed);
+        let done = lane.send(batch).await;
+        progress(done.len() as u64);
+        count(shared, done, &mut run, &mut failed);
         last_index = Some(index);
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
-            fence.confirm(shared, &conns, &mut run, &mut failed).await;
+            fence(shared, &mut lane, &mut run, &mut failed, &mut unconfirmed).await;
             save_progress(
-                shared, &src.label, &earlier, index, &run, &failed, &fence, opts.batch,
+                shared,
+                &src.label,
+                &earlier,
+                index,
+                &run,
+                &failed,
+                &unconfirmed,
+                opts.batch,
             );
             since_save = 0;
         }
@@ -1105,9 +1030,16 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
-        fence.confirm(shared, &conns, &mut run, &mut failed).await;
+        fence(shared, &mut lane, &mut run, &mut failed, &mut unconfirmed).await;
         save_progress(
-            shared, &src.label, &earlier, index, &run, &failed, &fence, opts.batch,
+            shared,
+            &src.label,
+            &earlier,
+            index,
+            &run,
+            &failed,
+            &unconfirmed,
+            opts.batch,
         );
     }
     drop(rx);
@@ -1139,7 +1071,7 @@ fn save_progress(
     index: u64,
     run: &Counts,
     failed: &[u64],
-    fence: &Fence,
+    unconfirmed: &[u64],
     batch: usize,
 ) {
     let Ok(mut cp) = shared.checkpoint.lock() else {
@@ -1152,8 +1084,7 @@ fn save_progress(
         .collect();
     retry.sort_unstable();
     retry.dedup();
-    let mut resend: Vec<u64> = fence
-        .unconfirmed
+    let mut resend: Vec<u64> = unconfirmed
         .iter()
         .copied()
         .chain(earlier.resend.iter().copied().filter(|&i| i > index))
@@ -1188,340 +1119,71 @@ fn save_progress(
     }
 }
 
-/// A batch's outcome: counts, the file indices of the keys that failed, and where each key
-/// counted as restored was written.
-struct Sent {
-    counts: Counts,
-    failed: Vec<u64>,
-    landed: Vec<(Addr, Vec<(u64, &'static str)>)>,
-}
-
-/// The replication fence: keys written since the last checkpoint, by master, until a
-/// replica confirms them (`WAIT`). A checkpoint never counts a key that a failover can still
-/// take away: acknowledged by a master that then died before replicating it, it is sent
-/// again by `--resume`.
-#[derive(Default)]
-struct Fence {
-    pending: HashMap<Addr, Vec<(u64, &'static str)>>,
-    /// Entries this run wrote that no replica confirmed.
-    unconfirmed: Vec<u64>,
-}
-
-impl Fence {
-    fn add(&mut self, landed: Vec<(Addr, Vec<(u64, &'static str)>)>) {
-        for (addr, keys) in landed {
-            self.pending.entry(addr).or_default().extend(keys);
-        }
-    }
-
-    /// Confirms every pending master at once; the keys of those that cannot confirm move
-    /// from restored to failed (and `unconfirmed`), with one error line per master.
-    async fn confirm(
-        &mut self,
-        shared: &Shared<'_>,
-        conns: &Conns,
-        run: &mut Counts,
-        failed: &mut Vec<u64>,
-    ) {
-        let pending = std::mem::take(&mut self.pending);
-        let checks = pending.into_iter().map(|(addr, keys)| async move {
-            let r = replicated(shared, conns, &addr).await;
-            (addr, keys, r)
-        });
-        for (addr, keys, r) in futures::future::join_all(checks).await {
-            let Err(why) = r else { continue };
-            note(
-                &shared.errors,
-                format!(
-                    "{addr}: {} restored key(s) not confirmed by a replica ({why}): \
-                     --resume sends them again",
-                    keys.len()
-                ),
-            );
-            let mut per_type = shared.per_type.lock().ok();
-            for (index, kind) in keys {
-                run.restored = run.restored.saturating_sub(1);
-                run.failed += 1;
-                if let Some(m) = per_type.as_mut() {
-                    let c = m.entry(kind).or_default();
-                    c.restored = c.restored.saturating_sub(1);
-                    c.failed += 1;
-                }
-                failed.push(index);
-                self.unconfirmed.push(index);
-            }
-        }
-    }
-}
-
-/// Whether a replica of `addr` holds what this file wrote there: `WAIT 1` on the connection
-/// that wrote (WAIT covers its own connection's writes), within the node timeout. A master
-/// without an online replica confirms at once: nothing else could hold the keys.
-async fn replicated(shared: &Shared<'_>, conns: &Conns, addr: &Addr) -> Result<(), String> {
-    let Some((mut t, true)) = conns.idle(addr) else {
-        return Err("the connection that wrote them was lost".into());
-    };
-    let base = shared.exec.timeout();
-    let info = t
-        .frames_within(addr, 1, base, |out| {
-            rcops_formats::resp::encode_command(&[b"INFO", b"replication"], out)
-        })
-        .await
-        .map_err(|e| e.reason())?;
-    let info = rcops_formats::info::Info::parse(&String::from_utf8_lossy(
-        info.first().map_or(&[][..], |f| f),
-    ));
-    // A master demoted by a failover dropped what its new master never had.
-    if info.get("role").is_some_and(|r| r != "master") {
-        return Err("it is a replica now (failed over)".into());
-    }
-    let online = info
-        .replicas()
-        .iter()
-        .filter(|r| r.state == "online")
-        .count();
-    if online > 0 {
-        let ms = base.as_millis().to_string();
-        let got = t
-            .frames_within(addr, 1, base * 2, |out| {
-                rcops_formats::resp::encode_command(&[b"WAIT", b"1", ms.as_bytes()], out)
-            })
-            .await
-            .map_err(|e| e.reason())?;
-        if got.first().is_none_or(|f| f.starts_with(b":0")) {
-            conns.put(addr, t, true);
-            return Err(format!(
-                "{online} replica(s) online, none acknowledged within {}",
-                humantime::format_duration(base)
-            ));
-        }
-    }
-    conns.put(addr, t, true);
-    Ok(())
-}
-
-/// Attempts per key (redirects, retryable errors, re-sends after an unknown outcome).
-const ATTEMPTS: usize = 8;
-
-/// A key on its way: where to send it (a redirect), and whether it needs `ASKING`.
-struct Todo {
-    p: Prepared,
-    to: Option<Addr>,
-    asking: bool,
-    /// The last error, reported if the attempts run out.
-    last: Option<String>,
-}
-
-/// Sends one batch: grouped by owner, one pipeline per node, all nodes at once. Keys that
-/// come back MOVED/ASK go to the new owner; TRYAGAIN, CLUSTERDOWN and LOADING are retried
-/// with backoff; a pipeline that failed (timeout, dropped connection) is re-checked key by
-/// key before anything is counted.
-async fn send_batch(shared: &Shared<'_>, conns: &Conns, batch: Vec<Prepared>) -> Sent {
-    let mut counts = Counts::default();
-    let mut failed = Vec::new();
-    let mut landed = Vec::new();
-    // Per-type counts of this batch, merged into the shared map once at the end.
+/// Counts a batch's outcomes into this run's counts and the per-type ones; failed entries
+/// are kept for a retry and their errors noted.
+fn count(shared: &Shared<'_>, done: Vec<Done>, run: &mut Counts, failed: &mut Vec<u64>) {
+    // Per-type counts of this batch, merged into the shared map once.
     let mut local: BTreeMap<&'static str, Counts> = BTreeMap::new();
-    let mut todo: Vec<Todo> = batch
-        .into_iter()
-        .map(|p| Todo {
-            p,
-            to: None,
-            asking: false,
-            last: None,
-        })
-        .collect();
-    let mut fail = |p: &Prepared,
-                    why: String,
-                    counts: &mut Counts,
-                    local: &mut BTreeMap<&'static str, Counts>| {
-        counts.failed += 1;
-        local.entry(p.kind).or_default().failed += 1;
-        failed.push(p.index);
-        note(&shared.errors, format!("{}: {why}", show_key(&p.key)));
-    };
-    let base = shared.exec.timeout();
-    for attempt in 0..ATTEMPTS {
-        if todo.is_empty() {
-            break;
-        }
-        if attempt > 0 && todo.iter().any(|t| t.to.is_none()) {
-            // Not only redirects: give a failing-over or loading node time.
-            let wait = Duration::from_millis(50 << attempt.min(5));
-            tokio::time::sleep(wait).await;
-        }
-        let mut by_node: HashMap<Addr, Vec<Todo>> = HashMap::new();
-        {
-            // One lock per batch, and an address cloned per node rather than per key.
-            let routes = shared.router.lock().ok();
-            for t in todo.drain(..) {
-                let owner = t.to.clone().or_else(|| {
-                    routes
-                        .as_ref()
-                        .and_then(|r| r.owners[usize::from(t.p.slot)].clone())
-                });
-                match owner {
-                    Some(a) => by_node.entry(a).or_default().push(t),
-                    None => {
-                        let why = format!("slot {} has no owner in the target", t.p.slot);
-                        fail(&t.p, why, &mut counts, &mut local);
-                    }
-                }
+    for d in done {
+        let c = local.entry(d.kind).or_default();
+        match d.outcome {
+            Outcome::Written { .. } => {
+                run.restored += 1;
+                c.restored += 1;
+            }
+            Outcome::Exists => {
+                run.skipped_existing += 1;
+                c.skipped_existing += 1;
+            }
+            Outcome::Failed(why) => {
+                run.failed += 1;
+                c.failed += 1;
+                failed.push(d.index);
+                note(&shared.errors, format!("{}: {why}", show_key(&d.key)));
             }
         }
-        let rounds = futures::future::join_all(by_node.into_iter().map(|(addr, items)| async {
-            let r = pipeline(shared, conns, &addr, &items, base).await;
-            (addr, items, r)
-        }))
-        .await;
-        for (addr, items, r) in rounds {
-            // The keys counted as restored on this node, for the replication fence.
-            let mut here = Vec::new();
-            let replies = match r {
-                Ok(replies) => replies,
-                Err(e) => {
-                    // The writes may or may not have happened: look before counting.
-                    let bytes: u64 = items.iter().map(|t| t.p.payload.len()).sum();
-                    match exists(shared, conns, &addr, &items, write_timeout(base, bytes)).await {
-                        Err(_) => {
-                            for t in items {
-                                fail(&t.p, e.to_string(), &mut counts, &mut local);
-                            }
-                        }
-                        Ok(present) => {
-                            for (mut t, present) in items.into_iter().zip(present) {
-                                if present && !t.p.replace {
-                                    // Ours (the target held none of the keys) or, under
-                                    // skip, possibly there before: either way not rewritten.
-                                    let c = local.entry(t.p.kind).or_default();
-                                    if shared.mode == OnConflict::Skip {
-                                        counts.skipped_existing += 1;
-                                        c.skipped_existing += 1;
-                                    } else {
-                                        counts.restored += 1;
-                                        c.restored += 1;
-                                        here.push((t.p.index, t.p.kind));
-                                    }
-                                } else {
-                                    t.last = Some(e.to_string());
-                                    todo.push(t);
-                                }
-                            }
-                        }
-                    }
-                    if !here.is_empty() {
-                        landed.push((addr, here));
-                    }
-                    continue;
-                }
-            };
-            for (mut t, reply) in items.into_iter().zip(replies) {
-                let Some(text) = reply else {
-                    counts.restored += 1;
-                    local.entry(t.p.kind).or_default().restored += 1;
-                    here.push((t.p.index, t.p.kind));
-                    continue;
-                };
-                let code = text.split_whitespace().next().unwrap_or("");
-                match code {
-                    "MOVED" | "ASK" => {
-                        let to = text
-                            .split_whitespace()
-                            .nth(2)
-                            .and_then(|a| a.parse::<Addr>().ok());
-                        if code == "MOVED" {
-                            if let (Some(to), Ok(mut r)) = (&to, shared.router.lock()) {
-                                r.owners[usize::from(t.p.slot)] = Some(to.clone());
-                            }
-                        }
-                        t.asking = code == "ASK";
-                        t.to = to;
-                        t.last = Some(format!("{addr}: {text}"));
-                        todo.push(t);
-                    }
-                    "BUSYKEY" => {
-                        counts.skipped_existing += 1;
-                        local.entry(t.p.kind).or_default().skipped_existing += 1;
-                    }
-                    "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" => {
-                        t.to = None;
-                        t.asking = false;
-                        t.last = Some(format!("{addr}: {text}"));
-                        todo.push(t);
-                    }
-                    _ => {
-                        let why = format!("{addr}: {text}");
-                        fail(&t.p, why, &mut counts, &mut local);
-                    }
-                }
-            }
-            if !here.is_empty() {
-                landed.push((addr, here));
-            }
-        }
-    }
-    for t in todo {
-        let why = format!(
-            "gave up after {ATTEMPTS} attempts: {}",
-            t.last.as_deref().unwrap_or("no answer")
-        );
-        fail(&t.p, why, &mut counts, &mut local);
     }
     if let Ok(mut m) = shared.per_type.lock() {
         for (kind, c) in local {
             m.entry(kind).or_default().add(&c);
         }
     }
-    Sent {
-        counts,
-        failed,
-        landed,
-    }
 }
 
-/// Whether each key exists, asked on a fresh connection within `timeout` (the server may
-/// still be busy with the writes whose replies were lost).
-async fn exists(
+/// The replication fence before a checkpoint: keys no replica confirmed move from restored
+/// to failed (and `unconfirmed`, re-sent with REPLACE by --resume), one error line per
+/// master.
+async fn fence(
     shared: &Shared<'_>,
-    conns: &Conns,
-    addr: &Addr,
-    items: &[Todo],
-    timeout: Duration,
-) -> Result<Vec<bool>, NodeError> {
-    let mut t = Transport::open(shared.exec.options(), addr).await?;
-    let n = items.len() + items.iter().filter(|t| t.asking).count();
-    let frames = t
-        .frames_within(addr, n, timeout, |out| {
-            for t in items {
-                if t.asking {
-                    rcops_formats::resp::encode_command(&[b"ASKING"], out);
-                }
-                rcops_formats::resp::encode_command(&[b"EXISTS", &t.p.key], out);
+    lane: &mut Lane<'_, '_>,
+    run: &mut Counts,
+    failed: &mut Vec<u64>,
+    unconfirmed: &mut Vec<u64>,
+) {
+    for u in lane.confirm().await {
+        note(
+            &shared.errors,
+            format!(
+                "{}: {} restored key(s) not confirmed by a replica ({}): \
+                 --resume sends them again",
+                u.addr,
+                u.writes.len(),
+                u.why
+            ),
+        );
+        let mut per_type = shared.per_type.lock().ok();
+        for (index, kind) in u.writes {
+            run.restored = run.restored.saturating_sub(1);
+            run.failed += 1;
+            if let Some(m) = per_type.as_mut() {
+                let c = m.entry(kind).or_default();
+                c.restored = c.restored.saturating_sub(1);
+                c.failed += 1;
             }
-        })
-        .await?;
-    let mut it = frames.into_iter();
-    let mut out = Vec::with_capacity(items.len());
-    for t in items {
-        if t.asking {
-            it.next();
-        }
-        match it.next() {
-            Some(f) if f.starts_with(b":1") => out.push(true),
-            Some(f) if f.starts_with(b":0") => out.push(false),
-            other => {
-                return Err(NodeError::Command {
-                    addr: addr.clone(),
-                    reason: format!(
-                        "EXISTS answered {:?}",
-                        String::from_utf8_lossy(&other.unwrap_or_default())
-                    ),
-                })
-            }
+            failed.push(index);
+            unconfirmed.push(index);
         }
     }
-    conns.put(addr, t, false);
-    Ok(out)
 }
 
 fn note(errors: &Mutex<Vec<String>>, e: String) {
@@ -1532,149 +1194,6 @@ fn note(errors: &Mutex<Vec<String>>, e: String) {
     }
 }
 
-/// One file's bulk connections, one per node (a file sends one batch at a time): taken for
-/// one pipeline, put back after it (dropped after an error), each marked once it carried a
-/// write, since the replication fence must ask on a connection that wrote.
-#[derive(Default)]
-struct Conns {
-    idle: Mutex<HashMap<Addr, (Transport, bool)>>,
-}
-
-impl Conns {
-    fn idle(&self, addr: &Addr) -> Option<(Transport, bool)> {
-        self.idle.lock().ok().and_then(|mut m| m.remove(addr))
-    }
-
-    async fn take(&self, exec: &Executor, addr: &Addr) -> Result<(Transport, bool), NodeError> {
-        match self.idle(addr) {
-            Some(t) => Ok(t),
-            None => Ok((Transport::open(exec.options(), addr).await?, false)),
-        }
-    }
-
-    /// Keeps `t` unless a connection that wrote is already kept for `addr`.
-    fn put(&self, addr: &Addr, t: Transport, wrote: bool) {
-        if let Ok(mut m) = self.idle.lock() {
-            if wrote || !m.get(addr).is_some_and(|(_, w)| *w) {
-                m.insert(addr.clone(), (t, wrote));
-            }
-        }
-    }
-}
-
-/// The arguments of `RESTORE key ttl <payload> [REPLACE] [ABSTTL]` (the payload at index 3),
-/// and how many there are.
-fn restore_args<'a>(p: &'a Prepared, ttl: &'a str, payload: &'a [u8]) -> ([&'a [u8]; 6], usize) {
-    let mut args: [&[u8]; 6] = [b"RESTORE", &p.key, ttl.as_bytes(), payload, b"", b""];
-    let mut n = 4;
-    if p.replace {
-        args[n] = b"REPLACE";
-        n += 1;
-    }
-    if p.abs_ttl > 0 {
-        args[n] = b"ABSTTL";
-        n += 1;
-    }
-    (args, n)
-}
-
-/// A `RESTORE` (after `ASKING` if asked) with its payload in memory: one encoding, one copy
-/// of the payload (this is the hot loop of a restore).
-fn encode_restore(p: &Prepared, asking: bool, payload: &[u8], out: &mut Vec<u8>) {
-    if asking {
-        rcops_formats::resp::encode_command(&[b"ASKING"], out);
-    }
-    let ttl = p.abs_ttl.to_string();
-    let (args, n) = restore_args(p, &ttl, payload);
-    rcops_formats::resp::encode_command(&args[..n], out);
-}
-
-/// A `RESTORE` whose payload streams from a file: the bytes up to the payload's own (`head`,
-/// ending with its length header) and those after it (returned).
-fn restore_parts(p: &Prepared, asking: bool, head: &mut Vec<u8>, payload_len: u64) -> Vec<u8> {
-    if asking {
-        rcops_formats::resp::encode_command(&[b"ASKING"], head);
-    }
-    let ttl = p.abs_ttl.to_string();
-    let (args, n) = restore_args(p, &ttl, b"");
-    head.extend_from_slice(format!("*{n}\r\n").as_bytes());
-    for a in &args[..3] {
-        head.extend_from_slice(&rcops_formats::resp::bulk(a));
-    }
-    head.extend_from_slice(format!("${payload_len}\r\n").as_bytes());
-    let mut tail = b"\r\n".to_vec();
-    for a in &args[4..n] {
-        tail.extend_from_slice(&rcops_formats::resp::bulk(a));
-    }
-    tail
-}
-
-/// Writes `items` to `addr`: the in-memory ones in one pipelined round trip, each value kept
-/// in a spill file in a round trip of its own streamed from the file. The reply budget grows
-/// with the bytes sent. One reply per item (`None` for success); an error means the outcome
-/// of the whole round is unknown.
-async fn pipeline(
-    shared: &Shared<'_>,
-    conns: &Conns,
-    addr: &Addr,
-    items: &[Todo],
-    base: Duration,
-) -> Result<Vec<Option<String>>, NodeError> {
-    let (mut t, _) = conns.take(shared.exec, addr).await?;
-    let mut replies: Vec<Option<Option<String>>> = vec![None; items.len()];
-    let mem: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i].p.payload, Payload::Mem(_)))
-        .collect();
-    if !mem.is_empty() {
-        let n = mem.len() + mem.iter().filter(|&&i| items[i].asking).count();
-        let bytes: u64 = mem.iter().map(|&i| items[i].p.payload.len()).sum();
-        let got = t
-            .raw_within(addr, n, write_timeout(base, bytes), |out| {
-                for &i in &mem {
-                    let (todo, Payload::Mem(v)) = (&items[i], &items[i].p.payload) else {
-                        continue;
-                    };
-                    encode_restore(&todo.p, todo.asking, v, out);
-                }
-            })
-            .await?;
-        let mut it = got.into_iter();
-        for &i in &mem {
-            if items[i].asking {
-                it.next(); // ASKING's +OK
-            }
-            replies[i] = Some(it.next().flatten());
-        }
-    }
-    for (i, todo) in items.iter().enumerate() {
-        let Payload::File { spilled, trailer } = &todo.p.payload else {
-            continue;
-        };
-        let n = 1 + usize::from(todo.asking);
-        let mut tail = trailer.to_vec();
-        let mut head = Vec::new();
-        tail.extend(restore_parts(
-            &todo.p,
-            todo.asking,
-            &mut head,
-            spilled.len + 10,
-        ));
-        let got = t
-            .raw_with_file(
-                addr,
-                n,
-                write_timeout(base, spilled.len),
-                |out| out.extend_from_slice(&head),
-                &spilled.file,
-                spilled.len,
-                &tail,
-            )
-            .await?;
-        replies[i] = Some(got.into_iter().last().flatten());
-    }
-    conns.put(addr, t, true);
-    Ok(replies.into_iter().map(Option::flatten).collect())
-}
 /// Sum of `DBSIZE` over the target's masters (0: nothing can conflict).
 pub async fn target_keys(exec: &Executor, view: &ClusterView) -> u64 {
     let masters: Vec<Addr> = view.masters().filter_map(line_addr).collect();
