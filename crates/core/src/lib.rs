@@ -5,6 +5,7 @@
 //! - [`fanout`]: the executor that runs one job per node concurrently with timeouts.
 //! - [`transport`]: the raw bulk connection (pre-encoded RESP out, framed replies in).
 //! - [`writer`]: the slot writer, the one place that writes into a cluster.
+//! - [`route`]: commands of a stream or an AOF turned into slot writes.
 //! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
 //! - [`topology`]: discovery and the [`topology::ClusterView`] model.
 //! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
@@ -16,6 +17,7 @@ pub mod lab;
 pub mod node;
 pub mod ops;
 pub mod repl;
+pub mod route;
 pub mod topology;
 pub mod transport;
 pub mod writer;

@@ -9,144 +9,16 @@ use rcops_formats::slot::key_slot;
 use rcops_rdb::aof::{parse_manifest, AofItem, AofReader};
 use rcops_rdb::{Item, Parser};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::fanout::Executor;
-use crate::node::{Addr, NodeError};
 use crate::ops::restore::payload_for;
-use crate::topology::{line_addr, ClusterView};
+use crate::route::{Routed, Router};
+use crate::topology::ClusterView;
 use crate::writer::{Lane, Op, Outcome, Payload, SlotWriter, Write};
-
-/// Where a command's keys are (COMMAND's first key, last key, step).
-#[derive(Debug, Clone, Copy)]
-struct KeySpec {
-    first: i64,
-    last: i64,
-    step: i64,
-    movable: bool,
-}
-
-/// The target's command table: name (and `name|sub`) → key positions.
-pub struct Commands {
-    specs: HashMap<String, KeySpec>,
-    probe: Addr,
-}
-
-fn as_i64(v: &redis::Value) -> i64 {
-    match v {
-        redis::Value::Int(i) => *i,
-        _ => 0,
-    }
-}
-
-fn as_text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_lowercase(),
-        redis::Value::SimpleString(s) => s.to_lowercase(),
-        _ => String::new(),
-    }
-}
-
-fn collect(entries: &[redis::Value], out: &mut HashMap<String, KeySpec>) {
-    for e in entries {
-        let redis::Value::Array(f) = e else { continue };
-        if f.len() < 6 {
-            continue;
-        }
-        let flags = match &f[2] {
-            redis::Value::Array(fl) => fl.iter().map(as_text).collect::<Vec<_>>(),
-            redis::Value::Set(fl) => fl.iter().map(as_text).collect::<Vec<_>>(),
-            _ => Vec::new(),
-        };
-        out.insert(
-            as_text(&f[0]),
-            KeySpec {
-                first: as_i64(&f[3]),
-                last: as_i64(&f[4]),
-                step: as_i64(&f[5]),
-                movable: flags.iter().any(|x| x == "movablekeys"),
-            },
-        );
-        // Redis 7: subcommands (element 10) carry their own key positions.
-        if let Some(redis::Value::Array(subs)) = f.get(9) {
-            collect(subs, out);
-        }
-    }
-}
-
-impl Commands {
-    pub async fn load(exec: &Executor, view: &ClusterView) -> Result<Commands, NodeError> {
-        let probe = view
-            .masters()
-            .find_map(line_addr)
-            .ok_or_else(|| NodeError::Command {
-                addr: Addr::new("?", 0),
-                reason: "no master in the target".into(),
-            })?;
-        let mut conn = exec.conn(&probe).await?;
-        let v: redis::Value =
-            crate::fanout::query(&probe, &mut conn, &redis::cmd("COMMAND")).await?;
-        let mut specs = HashMap::new();
-        if let redis::Value::Array(entries) = &v {
-            collect(entries, &mut specs);
-        }
-        Ok(Commands { specs, probe })
-    }
-
-    /// The command's keys; `None` when it has none.
-    async fn keys(&self, exec: &Executor, args: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
-        let name = String::from_utf8_lossy(&args[0]).to_lowercase();
-        let mut spec = self.specs.get(&name).copied();
-        if let (Some(s), Some(sub)) = (spec, args.get(1)) {
-            if s.first == 0 && !s.movable {
-                let full = format!("{name}|{}", String::from_utf8_lossy(sub).to_lowercase());
-                spec = self.specs.get(&full).copied().or(spec);
-            }
-        }
-        let Some(s) = spec else {
-            return Err(format!("unknown command {name:?} on the target"));
-        };
-        if s.movable {
-            let mut conn = exec.conn(&self.probe).await.map_err(|e| e.to_string())?;
-            let mut cmd = redis::cmd("COMMAND");
-            cmd.arg("GETKEYS");
-            for a in args {
-                cmd.arg(a);
-            }
-            return cmd
-                .query_async::<Vec<Vec<u8>>>(&mut conn)
-                .await
-                .or_else(|e| {
-                    // "no key arguments" is an answer, not a failure.
-                    if e.to_string().contains("no key arguments") {
-                        Ok(Vec::new())
-                    } else {
-                        Err(e.to_string())
-                    }
-                });
-        }
-        if s.first <= 0 {
-            return Ok(Vec::new());
-        }
-        let n = args.len() as i64;
-        let last = if s.last < 0 {
-            n + s.last
-        } else {
-            s.last.min(n - 1)
-        };
-        let step = s.step.max(1);
-        let mut keys = Vec::new();
-        let mut i = s.first;
-        while i <= last && i < n {
-            keys.push(args[i as usize].clone());
-            i += step;
-        }
-        Ok(keys)
-    }
-}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AofReport {
@@ -205,7 +77,7 @@ pub async fn replay(
     target_version: u16,
 ) -> Result<AofReport, String> {
     let started = Instant::now();
-    let cmds = Commands::load(exec, view)
+    let cmds = crate::route::Commands::load(exec, view)
         .await
         .map_err(|e| e.to_string())?;
     let mut report = AofReport::default();
@@ -213,8 +85,7 @@ pub async fn replay(
     let writer = SlotWriter::new(exec, view, None, skip_busy);
     let mut lane = writer.lane();
     let mut units: Vec<Write> = Vec::new();
-    let mut tx: Option<Vec<Vec<Vec<u8>>>> = None;
-    let mut db = 0u64;
+    let mut router = Router::new(&cmds, 0);
     'files: for file in files(path)? {
         report.files.push(file.display().to_string());
         let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -303,64 +174,13 @@ pub async fn replay(
                 AofItem::Command(_) => continue,
             };
             report.commands += 1;
-            let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-            match name.as_str() {
-                "SELECT" => {
-                    db = args
-                        .get(1)
-                        .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
-                        .unwrap_or(0);
-                    continue;
+            match router.push(exec, args, 0, &mut units).await {
+                Routed::Queued => {}
+                // Not replayed from a file: reported by name.
+                Routed::Broadcast(a) | Routed::Flush(a) => {
+                    let name = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+                    *report.keyless_skipped.entry(name).or_default() += 1;
                 }
-                "MULTI" => {
-                    tx = Some(Vec::new());
-                    continue;
-                }
-                "EXEC" => {
-                    if let Some(t) = tx.take() {
-                        report.transactions += 1;
-                        let mut slots = Vec::new();
-                        for c in &t {
-                            for k in cmds.keys(exec, c).await.unwrap_or_default() {
-                                slots.push(key_slot(&k));
-                            }
-                        }
-                        slots.dedup();
-                        slots.sort_unstable();
-                        slots.dedup();
-                        if slots.len() == 1 {
-                            units.push(Write {
-                                slot: slots[0],
-                                key: Vec::new(),
-                                kind: "multi",
-                                index: 0,
-                                op: Op::Commands {
-                                    cmds: t,
-                                    multi: true,
-                                },
-                            });
-                        } else {
-                            report.transactions_split += 1;
-                            for c in t {
-                                queue(exec, &cmds, c, &mut units, &mut report).await;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                "DISCARD" => {
-                    tx = None;
-                    continue;
-                }
-                _ => {}
-            }
-            if db != 0 {
-                report.other_db_skipped += 1;
-                continue;
-            }
-            match &mut tx {
-                Some(t) => t.push(args),
-                None => queue(exec, &cmds, args, &mut units, &mut report).await,
             }
             if units.len() >= opts.batch {
                 send(&mut lane, std::mem::take(&mut units), false, &mut report).await;
@@ -368,6 +188,17 @@ pub async fn replay(
         }
     }
     send(&mut lane, units, false, &mut report).await;
+    let st = &router.stats;
+    report.transactions = st.transactions;
+    report.transactions_split = st.transactions_split;
+    report.other_db_skipped += st.other_db_skipped;
+    report.failed += st.unroutable;
+    for (name, n) in &st.keyless_skipped {
+        *report.keyless_skipped.entry(name.clone()).or_default() += n;
+    }
+    for e in std::mem::take(&mut router.errors) {
+        note(&mut report, e);
+    }
     // The replication fence: what no replica of its master confirmed is reported.
     for u in lane.confirm().await {
         let n = u.writes.len() as u64;
@@ -383,69 +214,6 @@ pub async fn replay(
     }
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
-}
-
-/// Routes one command: by its keys' slot, split when it is a multi-key DEL/UNLINK/MSET whose
-/// keys span slots, reported when it has no keys.
-async fn queue(
-    exec: &Executor,
-    cmds: &Commands,
-    args: Vec<Vec<u8>>,
-    units: &mut Vec<Write>,
-    report: &mut AofReport,
-) {
-    let keys = match cmds.keys(exec, &args).await {
-        Ok(k) => k,
-        Err(e) => {
-            report.failed += 1;
-            note(report, e);
-            return;
-        }
-    };
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-    if keys.is_empty() {
-        *report.keyless_skipped.entry(name).or_default() += 1;
-        return;
-    }
-    let slots: Vec<u16> = keys.iter().map(|k| key_slot(k)).collect();
-    let one = |slot: u16, cmd: Vec<Vec<u8>>| Write {
-        slot,
-        key: Vec::new(),
-        kind: "command",
-        index: 0,
-        op: Op::Commands {
-            cmds: vec![cmd],
-            multi: false,
-        },
-    };
-    if slots.iter().all(|s| *s == slots[0]) {
-        units.push(one(slots[0], args));
-        return;
-    }
-    match name.as_str() {
-        "DEL" | "UNLINK" | "TOUCH" => {
-            for k in &args[1..] {
-                units.push(one(key_slot(k), vec![args[0].clone(), k.clone()]));
-            }
-        }
-        "MSET" => {
-            for kv in args[1..].chunks(2) {
-                if let [k, v] = kv {
-                    units.push(one(
-                        key_slot(k),
-                        vec![args[0].clone(), k.clone(), v.clone()],
-                    ));
-                }
-            }
-        }
-        _ => {
-            report.failed += 1;
-            note(
-                report,
-                format!("{name} with keys in several slots cannot be replayed on a cluster"),
-            );
-        }
-    }
 }
 
 fn note(report: &mut AofReport, e: String) {
