@@ -114,6 +114,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup (or RDB files) into any cluster, routing every key by its slot
     Restore(RestoreArgs),
+    /// Copy a live cluster or server into another over the replication protocol and keep it
+    /// in step (--follow); resumable
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +216,84 @@ pub struct RestoreArgs {
     /// Keys per pipeline per node
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
+    /// Write (without it, the plan is shown and nothing changes)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Only show the plan
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Source: a cluster's seed nodes or a standalone server, HOST:PORT[,HOST:PORT…]
+    #[arg(long, value_name = "HOST:PORT,…")]
+    pub from: String,
+    /// Target: a cluster's seed nodes or a standalone server
+    #[arg(long, value_name = "HOST:PORT,…")]
+    pub to: String,
+    /// sync: snapshot and command stream over PSYNC (the source must allow replication)
+    #[arg(long, default_value = "sync", value_parser = ["sync", "scan"])]
+    pub method: String,
+    /// Read each shard from its master, not from an in-sync replica
+    #[arg(long)]
+    pub from_masters: bool,
+    /// Keep applying the source's writes until Ctrl-C (without it: stop once caught up)
+    #[arg(long)]
+    pub follow: bool,
+    /// Only keys matching this glob
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// Only keys starting with this prefix; repeatable
+    #[arg(long = "prefix", value_name = "PREFIX")]
+    pub prefixes: Vec<String>,
+    /// Leave out keys starting with this prefix; repeatable
+    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
+    pub exclude_prefixes: Vec<String>,
+    /// Only these types (in the snapshot); repeatable
+    #[arg(long = "type", value_name = "TYPE",
+          value_parser = ["string", "list", "set", "zset", "hash", "stream", "module"])]
+    pub types: Vec<String>,
+    /// The source database to copy (a cluster has only 0)
+    #[arg(long, default_value_t = 0)]
+    pub db: u64,
+    /// When the target already holds keys: fail before writing anything (an empty target),
+    /// skip existing keys, or replace them
+    #[arg(long, default_value = "fail", value_parser = ["fail", "skip", "replace"])]
+    pub on_conflict: String,
+    /// A FLUSHALL/FLUSHDB on the source: stop the stream before it, apply it to the target,
+    /// or ignore it
+    #[arg(long, default_value = "stop", value_parser = ["stop", "apply", "ignore"])]
+    pub on_flush: String,
+    /// At most this many writes per second (all shards together)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Keys or commands per pipeline per node
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Continue a stopped migration from its checkpoint: by id, or the newest without one
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "ID")]
+    pub resume: Option<String>,
+    /// Longest silence allowed while a source builds and sends its snapshot
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// ACL user on the source (password from RCOPS_FROM_PASSWORD or --from-password-file;
+    /// without them the global credentials)
+    #[arg(long, env = "RCOPS_FROM_USER")]
+    pub from_user: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub from_password_file: Option<PathBuf>,
+    /// ACL user on the target (password from RCOPS_TO_PASSWORD or --to-password-file)
+    #[arg(long, env = "RCOPS_TO_USER")]
+    pub to_user: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub to_password_file: Option<PathBuf>,
+    /// TLS to the source (certificates from --cacert/--cert/--key)
+    #[arg(long)]
+    pub from_tls: bool,
+    /// TLS to the target
+    #[arg(long)]
+    pub to_tls: bool,
     /// Write (without it, the plan is shown and nothing changes)
     #[arg(long, short = 'y')]
     pub yes: bool,

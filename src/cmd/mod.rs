@@ -12,6 +12,7 @@ mod keyspace;
 mod lab;
 mod latency;
 mod metrics;
+mod migrate;
 mod nodes;
 mod rdb;
 mod restore;
@@ -71,6 +72,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Rdb(c) => rdb::run(&cli.global, c),
         Command::Backup(a) => backup::run(&cli.global, a).await,
         Command::Restore(a) => restore::run(&cli.global, a).await,
+        Command::Migrate(a) => migrate::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

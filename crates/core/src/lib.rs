@@ -8,11 +8,13 @@
 //! - [`route`]: commands of a stream or an AOF turned into slot writes.
 //! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
 //! - [`topology`]: discovery and the [`topology::ClusterView`] model.
+//! - [`job`]: the job contract (cancellation, progress, outcome, checkpoint files).
 //! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
 //!   async function over an executor and a view, returning a serialisable report.
 //! - [`lab`]: starts and stops local clusters of real `redis-server` processes.
 
 pub mod fanout;
+pub mod job;
 pub mod lab;
 pub mod node;
 pub mod ops;

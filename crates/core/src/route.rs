@@ -145,6 +145,43 @@ impl Commands {
     }
 }
 
+/// Which keys a job copies: a glob, prefixes to include or exclude, value types (the types
+/// only where a value is seen: snapshots and scans).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeyFilter {
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub exclude_prefixes: Vec<String>,
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
+impl KeyFilter {
+    /// Whether a key's name passes.
+    pub fn name_ok(&self, key: &[u8]) -> bool {
+        self.pattern
+            .as_deref()
+            .is_none_or(|p| rcops_formats::conf::glob_bytes(p.as_bytes(), key))
+            && (self.prefixes.is_empty()
+                || self.prefixes.iter().any(|p| key.starts_with(p.as_bytes())))
+            && !self
+                .exclude_prefixes
+                .iter()
+                .any(|p| key.starts_with(p.as_bytes()))
+    }
+
+    /// Whether a key of type `kind` (`string`, `hash`, …) passes.
+    pub fn ok(&self, key: &[u8], kind: &str) -> bool {
+        self.name_ok(key) && (self.types.is_empty() || self.types.iter().any(|t| t == kind))
+    }
+
+    fn names_all(&self) -> bool {
+        self.pattern.is_none() && self.prefixes.is_empty() && self.exclude_prefixes.is_empty()
+    }
+}
+
 /// What the router did with the commands it was given, by kind.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RouteStats {
@@ -162,6 +199,9 @@ pub struct RouteStats {
     pub other_db_skipped: u64,
     /// Commands that could not be routed (unknown to the target, several slots).
     pub unroutable: u64,
+    /// Commands on keys the filter leaves out.
+    #[serde(default)]
+    pub filtered: u64,
 }
 
 /// What a command asks of the caller beyond the writes it queued.
@@ -183,6 +223,7 @@ pub struct Router<'c> {
     db: u64,
     selected: u64,
     tx: Option<Vec<Vec<Vec<u8>>>>,
+    filter: KeyFilter,
     pub stats: RouteStats,
     /// Why commands could not be routed (the first few).
     pub errors: Vec<String>,
@@ -193,15 +234,21 @@ fn upper(a: &[u8]) -> String {
 }
 
 impl<'c> Router<'c> {
-    pub fn new(cmds: &'c Commands, db: u64) -> Self {
+    pub fn new(cmds: &'c Commands, db: u64, filter: KeyFilter) -> Self {
         Router {
             cmds,
             db,
             selected: 0,
             tx: None,
+            filter,
             stats: RouteStats::default(),
             errors: Vec::new(),
         }
+    }
+
+    /// Inside a `MULTI` whose `EXEC` has not come yet.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
     }
 
     fn note(&mut self, e: String) {
@@ -286,7 +333,16 @@ impl<'c> Router<'c> {
         }
         slots.sort_unstable();
         slots.dedup();
-        if slots.len() == 1 {
+        let all_in = self.filter.names_all() || {
+            let mut ok = true;
+            for c in &t {
+                for k in self.cmds.keys(exec, c).await.unwrap_or_default() {
+                    ok &= self.filter.name_ok(&k);
+                }
+            }
+            ok
+        };
+        if slots.len() == 1 && all_in {
             out.push(Write {
                 slot: slots[0],
                 key: first.unwrap_or_default(),
@@ -332,6 +388,10 @@ impl<'c> Router<'c> {
         };
         if keys.is_empty() {
             *self.stats.keyless_skipped.entry(name).or_default() += 1;
+            return Routed::Queued;
+        }
+        if !keys.iter().all(|k| self.filter.name_ok(k)) {
+            self.stats.filtered += 1;
             return Routed::Queued;
         }
         let one = |slot: u16, key: &[u8], cmd: Vec<Vec<u8>>| Write {

@@ -228,6 +228,64 @@ pub async fn discover_light(
     discover_with(exec, seeds, detail, Follow::Light).await
 }
 
+/// A cluster, or a standalone server seen as a one-shard cluster (one master owning every
+/// slot, under its run id), so that moving data treats both alike.
+pub async fn discover_endpoint(
+    exec: &Executor,
+    seeds: &[Addr],
+    detail: Detail,
+) -> Result<ClusterView, DiscoverError> {
+    match discover_light(exec, seeds, detail).await {
+        Err(DiscoverError::NoSeed(errors)) => {
+            let standalone = errors.iter().find_map(|e| match e {
+                NodeError::NotCluster { addr } => Some(addr.clone()),
+                _ => None,
+            });
+            match standalone {
+                Some(addr) => standalone_view(exec, &addr)
+                    .await
+                    .map_err(|e| DiscoverError::NoSeed(vec![e])),
+                None => Err(DiscoverError::NoSeed(errors)),
+            }
+        }
+        r => r,
+    }
+}
+
+async fn standalone_view(exec: &Executor, addr: &Addr) -> Result<ClusterView, NodeError> {
+    let mut conn = exec.conn(addr).await?;
+    let text: String = crate::fanout::query(addr, &mut conn, &redis::cmd("INFO")).await?;
+    let info = Info::parse(&text);
+    let id = info
+        .get("run_id")
+        .filter(|id| !id.is_empty())
+        .unwrap_or("0000000000000000000000000000000000000000")
+        .to_string();
+    let line = format!(
+        "{id} {}:{}@0 myself,master - 0 0 0 connected 0-16383",
+        addr.host, addr.port
+    );
+    let lines = cluster_nodes::parse(&line).map_err(|e| NodeError::Command {
+        addr: addr.clone(),
+        reason: format!("standalone view: {e}"),
+    })?;
+    let snap = NodeSnapshot {
+        addr: addr.clone(),
+        lines,
+        own_view: true,
+        cluster_info: Info::parse(
+            "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n\
+             cluster_known_nodes:1\r\ncluster_size:1\r\n",
+        ),
+        info,
+        denied: None,
+    };
+    Ok(ClusterView::from_snapshots(
+        BTreeMap::from([(id, snap)]),
+        BTreeMap::new(),
+    ))
+}
+
 /// Only the seeds are read: the node list, ids and roles are their view. For capabilities
 /// that talk to every node next anyway and report those that fail (configuration): on a
 /// 120-node cluster it saves a round trip to every node before the real work starts.

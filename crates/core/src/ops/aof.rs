@@ -85,7 +85,7 @@ pub async fn replay(
     let writer = SlotWriter::new(exec, view, None, skip_busy);
     let mut lane = writer.lane();
     let mut units: Vec<Write> = Vec::new();
-    let mut router = Router::new(&cmds, 0);
+    let mut router = Router::new(&cmds, 0, Default::default());
     'files: for file in files(path)? {
         report.files.push(file.display().to_string());
         let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;

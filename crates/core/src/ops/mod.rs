@@ -12,6 +12,7 @@ pub mod info;
 pub mod keyspace;
 pub mod latency;
 pub mod metrics;
+pub mod migrate;
 pub mod nodes;
 pub mod rdb;
 pub mod restore;

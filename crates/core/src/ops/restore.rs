@@ -122,7 +122,7 @@ pub const SPILL_ABOVE: usize = 16 << 20;
 
 /// A batch closes at this many payload bytes, whatever `--batch` says (a run of big keys
 /// stays small in memory: the parser runs at most a few batches ahead).
-const BATCH_BYTES: usize = 8 << 20;
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Counts {
@@ -138,7 +138,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, o: &Counts) {
+    pub fn add(&mut self, o: &Counts) {
         self.restored += o.restored;
         self.skipped_expired += o.skipped_expired;
         self.skipped_filtered += o.skipped_filtered;
@@ -264,13 +264,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Option<Checkpoint>, RestoreError> 
 const CHECKPOINT_EVERY: u64 = 16;
 
 fn save_checkpoint(path: &Path, c: &Checkpoint) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    }
-    let tmp = path.with_extension("tmp");
-    let t = serde_json::to_string(c).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, t).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    crate::job::save_json(path, c)
 }
 
 /// RDB length encoding.
@@ -455,7 +449,7 @@ fn spilled_payload(s: &rcops_rdb::Spilled, version: u16) -> std::io::Result<Payl
 }
 
 /// [`payload_for`], keeping a spilled value in its file when it needs no conversion.
-fn prepare_payload(
+pub(crate) fn prepare_payload(
     e: &mut Entry,
     file_version: u16,
     target_version: u16,
@@ -472,7 +466,7 @@ fn prepare_payload(
 }
 
 /// Anonymous temporary files for spilled values (removed as soon as they are closed).
-fn spill_file() -> rcops_rdb::SpillFile {
+pub(crate) fn spill_file() -> rcops_rdb::SpillFile {
     Arc::new(tempfile::tempfile)
 }
 

@@ -1,0 +1,1038 @@
+//! `migrate`: copies a live cluster (or standalone server) into another one of any shape
+//! over the replication protocol, and keeps it in step. Per source shard one
+//! [`ReplStream`] (from an in-sync replica unless `from_masters`): the snapshot is restored
+//! through the [`SlotWriter`] as `restore` does (payload version rules, re-encoding, expired
+//! keys skipped, absolute TTLs), then the command stream is applied in order through the
+//! command [`Router`] (transactions kept within a slot, cross-slot commands split,
+//! functions to every master, flushes by `on_flush`).
+//!
+//! Resumable: a checkpoint (`STATE_DIR/migrate/ID/checkpoint.json`) holds per shard the
+//! phase and, once streaming, the replication id and the offset applied, written at least
+//! every second (after the replication fence confirmed what it counts) and at every stop.
+//! A resumed shard still in its snapshot redoes it with replace semantics (the keys are its
+//! own); a streaming one continues with `PSYNC replid offset+1`, or does a full resync when
+//! the source no longer has that offset, and says so. A stream that breaks (a source
+//! failover) reconnects to the shard's node of the moment and continues.
+
+use rcops_formats::slot::{format_ranges, key_slot};
+use rcops_rdb::{type_name, Item, Parser};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::fanout::Executor;
+use crate::job::{JobCtx, JobError, Outcome};
+use crate::node::{Addr, NodeError};
+use crate::ops::backup::Source;
+use crate::ops::restore::{Counts, OnConflict};
+use crate::repl::{ChunkReader, Psync, ReplError, ReplStream, Start, StreamCommand};
+use crate::route::{Commands, KeyFilter, RouteStats, Routed, Router};
+use crate::topology::{line_addr, ClusterView, Detail};
+use crate::writer::{Done, Lane, Op, Outcome as WriteOutcome, SlotWriter, Write};
+
+/// What a flush on the source does to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFlush {
+    /// Halt this shard's stream before the flush and say so (the default: a flush on the
+    /// source must never silently empty the target).
+    Stop,
+    /// Flush every target master too.
+    Apply,
+    /// Skip it and count it.
+    Ignore,
+}
+
+/// Both ends of a migration.
+pub struct Ends<'a> {
+    pub from: &'a Executor,
+    pub from_seeds: &'a [Addr],
+    pub from_view: &'a ClusterView,
+    pub to: &'a Executor,
+    pub to_view: &'a ClusterView,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub id: String,
+    pub checkpoint: PathBuf,
+    pub resume: bool,
+    pub from_masters: bool,
+    /// Keep applying the stream until cancelled; otherwise stop once each shard has applied
+    /// what its source had when the stream phase began.
+    pub follow: bool,
+    pub filter: KeyFilter,
+    pub db: u64,
+    pub on_conflict: OnConflict,
+    pub on_flush: OnFlush,
+    /// Writes per second across all shards.
+    pub rate: Option<u64>,
+    pub batch: usize,
+    /// Longest silence tolerated while a source builds and sends its snapshot.
+    pub idle_timeout: Duration,
+}
+
+/// Where one source shard stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Snapshot,
+    Stream,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardState {
+    pub phase: Phase,
+    #[serde(default)]
+    pub replid: String,
+    /// The last stream offset applied (and confirmed by the fence).
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub keys: Counts,
+    #[serde(default)]
+    pub commands_applied: u64,
+}
+
+/// The resumable state of a migration, per source shard (by its slot ranges, which a
+/// failover does not change).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub db: u64,
+    pub filter: KeyFilter,
+    pub on_conflict: OnConflict,
+    pub shards: BTreeMap<String, ShardState>,
+}
+
+pub fn load_checkpoint(path: &std::path::Path) -> Result<Option<Checkpoint>, JobError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| JobError::internal(format!("checkpoint {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JobError::internal(format!(
+            "checkpoint {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// One source shard in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanShard {
+    pub slots: String,
+    /// The node the stream is read from (first choice), and its role.
+    pub node: Option<String>,
+    pub role: Option<String>,
+    pub keys: u64,
+    pub used_memory: Option<u64>,
+    /// Where the checkpoint has it (on resume).
+    pub resume_phase: Option<Phase>,
+    pub resume_offset: Option<u64>,
+}
+
+/// What a migration would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigratePlan {
+    pub id: String,
+    pub checkpoint: String,
+    pub method: &'static str,
+    pub source_shards: Vec<PlanShard>,
+    pub source_keys: u64,
+    pub target_masters: usize,
+    pub target_keys: u64,
+    pub target_rdb_version: u16,
+    pub filter: KeyFilter,
+    pub db: u64,
+    pub on_conflict: OnConflict,
+    pub on_flush: OnFlush,
+    pub follow: bool,
+    pub resume: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Reads both ends and decides whether the migration may start: every refusal here comes
+/// before anything is written.
+pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan, JobError> {
+    let blockers = crate::ops::restore::write_blockers(ends.to_view);
+    if let Some(b) = blockers.first() {
+        return Err(JobError::precondition(format!(
+            "target not writable: {} ({} problem(s); see rcops check)",
+            b.message,
+            blockers.len()
+        )));
+    }
+    let earlier = if opts.resume {
+        let cp = load_checkpoint(&opts.checkpoint)?.ok_or_else(|| {
+            JobError::usage(format!(
+                "--resume {}: no checkpoint at {}",
+                opts.id,
+                opts.checkpoint.display()
+            ))
+        })?;
+        Some(cp)
+    } else {
+        None
+    };
+    let (sources, mut warnings) = crate::ops::backup::sources(ends.from_view, !opts.from_masters);
+    let mut shards = Vec::new();
+    let mut source_keys = 0;
+    for s in &sources {
+        let slots = format_ranges(&s.slots.ranges());
+        let first = s.candidates.first();
+        let snap = first.and_then(|(a, _)| {
+            ends.from_view
+                .snapshots
+                .values()
+                .find(|sn| &sn.addr == a)
+        });
+        let keys = snap
+            .map(|sn| {
+                sn.info
+                    .keyspace()
+                    .iter()
+                    .filter(|d| u64::from(d.db) == opts.db)
+                    .map(|d| d.keys)
+                    .sum()
+            })
+            .unwrap_or(0);
+        source_keys += keys;
+        let state = earlier.as_ref().and_then(|c| c.shards.get(&slots));
+        if earlier.is_some() && state.is_none() {
+            return Err(JobError::precondition(format!(
+                "--resume: the checkpoint has no shard with slots {slots} (the source was \
+                 resharded): start a new migration"
+            )));
+        }
+        if let Some(why) = &s.why_none {
+            return Err(JobError::unavailable(format!(
+                "source shard {slots}: {why}"
+            )));
+        }
+        shards.push(PlanShard {
+            slots,
+            node: first.map(|(a, _)| a.to_string()),
+            role: first.map(|(_, r)| r.to_string()),
+            keys,
+            used_memory: snap.and_then(|sn| sn.info.get("used_memory")?.parse().ok()),
+            resume_phase: state.map(|s| s.phase),
+            resume_offset: state.filter(|s| s.phase == Phase::Stream).map(|s| s.offset),
+        });
+    }
+    if shards.is_empty() {
+        return Err(JobError::unavailable("the source has no shard with slots"));
+    }
+    if let Some(cp) = &earlier {
+        if cp.db != opts.db || cp.filter != opts.filter {
+            return Err(JobError::usage(format!(
+                "--resume {}: the checkpoint was made with other --db/--match/--prefix/--type \
+                 options; resume with the same ones",
+                opts.id
+            )));
+        }
+    }
+    let target_keys = crate::ops::restore::target_keys(ends.to, ends.to_view).await;
+    if earlier.is_none() && opts.on_conflict == OnConflict::Fail && target_keys > 0 {
+        return Err(JobError::precondition(format!(
+            "the target holds {target_keys} key(s) and --on-conflict is fail: migrate into an \
+             empty target, or choose --on-conflict skip (keep the target's keys) or replace"
+        )));
+    }
+    let target_rdb_version = crate::ops::restore::target_rdb_version(ends.to, ends.to_view)
+        .await
+        .map_err(|e| JobError::unavailable(e.to_string()))?;
+    if !opts.filter.types.is_empty() {
+        warnings.push(
+            "--type filters the snapshot; the stream's commands are filtered by key name only"
+                .into(),
+        );
+    }
+    Ok(MigratePlan {
+        id: opts.id.clone(),
+        checkpoint: opts.checkpoint.display().to_string(),
+        method: "sync",
+        source_keys,
+        source_shards: shards,
+        target_masters: ends.to_view.masters().filter(|m| !m.slots.is_empty()).count(),
+        target_keys,
+        target_rdb_version,
+        filter: opts.filter.clone(),
+        db: opts.db,
+        on_conflict: opts.on_conflict,
+        on_flush: opts.on_flush,
+        follow: opts.follow,
+        resume: opts.resume,
+        warnings,
+    })
+}
+
+/// One source shard's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardReport {
+    pub slots: String,
+    /// The node the stream was last read from, and its role.
+    pub node: String,
+    pub role: String,
+    pub phase: String,
+    pub replid: String,
+    /// The last stream offset applied.
+    pub offset: u64,
+    /// Keys of the snapshot(s), all runs.
+    pub keys: Counts,
+    pub per_type: BTreeMap<&'static str, Counts>,
+    pub snapshot_bytes: u64,
+    /// Commands applied (all runs), failed, and re-sent after an unknown outcome (which may
+    /// have run twice).
+    pub commands_applied: u64,
+    pub commands_failed: u64,
+    pub commands_maybe_twice: u64,
+    pub route: RouteStats,
+    pub flushes: u64,
+    /// Functions and scripts loaded on every target master.
+    pub broadcasts: u64,
+    pub reconnects: u32,
+    /// Full resyncs after the stream could not continue.
+    pub resyncs: u32,
+    /// Source offset minus applied offset when the shard stopped.
+    pub lag_bytes: Option<u64>,
+    pub elapsed_ms: u128,
+    /// Why the shard stopped early, if it did.
+    pub error: Option<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateReport {
+    pub id: String,
+    pub checkpoint: String,
+    pub outcome: Outcome,
+    pub shards: Vec<ShardReport>,
+    pub keys: Counts,
+    pub commands_applied: u64,
+    pub resumed: bool,
+    pub elapsed_ms: u128,
+    pub keys_per_sec: f64,
+}
+
+/// What every shard's task shares.
+struct Shared<'a> {
+    ends: &'a Ends<'a>,
+    opts: &'a MigrateOptions,
+    ctx: &'a JobCtx,
+    writer: SlotWriter<'a>,
+    cmds: Commands,
+    target_version: u16,
+    checkpoint: Mutex<Checkpoint>,
+}
+
+impl Shared<'_> {
+    fn save(&self, slots: &str, state: &ShardState) -> Result<(), String> {
+        let mut cp = self.checkpoint.lock().map_err(|_| "a lock was poisoned")?;
+        cp.shards.insert(slots.to_string(), state.clone());
+        crate::job::save_json(&self.opts.checkpoint, &*cp)
+    }
+}
+
+/// Runs the migration the plan describes.
+pub async fn migrate(
+    ctx: &JobCtx,
+    ends: &Ends<'_>,
+    opts: &MigrateOptions,
+    plan: &MigratePlan,
+) -> Result<MigrateReport, JobError> {
+    let started = Instant::now();
+    let (sources, _) = crate::ops::backup::sources(ends.from_view, !opts.from_masters);
+    let mut cp = match load_checkpoint(&opts.checkpoint)? {
+        Some(cp) if opts.resume => cp,
+        _ => Checkpoint {
+            id: opts.id.clone(),
+            from: ends.from_seeds.iter().map(Addr::to_string).collect::<Vec<_>>().join(","),
+            to: String::new(),
+            db: opts.db,
+            filter: opts.filter.clone(),
+            on_conflict: opts.on_conflict,
+            shards: BTreeMap::new(),
+        },
+    };
+    for s in &sources {
+        cp.shards
+            .entry(format_ranges(&s.slots.ranges()))
+            .or_insert(ShardState {
+                phase: Phase::Snapshot,
+                replid: String::new(),
+                offset: 0,
+                keys: Counts::default(),
+                commands_applied: 0,
+            });
+    }
+    // Saved before the first write, so a run killed at any point after it resumes.
+    crate::job::save_json(&opts.checkpoint, &cp)
+        .map_err(|e| JobError::internal(format!("checkpoint: {e}")))?;
+    let cmds = Commands::load(ends.to, ends.to_view)
+        .await
+        .map_err(|e| JobError::unavailable(e.to_string()))?;
+    let shared = Shared {
+        ends,
+        opts,
+        ctx,
+        writer: SlotWriter::new(
+            ends.to,
+            ends.to_view,
+            opts.rate,
+            opts.on_conflict == OnConflict::Skip,
+        ),
+        cmds,
+        target_version: plan.target_rdb_version,
+        checkpoint: Mutex::new(cp),
+    };
+    let jobs = sources.iter().map(|s| shard(&shared, s));
+    let shards: Vec<ShardReport> = futures::future::join_all(jobs).await;
+    let mut keys = Counts::default();
+    let mut commands_applied = 0;
+    for s in &shards {
+        keys.add(&s.keys);
+        commands_applied += s.commands_applied;
+    }
+    let outcome = if shards.iter().any(|s| s.error.is_some()) {
+        Outcome::Failed
+    } else if ctx.cancel.is_cancelled() {
+        Outcome::Interrupted
+    } else if keys.failed > 0 || shards.iter().any(|s| s.commands_failed > 0) {
+        Outcome::Failed
+    } else if keys.skipped_existing > 0
+        || shards.iter().any(|s| {
+            s.route.unroutable > 0
+                || s.route.other_db_skipped > 0
+                || s.route.transactions_split > 0
+                || !s.route.keyless_skipped.is_empty()
+                || s.commands_maybe_twice > 0
+                || s.resyncs > 0
+        })
+    {
+        Outcome::Findings
+    } else {
+        Outcome::Ok
+    };
+    let elapsed = started.elapsed();
+    Ok(MigrateReport {
+        id: opts.id.clone(),
+        checkpoint: opts.checkpoint.display().to_string(),
+        outcome,
+        keys_per_sec: (keys.restored as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+        keys,
+        commands_applied,
+        shards,
+        resumed: opts.resume,
+        elapsed_ms: elapsed.as_millis(),
+    })
+}
+
+/// How a stream run ended.
+enum Stop {
+    /// Caught up (without `follow`) or cancelled.
+    Done,
+    /// The link broke: reconnect.
+    Broken(String),
+    /// Nothing more can be done for this shard.
+    Fatal(String),
+}
+
+/// Most reconnects in a row before a shard gives up (about a minute: a failover takes
+/// `cluster-node-timeout` plus an election).
+const RECONNECTS: u32 = 60;
+
+/// One source shard, start to end: connect, snapshot if needed, stream; reconnect when the
+/// link breaks.
+async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
+    let started = Instant::now();
+    let slots = format_ranges(&src.slots.ranges());
+    let mut state = sh
+        .checkpoint
+        .lock()
+        .ok()
+        .and_then(|c| c.shards.get(&slots).cloned())
+        .unwrap_or(ShardState {
+            phase: Phase::Snapshot,
+            replid: String::new(),
+            offset: 0,
+            keys: Counts::default(),
+            commands_applied: 0,
+        });
+    let mut rep = ShardReport {
+        slots: slots.clone(),
+        keys: state.keys.clone(),
+        commands_applied: state.commands_applied,
+        ..Default::default()
+    };
+    // A snapshot redone by this run (resumed, or a resync) writes keys that are its own.
+    let mut ours = sh.opts.resume;
+    let mut candidates = src.candidates.clone();
+    let mut failures = 0u32;
+    let mut router = Router::new(&sh.cmds, sh.opts.db, sh.opts.filter.clone());
+    let mut lane = sh.writer.lane();
+    loop {
+        if sh.ctx.cancel.is_cancelled() {
+            break;
+        }
+        let psync = Psync {
+            from: (state.phase == Phase::Stream).then(|| (state.replid.clone(), state.offset)),
+            rdb_only: false,
+        };
+        let mut opened = None;
+        let mut last = String::from("no usable source node");
+        for (addr, role) in &candidates {
+            match ReplStream::open(sh.ends.from.options(), addr, &psync).await {
+                Ok(s) => {
+                    rep.node = addr.to_string();
+                    rep.role = role.to_string();
+                    opened = Some(s);
+                    break;
+                }
+                Err(e) => last = refused(&e),
+            }
+        }
+        let Some((mut stream, start)) = opened else {
+            failures += 1;
+            // Before anything was read a failure is the answer; later it is a failover.
+            if rep.node.is_empty() || failures > RECONNECTS {
+                rep.error = Some(last);
+                break;
+            }
+            sh.ctx.progress.message(&format!("{slots}: {last}; retrying"));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = sh.ctx.cancel.cancelled() => break,
+            }
+            candidates = rediscover(sh, src).await.unwrap_or(candidates);
+            continue;
+        };
+        match start {
+            Start::Full { replid, offset } => {
+                if state.phase == Phase::Stream {
+                    rep.resyncs += 1;
+                    sh.ctx.progress.message(&format!(
+                        "{slots}: the source no longer holds offset {} of {}: full resync",
+                        state.offset, state.replid
+                    ));
+                    rep.errors.push(format!(
+                        "resync: the source's backlog no longer held offset {}; the snapshot \
+                         was copied again (keys deleted on the source meanwhile may remain)",
+                        state.offset
+                    ));
+                    ours = true;
+                }
+                state.phase = Phase::Snapshot;
+                rep.phase = "snapshot".into();
+                // This snapshot's keys are counted afresh (an earlier one was not finished,
+                // or is replaced by a resync).
+                rep.keys = Counts::default();
+                rep.per_type.clear();
+                match snapshot(sh, &mut stream, &mut lane, &slots, ours, &mut rep).await {
+                    Ok(()) => {}
+                    Err(ReplError::Sink(e)) => {
+                        rep.error = Some(e);
+                        break;
+                    }
+                    Err(ReplError::Node(e)) => {
+                        if sh.ctx.cancel.is_cancelled() {
+                            break;
+                        }
+                        rep.reconnects += 1;
+                        failures += 1;
+                        if failures > RECONNECTS {
+                            rep.error = Some(format!("snapshot: {e}"));
+                            break;
+                        }
+                        sh.ctx.progress.message(&format!("{slots}: snapshot: {e}; again"));
+                        ours = true;
+                        continue;
+                    }
+                }
+                if sh.ctx.cancel.is_cancelled() {
+                    break; // the snapshot is redone on resume
+                }
+                let unconfirmed = lane.confirm().await;
+                if let Some(u) = unconfirmed.first() {
+                    rep.error = Some(format!(
+                        "{}: {} snapshot key(s) not confirmed by a replica ({}): --resume \
+                         copies the shard again",
+                        u.addr,
+                        u.writes.len(),
+                        u.why
+                    ));
+                    break;
+                }
+                state.keys = rep.keys.clone();
+                state.phase = Phase::Stream;
+                state.replid = replid;
+                state.offset = offset;
+                stream.applied(offset);
+                if let Err(e) = sh.save(&slots, &state) {
+                    rep.error = Some(format!("checkpoint: {e}"));
+                    break;
+                }
+            }
+            Start::Continue { replid, .. } => {
+                // A promoted replica continues the same history under a new id.
+                state.replid = replid;
+            }
+        }
+        rep.phase = "stream".into();
+        rep.replid = state.replid.clone();
+        match follow(sh, &mut stream, &mut lane, &mut router, &slots, &mut state, &mut rep).await
+        {
+            Stop::Done => break,
+            Stop::Fatal(e) => {
+                rep.error = Some(e);
+                break;
+            }
+            Stop::Broken(e) => {
+                rep.reconnects += 1;
+                failures = 1;
+                sh.ctx
+                    .progress
+                    .message(&format!("{slots}: stream from {}: {e}; reconnecting", rep.node));
+                candidates = rediscover(sh, src).await.unwrap_or(candidates);
+            }
+        }
+    }
+    // The last stop: what the fence confirms is saved.
+    if state.phase == Phase::Stream {
+        if lane.confirm().await.is_empty() {
+            state.commands_applied = rep.commands_applied;
+            let _ = sh.save(&slots, &state);
+        }
+    } else {
+        // An unfinished snapshot keeps its place: redone on resume.
+        let mut s = state.clone();
+        s.keys = rep.keys.clone();
+        let _ = sh.save(&slots, &s);
+    }
+    rep.offset = state.offset;
+    rep.replid = state.replid.clone();
+    rep.route = router.stats.clone();
+    rep.errors.extend(router.errors.iter().cloned());
+    rep.errors.truncate(20);
+    rep.elapsed_ms = started.elapsed().as_millis();
+    rep
+}
+
+/// A source that will not replicate to rcops: the message says what to do.
+fn refused(e: &NodeError) -> String {
+    match e {
+        NodeError::NoPerm { .. } | NodeError::Command { .. } => format!(
+            "{e}: the source refuses replication (PSYNC); copy with --method scan instead"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// The shard's nodes now (after a failover): the node owning its first slot and that
+/// node's replicas, by the same source rule as the first time.
+async fn rediscover(sh: &Shared<'_>, src: &Source) -> Option<Vec<(Addr, &'static str)>> {
+    let view =
+        crate::topology::discover_endpoint(sh.ends.from, sh.ends.from_seeds, Detail::Health)
+            .await
+            .ok()?;
+    let first = src.slots.ranges().first()?.start;
+    let (sources, _) = crate::ops::backup::sources(&view, !sh.opts.from_masters);
+    sources
+        .into_iter()
+        .find(|s| s.slots.contains(first))
+        .map(|s| s.candidates)
+        .filter(|c| !c.is_empty())
+}
+
+/// One batch of snapshot keys from the parser, the entries it filtered or found expired,
+/// and the functions' code it met.
+type Batch = (Vec<Write>, Counts, Vec<Vec<u8>>);
+
+/// Reads the snapshot off the stream, parses it on a blocking thread and writes its keys.
+async fn snapshot(
+    sh: &Shared<'_>,
+    stream: &mut ReplStream,
+    lane: &mut Lane<'_, '_>,
+    slots: &str,
+    ours: bool,
+    rep: &mut ShardReport,
+) -> Result<(), ReplError> {
+    let (raw_tx, raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(2);
+    let replace = sh.opts.on_conflict == OnConflict::Replace
+        || (ours && sh.opts.on_conflict == OnConflict::Fail);
+    let parser = {
+        let (opts, version) = (sh.opts.clone(), sh.target_version);
+        tokio::task::spawn_blocking(move || {
+            produce(ChunkReader::new(raw_rx, std::io::sink()), &opts, version, replace, tx)
+        })
+    };
+    let idle = sh.opts.idle_timeout;
+    let cancel = sh.ctx.cancel.clone();
+    let addr = stream.addr().clone();
+    let reading = async move {
+        let r = tokio::select! {
+            r = stream.rdb(idle, async |chunk| {
+                raw_tx.send(chunk).await.map_err(|_| "the snapshot parser stopped".to_string())
+            }) => r,
+            () = cancel.cancelled() => Ok(0),
+        };
+        drop(raw_tx);
+        r
+    };
+    let mut written = 0u64;
+    let writing = async {
+        while let Some((batch, c, functions)) = rx.recv().await {
+            rep.keys.skipped_expired += c.skipped_expired;
+            rep.keys.skipped_filtered += c.skipped_filtered;
+            if sh.ctx.cancel.is_cancelled() {
+                break;
+            }
+            for code in functions {
+                broadcast(sh, &[b"FUNCTION".to_vec(), b"LOAD".to_vec(), code], rep).await;
+                rep.broadcasts += 1;
+            }
+            let done = lane.send(batch).await;
+            written += done.len() as u64;
+            count_keys(done, rep);
+            sh.ctx.progress.shard(slots, "snapshot", written, None);
+        }
+        drop(rx);
+    };
+    let (read, ()) = futures::join!(reading, writing);
+    let parsed = parser
+        .await
+        .map_err(|e| ReplError::Sink(format!("snapshot parser: {e}")))?;
+    let bytes = read?;
+    rep.snapshot_bytes += bytes;
+    if sh.ctx.cancel.is_cancelled() {
+        return Ok(());
+    }
+    parsed.map_err(|e| ReplError::Sink(format!("{addr}: snapshot: {e}")))
+}
+
+fn count_keys(done: Vec<Done>, rep: &mut ShardReport) {
+    for d in done {
+        let c = rep.per_type.entry(d.kind).or_default();
+        match d.outcome {
+            WriteOutcome::Written { .. } => {
+                rep.keys.restored += 1;
+                c.restored += 1;
+            }
+            WriteOutcome::Exists => {
+                rep.keys.skipped_existing += 1;
+                c.skipped_existing += 1;
+            }
+            WriteOutcome::Failed(why) => {
+                rep.keys.failed += 1;
+                c.failed += 1;
+                if rep.errors.len() < 20 {
+                    rep.errors.push(format!("{}: {why}", rcops_formats::show_key(&d.key)));
+                }
+            }
+        }
+    }
+}
+
+/// The parser side of a snapshot: entries of the chosen database that pass the filter and
+/// have not expired, as `RESTORE` writes in batches (capped in keys and bytes).
+fn produce(
+    r: ChunkReader<std::io::Sink>,
+    opts: &MigrateOptions,
+    target_version: u16,
+    replace: bool,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) -> Result<(), String> {
+    let p = Parser::new(r).map_err(|e| e.to_string())?;
+    let version = p.version();
+    let mut p = p
+        .decode_values(version > target_version)
+        .spill_raw_above(
+            crate::ops::restore::SPILL_ABOVE,
+            crate::ops::restore::spill_file(),
+        );
+    let now = crate::ops::rdb::now_ms();
+    let batch = opts.batch.max(1);
+    let (mut out, mut bytes, mut c) = (Vec::new(), 0usize, Counts::default());
+    let mut functions = Vec::new();
+    for item in &mut p {
+        let mut e = match item.map_err(|e| e.to_string())? {
+            Item::Entry(e) => e,
+            Item::Function { code } => {
+                functions.push(code);
+                continue;
+            }
+            _ => continue,
+        };
+        if e.db != opts.db || !opts.filter.ok(&e.key, type_name(e.type_byte)) {
+            c.skipped_filtered += 1;
+        } else if e.expire_ms.is_some_and(|x| x <= now) {
+            c.skipped_expired += 1;
+        } else {
+            let payload = crate::ops::restore::prepare_payload(&mut e, version, target_version)
+                .map_err(|why| format!("key {}: {why}", rcops_formats::show_key(&e.key)))?;
+            bytes += usize::try_from(payload.len()).unwrap_or(usize::MAX).min(1 << 20);
+            out.push(Write {
+                slot: key_slot(&e.key),
+                kind: type_name(e.type_byte),
+                key: e.key,
+                index: 0,
+                op: Op::Restore {
+                    payload,
+                    abs_ttl: e.expire_ms.unwrap_or(0),
+                    replace,
+                },
+            });
+        }
+        if out.len() >= batch || bytes >= crate::ops::restore::BATCH_BYTES {
+            bytes = 0;
+            let batch = (
+                std::mem::take(&mut out),
+                std::mem::take(&mut c),
+                std::mem::take(&mut functions),
+            );
+            if tx.blocking_send(batch).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let _ = tx.blocking_send((out, c, functions));
+    Ok(())
+}
+
+/// How often the checkpoint is saved while streaming.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Applies the stream until caught up (without `follow`), cancelled, or broken.
+async fn follow(
+    sh: &Shared<'_>,
+    stream: &mut ReplStream,
+    lane: &mut Lane<'_, '_>,
+    router: &mut Router<'_>,
+    slots: &str,
+    state: &mut ShardState,
+    rep: &mut ShardReport,
+) -> Stop {
+    // Without follow: what the source had when the stream phase began.
+    let goal = if sh.opts.follow {
+        None
+    } else {
+        match source_offset(sh, stream.addr()).await {
+            Ok(o) => Some(o),
+            Err(e) => return Stop::Broken(e),
+        }
+    };
+    let mut saved = Instant::now();
+    let mut applied = state.offset;
+    let mut tx_begin = None;
+    // Offsets applied but not yet confirmed by the fence.
+    let save = |state: &mut ShardState, applied: u64, rep: &ShardReport| {
+        state.offset = applied;
+        state.commands_applied = rep.commands_applied;
+        sh.save(slots, state)
+    };
+    loop {
+        if goal.is_some_and(|g| applied >= g) || sh.ctx.cancel.is_cancelled() {
+            return checkpoint(lane, state, applied, rep, &save).await;
+        }
+        let cmds = tokio::select! {
+            r = stream.commands(Duration::from_millis(100), sh.opts.batch.max(1)) => r,
+            () = sh.ctx.cancel.cancelled() => Ok(Vec::new()),
+        };
+        let cmds = match cmds {
+            Ok(c) => c,
+            Err(e) => {
+                // What was applied before the break is kept.
+                let _ = checkpoint(lane, state, applied, rep, &save).await;
+                return Stop::Broken(e.to_string());
+            }
+        };
+        match apply(sh, lane, router, cmds, &mut applied, &mut tx_begin, rep).await {
+            Ok(()) => {}
+            Err(why) => {
+                stream.applied(applied);
+                let _ = checkpoint(lane, state, applied, rep, &save).await;
+                return Stop::Fatal(why);
+            }
+        }
+        stream.applied(applied);
+        if saved.elapsed() >= SAVE_EVERY {
+            saved = Instant::now();
+            if let Stop::Fatal(e) = checkpoint(lane, state, applied, rep, &save).await {
+                return Stop::Fatal(e);
+            }
+            let lag = source_offset(sh, stream.addr()).await.ok();
+            rep.lag_bytes = lag.map(|o| o.saturating_sub(applied));
+            sh.ctx.progress.shard(slots, "stream", applied, lag.map(|l| l.max(applied)));
+        }
+    }
+}
+
+/// Saves the applied offset once the fence confirmed the writes behind it; when it cannot,
+/// the checkpoint keeps the older offset (a resume applies those commands again).
+async fn checkpoint(
+    lane: &mut Lane<'_, '_>,
+    state: &mut ShardState,
+    applied: u64,
+    rep: &mut ShardReport,
+    save: &impl Fn(&mut ShardState, u64, &ShardReport) -> Result<(), String>,
+) -> Stop {
+    if let Some(u) = lane.confirm().await.first() {
+        rep.errors.push(format!(
+            "{}: {} write(s) not confirmed by a replica ({}): the checkpoint stays at offset {}",
+            u.addr,
+            u.writes.len(),
+            u.why,
+            state.offset
+        ));
+        return Stop::Done;
+    }
+    match save(state, applied, rep) {
+        Ok(()) => Stop::Done,
+        Err(e) => Stop::Fatal(format!("checkpoint: {e}")),
+    }
+}
+
+/// The offset of the node the stream comes from (`master_repl_offset`).
+async fn source_offset(sh: &Shared<'_>, addr: &Addr) -> Result<u64, String> {
+    let mut conn = sh.ends.from.conn(addr).await.map_err(|e| e.to_string())?;
+    let text: String = crate::fanout::query(
+        addr,
+        &mut conn,
+        redis::cmd("INFO").arg("replication"),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    rcops_formats::info::Info::parse(&text)
+        .get("master_repl_offset")
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| format!("{addr}: INFO replication has no master_repl_offset"))
+}
+
+/// Routes and writes one read of commands, in order; `applied` advances to the end of the
+/// last command done. A flush under `stop` ends the shard before it.
+async fn apply(
+    sh: &Shared<'_>,
+    lane: &mut Lane<'_, '_>,
+    router: &mut Router<'_>,
+    cmds: Vec<StreamCommand>,
+    applied: &mut u64,
+    tx_begin: &mut Option<u64>,
+    rep: &mut ShardReport,
+) -> Result<(), String> {
+    let mut writes = Vec::new();
+    let mut end = *applied;
+    for c in cmds {
+        let before = end;
+        let was_open = router.in_transaction();
+        let routed = router.push(sh.ends.to, c.args, c.end, &mut writes).await;
+        // A checkpoint never lands inside an open transaction: a resume reads it again
+        // from its MULTI.
+        match (was_open, router.in_transaction()) {
+            (false, true) => *tx_begin = Some(before),
+            (_, false) => *tx_begin = None,
+            _ => {}
+        }
+        match routed {
+            Routed::Queued => {}
+            Routed::Broadcast(args) => {
+                write(lane, std::mem::take(&mut writes), rep).await;
+                broadcast(sh, &args, rep).await;
+                rep.broadcasts += 1;
+            }
+            Routed::Flush(args) => match sh.opts.on_flush {
+                OnFlush::Stop => {
+                    write(lane, std::mem::take(&mut writes), rep).await;
+                    *applied = before;
+                    return Err(format!(
+                        "the source ran {} at offset {before}: the stream stopped before it \
+                         (--on-flush apply to flush the target too, ignore to skip it; \
+                         then --resume)",
+                        String::from_utf8_lossy(&args[0]).to_uppercase()
+                    ));
+                }
+                OnFlush::Apply => {
+                    write(lane, std::mem::take(&mut writes), rep).await;
+                    broadcast(sh, &args, rep).await;
+                    rep.flushes += 1;
+                }
+                OnFlush::Ignore => rep.flushes += 1,
+            },
+        }
+        end = c.end;
+    }
+    write(lane, writes, rep).await;
+    *applied = tx_begin.unwrap_or(end);
+    Ok(())
+}
+
+async fn write(lane: &mut Lane<'_, '_>, writes: Vec<Write>, rep: &mut ShardReport) {
+    if writes.is_empty() {
+        return;
+    }
+    for d in lane.send(writes).await {
+        match d.outcome {
+            WriteOutcome::Written { twice } => {
+                rep.commands_applied += 1;
+                rep.commands_maybe_twice += u64::from(twice);
+            }
+            WriteOutcome::Exists => rep.commands_applied += 1,
+            WriteOutcome::Failed(why) => {
+                rep.commands_failed += 1;
+                if rep.errors.len() < 20 {
+                    rep.errors.push(format!(
+                        "command at offset {}: {why}",
+                        d.index
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a keyless command (a function, a flush) on every target master.
+async fn broadcast(sh: &Shared<'_>, args: &[Vec<u8>], rep: &mut ShardReport) {
+    let masters: Vec<Addr> = sh
+        .ends
+        .to_view
+        .masters()
+        .filter(|m| !m.slots.is_empty())
+        .filter_map(line_addr)
+        .collect();
+    let mut args = args.to_vec();
+    // Loaded again on a resume or a resync: replace, never fail on an existing library.
+    if args.len() >= 3
+        && args[0].eq_ignore_ascii_case(b"FUNCTION")
+        && args[1].eq_ignore_ascii_case(b"LOAD")
+        && !args[2].eq_ignore_ascii_case(b"REPLACE")
+    {
+        args.insert(2, b"REPLACE".to_vec());
+    }
+    let fan = sh
+        .ends
+        .to
+        .run(masters, |addr, mut conn| {
+            let args = args.clone();
+            async move {
+                let mut cmd = redis::Cmd::new();
+                for a in &args {
+                    cmd.arg(a);
+                }
+                crate::fanout::query::<redis::Value>(&addr, &mut conn, &cmd).await
+            }
+        })
+        .await;
+    for (addr, e) in fan.failed {
+        rep.commands_failed += 1;
+        if rep.errors.len() < 20 {
+            rep.errors.push(format!(
+                "{addr}: {}: {e}",
+                String::from_utf8_lossy(&args[0]).to_uppercase()
+            ));
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! `rcops migrate`: flags → [`rcops_core::ops::migrate`] options, the plan, per-shard
+//! progress bars, the report.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rcops_core::job::{CancellationToken, JobCtx, JobError, Progress};
+use rcops_core::ops::migrate::{self, Ends, MigrateOptions, MigratePlan, MigrateReport, OnFlush};
+use rcops_core::ops::restore::OnConflict;
+use rcops_core::route::KeyFilter;
+use rcops_core::topology::{discover_endpoint, Detail};
+use rcops_core::{Addr, ConnectOptions, Executor, Secret, TlsOptions};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::config::default_state_dir;
+use super::{connect_options, CmdResult, Failure};
+use crate::cli::{GlobalOpts, MigrateArgs};
+use crate::output;
+
+fn failure(e: JobError) -> Failure {
+    Failure {
+        code: e.class.exit_code(),
+        message: e.message,
+    }
+}
+
+/// One side's connection options: its own user, password and TLS, else the global ones.
+fn side(
+    g: &GlobalOpts,
+    user: &Option<String>,
+    password_file: &Option<PathBuf>,
+    env: &str,
+    tls: bool,
+) -> Result<ConnectOptions, Failure> {
+    let mut opts = connect_options(g)?;
+    if let Some(u) = user.clone().filter(|u| !u.is_empty()) {
+        opts.user = Some(u);
+    }
+    if let Some(path) = password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!("cannot read password file {}: {e}", path.display()))
+        })?;
+        opts.password = Some(Secret::new(text.lines().next().unwrap_or_default()));
+    } else if let Some(pw) = std::env::var(env).ok().filter(|p| !p.is_empty()) {
+        opts.password = Some(Secret::new(pw));
+    }
+    if tls && !g.tls {
+        opts = opts
+            .with_tls(&TlsOptions {
+                cacert: g.cacert.clone(),
+                cert: g.cert.clone(),
+                key: g.key.clone(),
+                insecure: g.insecure,
+            })
+            .map_err(Failure::usage)?;
+    }
+    Ok(opts)
+}
+
+/// The checkpoint to resume: by id, or the newest one.
+fn resume_id(base: &Path, asked: &str) -> Result<String, Failure> {
+    if !asked.is_empty() {
+        if !base.join(asked).join("checkpoint.json").is_file() {
+            return Err(Failure::usage(format!(
+                "--resume {asked}: no such migration checkpoint in {}",
+                base.display()
+            )));
+        }
+        return Ok(asked.to_string());
+    }
+    let mut ids: Vec<String> = std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("checkpoint.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids.pop().ok_or_else(|| {
+        Failure::usage(format!(
+            "--resume: no migration checkpoint in {}: nothing to resume",
+            base.display()
+        ))
+    })
+}
+
+pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
+    if a.method == "scan" {
+        return Err(Failure::usage(
+            "--method scan is not available yet in this build: use --method sync",
+        ));
+    }
+    let from_seeds = Addr::parse_list(&a.from).map_err(Failure::usage)?;
+    let to_seeds = Addr::parse_list(&a.to).map_err(Failure::usage)?;
+    let from_opts = side(g, &a.from_user, &a.from_password_file, "RCOPS_FROM_PASSWORD", a.from_tls)?;
+    let to_opts = side(g, &a.to_user, &a.to_password_file, "RCOPS_TO_PASSWORD", a.to_tls)?;
+    let base = g
+        .state_dir
+        .clone()
+        .unwrap_or_else(default_state_dir)
+        .join("migrate");
+    let id = match &a.resume {
+        Some(asked) => resume_id(&base, asked)?,
+        None => format!(
+            "m-{}",
+            rcops_core::ops::backup::backup_id(rcops_core::ops::backup::unix_ms())
+        ),
+    };
+    let opts = MigrateOptions {
+        checkpoint: base.join(&id).join("checkpoint.json"),
+        id,
+        resume: a.resume.is_some(),
+        from_masters: a.from_masters,
+        follow: a.follow,
+        filter: KeyFilter {
+            pattern: a.pattern.clone(),
+            prefixes: a.prefixes.clone(),
+            exclude_prefixes: a.exclude_prefixes.clone(),
+            types: a.types.clone(),
+        },
+        db: a.db,
+        on_conflict: match a.on_conflict.as_str() {
+            "skip" => OnConflict::Skip,
+            "replace" => OnConflict::Replace,
+            _ => OnConflict::Fail,
+        },
+        on_flush: match a.on_flush.as_str() {
+            "apply" => OnFlush::Apply,
+            "ignore" => OnFlush::Ignore,
+            _ => OnFlush::Stop,
+        },
+        rate: a.rate,
+        batch: a.batch as usize,
+        idle_timeout: a.idle_timeout,
+    };
+    let from = Executor::new(from_opts, g.concurrency as usize);
+    let to = Executor::new(to_opts, g.concurrency as usize);
+    let named = |side: &str, e: rcops_core::topology::DiscoverError| {
+        Failure::failed(format!("{side}: {e}"))
+    };
+    let from_view = discover_endpoint(&from, &from_seeds, Detail::Full)
+        .await
+        .map_err(|e| named("source", e))?;
+    let to_view = discover_endpoint(&to, &to_seeds, Detail::Keyspace)
+        .await
+        .map_err(|e| named("target", e))?;
+    let ends = Ends {
+        from: &from,
+        from_seeds: &from_seeds,
+        from_view: &from_view,
+        to: &to,
+        to_view: &to_view,
+    };
+    let plan = migrate::plan(&ends, &opts).await.map_err(failure)?;
+    if g.json && (a.dry_run || !a.yes) {
+        output::print_json(&serde_json::json!({ "plan": plan }));
+    } else if !g.json {
+        print_plan(&plan);
+    }
+    if a.dry_run {
+        return Ok(output::EXIT_OK);
+    }
+    if !a.yes {
+        return Err(Failure::usage("pass --yes to migrate (or --dry-run)"));
+    }
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let bars = Arc::new(Bars::new(g.json));
+    let ctx = JobCtx {
+        cancel: cancel.clone(),
+        progress: bars.clone(),
+    };
+    let report = migrate::migrate(&ctx, &ends, &opts, &plan)
+        .await
+        .map_err(failure)?;
+    bars.clear();
+    if g.json {
+        output::print_json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(report.outcome.exit_code())
+}
+
+/// Ctrl-C and SIGTERM stop the job cleanly (checkpointed, resumable).
+fn cancel_on_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+        }
+        cancel.cancel();
+    });
+}
+
+fn print_plan(p: &MigratePlan) {
+    crate::outln!(
+        "plan: migrate {} source shard(s) ({} keys in db {}) into {} master(s) ({} keys there \
+         now) by {}{}, on conflict: {}, on flush: {:?}{}",
+        p.source_shards.len(),
+        p.source_keys,
+        p.db,
+        p.target_masters,
+        p.target_keys,
+        p.method,
+        if p.follow { ", following" } else { "" },
+        p.on_conflict.as_str(),
+        p.on_flush,
+        if p.resume { ", resuming" } else { "" }
+    );
+    let mut t = output::table(&["SOURCE SLOTS", "READ FROM", "ROLE", "KEYS", "MEMORY", "RESUME AT"]);
+    for s in &p.source_shards {
+        t.add_row(vec![
+            s.slots.clone(),
+            output::opt(s.node.clone()),
+            output::opt(s.role.clone()),
+            s.keys.to_string(),
+            output::opt(s.used_memory.map(output::bytes)),
+            match (s.resume_phase, s.resume_offset) {
+                (Some(migrate::Phase::Stream), Some(o)) => format!("stream offset {o}"),
+                (Some(migrate::Phase::Snapshot), _) => "snapshot (redone)".into(),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    output::align_right(&mut t, &[3, 4]);
+    output::print_table(&t);
+    for w in &p.warnings {
+        output::warn(w);
+    }
+    crate::outln!("checkpoint: {} (id {})", p.checkpoint, p.id);
+}
+
+fn print_report(r: &MigrateReport) {
+    let mut t = output::table(&[
+        "SOURCE SLOTS",
+        "NODE",
+        "PHASE",
+        "KEYS",
+        "EXISTING",
+        "FAILED",
+        "COMMANDS",
+        "CMD FAILED",
+        "OFFSET",
+        "LAG",
+    ]);
+    for s in &r.shards {
+        t.add_row(vec![
+            s.slots.clone(),
+            if s.node.is_empty() {
+                "-".into()
+            } else {
+                format!("{} ({})", s.node, s.role)
+            },
+            s.phase.clone(),
+            s.keys.restored.to_string(),
+            s.keys.skipped_existing.to_string(),
+            s.keys.failed.to_string(),
+            s.commands_applied.to_string(),
+            s.commands_failed.to_string(),
+            s.offset.to_string(),
+            output::opt(s.lag_bytes.map(output::bytes)),
+        ]);
+    }
+    output::align_right(&mut t, &[3, 4, 5, 6, 7, 8, 9]);
+    output::print_table(&t);
+    for s in &r.shards {
+        let st = &s.route;
+        let mut notes = Vec::new();
+        if st.transactions_split > 0 {
+            notes.push(format!(
+                "{} transaction(s) across slots applied command by command",
+                st.transactions_split
+            ));
+        }
+        if st.other_db_skipped > 0 {
+            notes.push(format!("{} command(s) on other databases skipped", st.other_db_skipped));
+        }
+        for (name, n) in &st.keyless_skipped {
+            notes.push(format!("{n} {name} (no keys) skipped"));
+        }
+        if s.commands_maybe_twice > 0 {
+            notes.push(format!(
+                "{} command(s) re-sent after a lost reply (may have run twice)",
+                s.commands_maybe_twice
+            ));
+        }
+        if s.resyncs > 0 {
+            notes.push(format!("{} full resync(s)", s.resyncs));
+        }
+        if s.reconnects > 0 {
+            notes.push(format!("{} reconnect(s)", s.reconnects));
+        }
+        if !notes.is_empty() {
+            output::warn(format!("{}: {}", s.slots, notes.join("; ")));
+        }
+        for e in &s.errors {
+            output::error(format!("{}: {e}", s.slots));
+        }
+        if let Some(e) = &s.error {
+            output::error(format!("{}: stopped: {e}", s.slots));
+        }
+    }
+    let verdict = match r.outcome {
+        rcops_core::job::Outcome::Ok => "done".to_string(),
+        rcops_core::job::Outcome::Findings => "done, with findings above".to_string(),
+        rcops_core::job::Outcome::Failed => format!(
+            "INCOMPLETE: see the errors above; continue with --resume {}",
+            r.id
+        ),
+        rcops_core::job::Outcome::Interrupted => {
+            format!("interrupted: continue with --resume {}", r.id)
+        }
+    };
+    crate::outln!(
+        "{} keys copied ({}/s), {} commands applied in {:.1}s: {verdict}",
+        r.keys.restored,
+        output::grouped(r.keys_per_sec as u64),
+        r.commands_applied,
+        r.elapsed_ms as f64 / 1000.0
+    );
+}
+
+/// One progress bar per source shard on a TTY's stderr.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    fn new(json: bool) -> Self {
+        let multi = MultiProgress::new();
+        if json || !std::io::stderr().is_terminal() {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(b) = self.bars.lock() {
+            for bar in b.values() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn shard(&self, shard: &str, phase: &str, done: u64, total: Option<u64>) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars.entry(shard.to_string()).or_insert_with(|| {
+            let b = self.multi.add(ProgressBar::new_spinner());
+            if let Ok(style) = ProgressStyle::with_template("{prefix:>14} {msg}") {
+                b.set_style(style);
+            }
+            b.set_prefix(shard.to_string());
+            b
+        });
+        let msg = match (phase, total) {
+            ("stream", Some(t)) => format!("stream: applied offset {done}, lag {}", output::bytes(t.saturating_sub(done))),
+            (_, Some(t)) => format!("{phase}: {done}/{t}"),
+            (_, None) => format!("{phase}: {done} keys"),
+        };
+        bar.set_message(msg);
+        bar.tick();
+    }
+
+    fn message(&self, text: &str) {
+        let _ = self.multi.println(format!("rcops: {text}"));
+        if self.multi.is_hidden() {
+            eprintln!("rcops: {text}");
+        }
+    }
+}
