@@ -23,7 +23,7 @@ pub(crate) fn snapshot(ports: &[u16]) -> Snapshot {
 }
 
 /// With `semantic`, values are compared by content only (no DUMP), for different servers.
-fn snapshot_with(ports: &[u16], semantic: bool) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+pub(crate) fn snapshot_with(ports: &[u16], semantic: bool) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
     let mut out = BTreeMap::new();
     for &p in ports {
         let mut c = conn(p);
@@ -156,7 +156,7 @@ pub(crate) fn assert_same(
 
 /// Extra data the sample load does not cover: stream groups with pending entries, empty and
 /// binary strings, integers, big collections in their non-compact encodings.
-fn plant_extras(lab: &Lab) {
+pub(crate) fn plant_extras(lab: &Lab) {
     let m = |key: &[u8]| {
         lab.port
             + (even_split(3)

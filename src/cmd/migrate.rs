@@ -93,8 +93,20 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
     }
     let from_seeds = Addr::parse_list(&a.from).map_err(Failure::usage)?;
     let to_seeds = Addr::parse_list(&a.to).map_err(Failure::usage)?;
-    let from_opts = side(g, &a.from_user, &a.from_password_file, "RCOPS_FROM_PASSWORD", a.from_tls)?;
-    let to_opts = side(g, &a.to_user, &a.to_password_file, "RCOPS_TO_PASSWORD", a.to_tls)?;
+    let from_opts = side(
+        g,
+        &a.from_user,
+        &a.from_password_file,
+        "RCOPS_FROM_PASSWORD",
+        a.from_tls,
+    )?;
+    let to_opts = side(
+        g,
+        &a.to_user,
+        &a.to_password_file,
+        "RCOPS_TO_PASSWORD",
+        a.to_tls,
+    )?;
     let base = g
         .state_dir
         .clone()
@@ -199,7 +211,7 @@ fn cancel_on_signals(cancel: CancellationToken) {
 fn print_plan(p: &MigratePlan) {
     crate::outln!(
         "plan: migrate {} source shard(s) ({} keys in db {}) into {} master(s) ({} keys there \
-         now) by {}{}, on conflict: {}, on flush: {:?}{}",
+         now) by {}{}, on conflict: {}, on flush: {}{}",
         p.source_shards.len(),
         p.source_keys,
         p.db,
@@ -208,10 +220,17 @@ fn print_plan(p: &MigratePlan) {
         p.method,
         if p.follow { ", following" } else { "" },
         p.on_conflict.as_str(),
-        p.on_flush,
+        format!("{:?}", p.on_flush).to_lowercase(),
         if p.resume { ", resuming" } else { "" }
     );
-    let mut t = output::table(&["SOURCE SLOTS", "READ FROM", "ROLE", "KEYS", "MEMORY", "RESUME AT"]);
+    let mut t = output::table(&[
+        "SOURCE SLOTS",
+        "READ FROM",
+        "ROLE",
+        "KEYS",
+        "MEMORY",
+        "RESUME AT",
+    ]);
     for s in &p.source_shards {
         t.add_row(vec![
             s.slots.clone(),
@@ -277,7 +296,10 @@ fn print_report(r: &MigrateReport) {
             ));
         }
         if st.other_db_skipped > 0 {
-            notes.push(format!("{} command(s) on other databases skipped", st.other_db_skipped));
+            notes.push(format!(
+                "{} command(s) on other databases skipped",
+                st.other_db_skipped
+            ));
         }
         for (name, n) in &st.keyless_skipped {
             notes.push(format!("{n} {name} (no keys) skipped"));
@@ -290,6 +312,25 @@ fn print_report(r: &MigrateReport) {
         }
         if s.resyncs > 0 {
             notes.push(format!("{} full resync(s)", s.resyncs));
+        }
+        if let Some(w) = s
+            .crash_window
+            .as_ref()
+            .filter(|w| !w.non_idempotent.is_empty())
+        {
+            let names: Vec<String> = w
+                .non_idempotent
+                .iter()
+                .map(|(n, c)| format!("{n} ×{c}"))
+                .collect();
+            notes.push(format!(
+                "after the unclean stop, offsets {}-{} were applied again and may have run \
+                 twice: {} (keys such as {})",
+                w.from_offset,
+                w.to_offset,
+                names.join(", "),
+                w.keys.join(", ")
+            ));
         }
         if s.reconnects > 0 {
             notes.push(format!("{} reconnect(s)", s.reconnects));
@@ -365,7 +406,10 @@ impl Progress for Bars {
             b
         });
         let msg = match (phase, total) {
-            ("stream", Some(t)) => format!("stream: applied offset {done}, lag {}", output::bytes(t.saturating_sub(done))),
+            ("stream", Some(t)) => format!(
+                "stream: applied offset {done}, lag {}",
+                output::bytes(t.saturating_sub(done))
+            ),
             (_, Some(t)) => format!("{phase}: {done}/{t}"),
             (_, None) => format!("{phase}: {done} keys"),
         };

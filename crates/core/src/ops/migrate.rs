@@ -185,12 +185,8 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
     for s in &sources {
         let slots = format_ranges(&s.slots.ranges());
         let first = s.candidates.first();
-        let snap = first.and_then(|(a, _)| {
-            ends.from_view
-                .snapshots
-                .values()
-                .find(|sn| &sn.addr == a)
-        });
+        let snap =
+            first.and_then(|(a, _)| ends.from_view.snapshots.values().find(|sn| &sn.addr == a));
         let keys = snap
             .map(|sn| {
                 sn.info
@@ -258,7 +254,11 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
         method: "sync",
         source_keys,
         source_shards: shards,
-        target_masters: ends.to_view.masters().filter(|m| !m.slots.is_empty()).count(),
+        target_masters: ends
+            .to_view
+            .masters()
+            .filter(|m| !m.slots.is_empty())
+            .count(),
         target_keys,
         target_rdb_version,
         filter: opts.filter.clone(),
@@ -269,6 +269,57 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
         resume: opts.resume,
         warnings,
     })
+}
+
+/// Commands a resumed shard applied again after an unclean stop: those between the
+/// checkpoint and the last offset the stopped run had sent. Idempotent ones (SET, HSET,
+/// DEL, PEXPIREAT, …) are harmless; the others are named so an operator can check the keys.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CrashWindow {
+    pub from_offset: u64,
+    pub to_offset: u64,
+    pub commands: u64,
+    /// Non-idempotent commands in the window, by name.
+    pub non_idempotent: BTreeMap<String, u64>,
+    /// Keys they touched (the first few).
+    pub keys: Vec<String>,
+    /// Commands the target refused in the window because they had run already (an XADD
+    /// with an id the stream has).
+    pub refused_as_done: u64,
+}
+
+/// Commands whose second run changes the result.
+fn non_idempotent(name: &str) -> bool {
+    matches!(
+        name,
+        "INCR"
+            | "INCRBY"
+            | "DECR"
+            | "DECRBY"
+            | "HINCRBY"
+            | "ZINCRBY"
+            | "LPUSH"
+            | "RPUSH"
+            | "LPUSHX"
+            | "RPUSHX"
+            | "LINSERT"
+            | "LPOP"
+            | "RPOP"
+            | "LMOVE"
+            | "RPOPLPUSH"
+            | "LREM"
+            | "APPEND"
+            | "BITFIELD"
+            | "ZPOPMIN"
+            | "ZPOPMAX"
+            | "LMPOP"
+            | "ZMPOP"
+            | "BLMOVE"
+            | "SMOVE"
+            | "GETDEL"
+            | "XAUTOCLAIM"
+            | "XCLAIM"
+    )
 }
 
 /// One source shard's outcome.
@@ -295,6 +346,9 @@ pub struct ShardReport {
     pub flushes: u64,
     /// Functions and scripts loaded on every target master.
     pub broadcasts: u64,
+    /// After an unclean stop (a crash, `kill -9`): the commands re-applied from the
+    /// checkpoint up to what the stopped run had sent, which may have run twice.
+    pub crash_window: Option<CrashWindow>,
     pub reconnects: u32,
     /// Full resyncs after the stream could not continue.
     pub resyncs: u32,
@@ -351,7 +405,12 @@ pub async fn migrate(
         Some(cp) if opts.resume => cp,
         _ => Checkpoint {
             id: opts.id.clone(),
-            from: ends.from_seeds.iter().map(Addr::to_string).collect::<Vec<_>>().join(","),
+            from: ends
+                .from_seeds
+                .iter()
+                .map(Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             to: String::new(),
             db: opts.db,
             filter: opts.filter.clone(),
@@ -412,6 +471,9 @@ pub async fn migrate(
                 || !s.route.keyless_skipped.is_empty()
                 || s.commands_maybe_twice > 0
                 || s.resyncs > 0
+                || s.crash_window
+                    .as_ref()
+                    .is_some_and(|w| !w.non_idempotent.is_empty())
         })
     {
         Outcome::Findings
@@ -471,6 +533,18 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
     };
     // A snapshot redone by this run (resumed, or a resync) writes keys that are its own.
     let mut ours = sh.opts.resume;
+    if sh.opts.resume && state.phase == Phase::Stream {
+        let sent = std::fs::read_to_string(inflight_path(sh, &slots))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        if let Some(to) = sent.filter(|&to| to > state.offset) {
+            rep.crash_window = Some(CrashWindow {
+                from_offset: state.offset,
+                to_offset: to,
+                ..Default::default()
+            });
+        }
+    }
     let mut candidates = src.candidates.clone();
     let mut failures = 0u32;
     let mut router = Router::new(&sh.cmds, sh.opts.db, sh.opts.filter.clone());
@@ -503,7 +577,9 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                 rep.error = Some(last);
                 break;
             }
-            sh.ctx.progress.message(&format!("{slots}: {last}; retrying"));
+            sh.ctx
+                .progress
+                .message(&format!("{slots}: {last}; retrying"));
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = sh.ctx.cancel.cancelled() => break,
@@ -548,7 +624,9 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                             rep.error = Some(format!("snapshot: {e}"));
                             break;
                         }
-                        sh.ctx.progress.message(&format!("{slots}: snapshot: {e}; again"));
+                        sh.ctx
+                            .progress
+                            .message(&format!("{slots}: snapshot: {e}; again"));
                         ours = true;
                         continue;
                     }
@@ -584,7 +662,16 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
         }
         rep.phase = "stream".into();
         rep.replid = state.replid.clone();
-        match follow(sh, &mut stream, &mut lane, &mut router, &slots, &mut state, &mut rep).await
+        match follow(
+            sh,
+            &mut stream,
+            &mut lane,
+            &mut router,
+            &slots,
+            &mut state,
+            &mut rep,
+        )
+        .await
         {
             Stop::Done => break,
             Stop::Fatal(e) => {
@@ -594,9 +681,10 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
             Stop::Broken(e) => {
                 rep.reconnects += 1;
                 failures = 1;
-                sh.ctx
-                    .progress
-                    .message(&format!("{slots}: stream from {}: {e}; reconnecting", rep.node));
+                sh.ctx.progress.message(&format!(
+                    "{slots}: stream from {}: {e}; reconnecting",
+                    rep.node
+                ));
                 candidates = rediscover(sh, src).await.unwrap_or(candidates);
             }
         }
@@ -625,9 +713,9 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
 /// A source that will not replicate to rcops: the message says what to do.
 fn refused(e: &NodeError) -> String {
     match e {
-        NodeError::NoPerm { .. } | NodeError::Command { .. } => format!(
-            "{e}: the source refuses replication (PSYNC); copy with --method scan instead"
-        ),
+        NodeError::NoPerm { .. } | NodeError::Command { .. } => {
+            format!("{e}: the source refuses replication (PSYNC); copy with --method scan instead")
+        }
         _ => e.to_string(),
     }
 }
@@ -635,10 +723,9 @@ fn refused(e: &NodeError) -> String {
 /// The shard's nodes now (after a failover): the node owning its first slot and that
 /// node's replicas, by the same source rule as the first time.
 async fn rediscover(sh: &Shared<'_>, src: &Source) -> Option<Vec<(Addr, &'static str)>> {
-    let view =
-        crate::topology::discover_endpoint(sh.ends.from, sh.ends.from_seeds, Detail::Health)
-            .await
-            .ok()?;
+    let view = crate::topology::discover_endpoint(sh.ends.from, sh.ends.from_seeds, Detail::Health)
+        .await
+        .ok()?;
     let first = src.slots.ranges().first()?.start;
     let (sources, _) = crate::ops::backup::sources(&view, !sh.opts.from_masters);
     sources
@@ -668,7 +755,13 @@ async fn snapshot(
     let parser = {
         let (opts, version) = (sh.opts.clone(), sh.target_version);
         tokio::task::spawn_blocking(move || {
-            produce(ChunkReader::new(raw_rx, std::io::sink()), &opts, version, replace, tx)
+            produce(
+                ChunkReader::new(raw_rx, std::io::sink()),
+                &opts,
+                version,
+                replace,
+                tx,
+            )
         })
     };
     let idle = sh.opts.idle_timeout;
@@ -731,7 +824,8 @@ fn count_keys(done: Vec<Done>, rep: &mut ShardReport) {
                 rep.keys.failed += 1;
                 c.failed += 1;
                 if rep.errors.len() < 20 {
-                    rep.errors.push(format!("{}: {why}", rcops_formats::show_key(&d.key)));
+                    rep.errors
+                        .push(format!("{}: {why}", rcops_formats::show_key(&d.key)));
                 }
             }
         }
@@ -749,12 +843,10 @@ fn produce(
 ) -> Result<(), String> {
     let p = Parser::new(r).map_err(|e| e.to_string())?;
     let version = p.version();
-    let mut p = p
-        .decode_values(version > target_version)
-        .spill_raw_above(
-            crate::ops::restore::SPILL_ABOVE,
-            crate::ops::restore::spill_file(),
-        );
+    let mut p = p.decode_values(version > target_version).spill_raw_above(
+        crate::ops::restore::SPILL_ABOVE,
+        crate::ops::restore::spill_file(),
+    );
     let now = crate::ops::rdb::now_ms();
     let batch = opts.batch.max(1);
     let (mut out, mut bytes, mut c) = (Vec::new(), 0usize, Counts::default());
@@ -775,7 +867,9 @@ fn produce(
         } else {
             let payload = crate::ops::restore::prepare_payload(&mut e, version, target_version)
                 .map_err(|why| format!("key {}: {why}", rcops_formats::show_key(&e.key)))?;
-            bytes += usize::try_from(payload.len()).unwrap_or(usize::MAX).min(1 << 20);
+            bytes += usize::try_from(payload.len())
+                .unwrap_or(usize::MAX)
+                .min(1 << 20);
             out.push(Write {
                 slot: key_slot(&e.key),
                 kind: type_name(e.type_byte),
@@ -804,6 +898,15 @@ fn produce(
     Ok(())
 }
 
+/// The file where a shard notes the last stream offset it is about to send (no fsync: it
+/// survives a crash of rcops, not of the machine), so a resume after `kill -9` knows the
+/// window of commands that may have run twice.
+fn inflight_path(sh: &Shared<'_>, slots: &str) -> PathBuf {
+    sh.opts
+        .checkpoint
+        .with_file_name(format!("inflight-{}", slots.replace(',', "_")))
+}
+
 /// How often the checkpoint is saved while streaming.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -829,6 +932,7 @@ async fn follow(
     let mut saved = Instant::now();
     let mut applied = state.offset;
     let mut tx_begin = None;
+    let inflight = inflight_path(sh, slots);
     // Offsets applied but not yet confirmed by the fence.
     let save = |state: &mut ShardState, applied: u64, rep: &ShardReport| {
         state.offset = applied;
@@ -851,7 +955,18 @@ async fn follow(
                 return Stop::Broken(e.to_string());
             }
         };
-        match apply(sh, lane, router, cmds, &mut applied, &mut tx_begin, rep).await {
+        match apply(
+            sh,
+            lane,
+            router,
+            cmds,
+            &mut applied,
+            &mut tx_begin,
+            &inflight,
+            rep,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(why) => {
                 stream.applied(applied);
@@ -867,7 +982,9 @@ async fn follow(
             }
             let lag = source_offset(sh, stream.addr()).await.ok();
             rep.lag_bytes = lag.map(|o| o.saturating_sub(applied));
-            sh.ctx.progress.shard(slots, "stream", applied, lag.map(|l| l.max(applied)));
+            sh.ctx
+                .progress
+                .shard(slots, "stream", applied, lag.map(|l| l.max(applied)));
         }
     }
 }
@@ -900,13 +1017,9 @@ async fn checkpoint(
 /// The offset of the node the stream comes from (`master_repl_offset`).
 async fn source_offset(sh: &Shared<'_>, addr: &Addr) -> Result<u64, String> {
     let mut conn = sh.ends.from.conn(addr).await.map_err(|e| e.to_string())?;
-    let text: String = crate::fanout::query(
-        addr,
-        &mut conn,
-        redis::cmd("INFO").arg("replication"),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let text: String = crate::fanout::query(addr, &mut conn, redis::cmd("INFO").arg("replication"))
+        .await
+        .map_err(|e| e.to_string())?;
     rcops_formats::info::Info::parse(&text)
         .get("master_repl_offset")
         .and_then(|o| o.parse().ok())
@@ -915,6 +1028,7 @@ async fn source_offset(sh: &Shared<'_>, addr: &Addr) -> Result<u64, String> {
 
 /// Routes and writes one read of commands, in order; `applied` advances to the end of the
 /// last command done. A flush under `stop` ends the shard before it.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     sh: &Shared<'_>,
     lane: &mut Lane<'_, '_>,
@@ -922,12 +1036,29 @@ async fn apply(
     cmds: Vec<StreamCommand>,
     applied: &mut u64,
     tx_begin: &mut Option<u64>,
+    inflight: &std::path::Path,
     rep: &mut ShardReport,
 ) -> Result<(), String> {
     let mut writes = Vec::new();
     let mut end = *applied;
+    if let Some(last) = cmds.last() {
+        let _ = std::fs::write(inflight, last.end.to_string());
+    }
     for c in cmds {
         let before = end;
+        if let Some(w) = rep.crash_window.as_mut().filter(|w| c.end <= w.to_offset) {
+            w.commands += 1;
+            let name = String::from_utf8_lossy(&c.args[0]).to_ascii_uppercase();
+            if non_idempotent(&name) {
+                *w.non_idempotent.entry(name).or_default() += 1;
+                if let Some(k) = c.args.get(1).filter(|_| w.keys.len() < 20) {
+                    let k = rcops_formats::show_key(k);
+                    if !w.keys.contains(&k) {
+                        w.keys.push(k);
+                    }
+                }
+            }
+        }
         let was_open = router.in_transaction();
         let routed = router.push(sh.ends.to, c.args, c.end, &mut writes).await;
         // A checkpoint never lands inside an open transaction: a resume reads it again
@@ -981,13 +1112,23 @@ async fn write(lane: &mut Lane<'_, '_>, writes: Vec<Write>, rep: &mut ShardRepor
                 rep.commands_maybe_twice += u64::from(twice);
             }
             WriteOutcome::Exists => rep.commands_applied += 1,
+            // Re-applied after a crash and refused because it ran already.
+            WriteOutcome::Failed(why)
+                if why.contains("equal or smaller than the target stream top item")
+                    && rep
+                        .crash_window
+                        .as_ref()
+                        .is_some_and(|w| d.index <= w.to_offset) =>
+            {
+                if let Some(w) = rep.crash_window.as_mut() {
+                    w.refused_as_done += 1;
+                }
+            }
             WriteOutcome::Failed(why) => {
                 rep.commands_failed += 1;
                 if rep.errors.len() < 20 {
-                    rep.errors.push(format!(
-                        "command at offset {}: {why}",
-                        d.index
-                    ));
+                    rep.errors
+                        .push(format!("command at offset {}: {why}", d.index));
                 }
             }
         }

@@ -1,0 +1,509 @@
+//! `rcops migrate` against real servers: a live writer during the whole copy, `kill -9` and
+//! Ctrl-C with `--resume`, standalone servers on either side, and bad input. Every result is
+//! checked by an independent key-by-key comparison (`backup::snapshot`), never by rcops.
+
+use crate::backup::{assert_same, conn, plant_extras, snapshot};
+use crate::common::*;
+use rcops_formats::slot::{even_split, key_slot};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The master port of `key` in a lab of `n` masters starting at `port`.
+fn owner(port: u16, n: usize, key: &[u8]) -> u16 {
+    let s = key_slot(key);
+    port + even_split(n)
+        .iter()
+        .position(|r| r.start <= s && s <= r.end)
+        .unwrap() as u16
+}
+
+fn masters(lab: &Lab, n: u16) -> Vec<u16> {
+    (lab.port..lab.port + n).collect()
+}
+
+/// `rcops migrate ARGS…` with its own state dir, as a child whose output is kept.
+fn spawn_migrate(state: &std::path::Path, args: &[&str]) -> Child {
+    let mut c = rcops(&["migrate"]);
+    c.args(args)
+        .env("RCOPS_STATE_DIR", state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c.spawn().expect("spawn rcops migrate")
+}
+
+fn migrate(state: &std::path::Path, args: &[&str]) -> Run {
+    let mut c = rcops(&["migrate"]);
+    c.args(args).env("RCOPS_STATE_DIR", state);
+    run(&mut c)
+}
+
+fn output(child: Child) -> Run {
+    let out = child.wait_with_output().expect("wait");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !r.stderr.contains("panicked"),
+        "rcops panicked:\n{}",
+        r.stderr
+    );
+    r
+}
+
+const LIBRARY: &str = "#!lua name=migtest\nredis.register_function('bump', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)";
+
+/// Writes known operations into a 3-master lab until stopped: per tag a counter (INCR,
+/// INCRBY through a function, INCR in EVAL and in MULTI/EXEC), strings with TTLs (some
+/// deleted), a hash, a list, a sorted set, a stream. Returns how many rounds it did.
+fn writer(port: u16, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tags = ["{wa}", "{wb}", "{wc}", "{wd}"];
+        let mut conns: Vec<(String, redis::Connection)> = tags
+            .iter()
+            .map(|t| (t.to_string(), conn(owner(port, 3, t.as_bytes()))))
+            .collect();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            for (t, c) in &mut conns {
+                let k = |s: &str| format!("w:{t}:{s}");
+                let mut p = redis::pipe();
+                p.cmd("INCR").arg(k("n"));
+                p.cmd("SET")
+                    .arg(k(&format!("s{i}")))
+                    .arg(i)
+                    .arg("EX")
+                    .arg(3600);
+                p.cmd("HSET").arg(k("h")).arg(format!("f{}", i % 50)).arg(i);
+                p.cmd("LPUSH").arg(k("l")).arg(i);
+                p.cmd("LTRIM").arg(k("l")).arg(0).arg(99);
+                p.cmd("ZADD").arg(k("z")).arg(i).arg(format!("m{}", i % 70));
+                p.cmd("XADD")
+                    .arg(k("x"))
+                    .arg("MAXLEN")
+                    .arg(200)
+                    .arg("*")
+                    .arg("i")
+                    .arg(i);
+                p.cmd("EXPIRE").arg(k("h")).arg(7200);
+                if i >= 5 {
+                    p.cmd("DEL").arg(k(&format!("s{}", i - 5)));
+                }
+                p.cmd("EVAL")
+                    .arg("redis.call('INCR', KEYS[1]); return redis.call('SET', KEYS[2], ARGV[1])")
+                    .arg(2)
+                    .arg(k("n"))
+                    .arg(k("e"))
+                    .arg(i);
+                p.cmd("FCALL").arg("bump").arg(1).arg(k("n")).arg(2);
+                p.cmd("MULTI");
+                p.cmd("INCR").arg(k("n"));
+                p.cmd("SET").arg(k("m")).arg(i);
+                p.cmd("EXEC");
+                let _: redis::Value = p.query(c).unwrap();
+            }
+            i += 1;
+            rounds.store(i, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+const TAGS: [&str; 4] = ["{wa}", "{wb}", "{wc}", "{wd}"];
+
+fn get_on(lab: &Lab, n: u16, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut conn(owner(lab.port, n as usize, key.as_bytes())))
+        .unwrap()
+}
+
+/// Waits until the target has the writer's last write of every tag (`m`, the last command
+/// of a round; a tag's commands all go to one slot, applied in order).
+fn wait_caught_up(source: &Lab, target: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for t in TAGS {
+        let key = format!("w:{t}:m");
+        let want = get_on(source, 3, &key);
+        while get_on(target, 4, &key) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never reached {want:?} on the target"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Per tag, the target's counter minus the source's.
+fn counter_deltas(source: &Lab, target: &Lab) -> Vec<i64> {
+    TAGS.iter()
+        .map(|t| {
+            let key = format!("w:{t}:n");
+            let v = |l: &Lab, n| -> i64 {
+                get_on(l, n, &key).and_then(|v| v.parse().ok()).unwrap_or(0)
+            };
+            v(target, 4) - v(source, 3)
+        })
+        .collect()
+}
+
+/// The writer's counters and lists, which commands run twice after a crash change.
+fn without_counters(mut s: crate::backup::Snapshot) -> crate::backup::Snapshot {
+    s.retain(|k, _| !(k.starts_with(b"w:") && (k.ends_with(b":n") || k.ends_with(b":l"))));
+    s
+}
+
+fn load_library(lab: &Lab) {
+    for p in masters(lab, 3) {
+        let _: () = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(LIBRARY)
+            .query(&mut conn(p))
+            .unwrap();
+    }
+}
+
+#[test]
+fn migrate_follows_a_live_writer_through_kill_9_and_ctrl_c_into_another_shape() {
+    let source = Lab::start(LabSpec::default());
+    let target = Lab::start(LabSpec {
+        masters: 4,
+        replicas: 0,
+        ..Default::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    assert_eq!(source.load(3000).code, 0);
+    plant_extras(&source);
+    load_library(&source);
+    let (from, to) = (source.seed(), target.seed());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let w = writer(source.port, stop.clone(), rounds.clone());
+
+    // Plan only: exit 64, nothing written.
+    let r = migrate(state.path(), &["--from", &from, "--to", &to]);
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("plan: migrate 3 source shard(s)"),
+        "{}",
+        r.stdout
+    );
+    let target_keys = |t: &Lab| -> u64 {
+        masters(t, 4)
+            .iter()
+            .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
+            .sum()
+    };
+    assert_eq!(target_keys(&target), 0);
+
+    // Follow with the writer running, then kill -9 in the middle.
+    let mut child = spawn_migrate(
+        state.path(),
+        &["--from", &from, "--to", &to, "--follow", "--yes", "--json"],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    child.kill().unwrap();
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Resume (the newest checkpoint) and follow again; Ctrl-C once the target caught up.
+    let child = spawn_migrate(
+        state.path(),
+        &[
+            "--from", &from, "--to", &to, "--follow", "--resume", "--yes", "--json",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let n = rounds.load(Ordering::Relaxed);
+    assert!(n > 50, "the writer made only {n} rounds");
+    wait_caught_up(&source, &target);
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = output(child);
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    let report = r.json();
+    assert_eq!(report["outcome"], "interrupted", "{report:#}");
+
+    // The functions reached every target master.
+    for p in masters(&target, 4) {
+        let libs: redis::Value = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query(&mut conn(p))
+            .unwrap();
+        assert!(
+            format!("{libs:?}").contains("migtest"),
+            "port {p}: {libs:?}"
+        );
+    }
+    // Everything equal but what commands run twice after the kill can change: counters and
+    // lists, and only when the resumed run names its crash window with those commands.
+    let deltas = counter_deltas(&source, &target);
+    assert!(deltas.iter().all(|&d| d >= 0), "{deltas:?}");
+    if deltas.iter().any(|&d| d > 0) {
+        let named: Vec<String> = report["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["crash_window"]["non_idempotent"].as_object())
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        assert!(
+            named.iter().any(|n| n.starts_with("INCR")),
+            "counters off by {deltas:?} but no crash window names INCR: {report:#}"
+        );
+    }
+    assert_same(
+        &without_counters(snapshot(&masters(&source, 3))),
+        &without_counters(snapshot(&masters(&target, 4))),
+    );
+
+    // More writes while stopped, then a resume without --follow: it catches up and ends;
+    // the clean stop duplicated nothing (the counters' differences did not move).
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(0)));
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let r = migrate(
+        state.path(),
+        &["--from", &from, "--to", &to, "--resume", "--yes", "--json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["outcome"], "ok");
+    wait_caught_up(&source, &target);
+    assert_eq!(counter_deltas(&source, &target), deltas);
+    assert_same(
+        &without_counters(snapshot(&masters(&source, 3))),
+        &without_counters(snapshot(&masters(&target, 4))),
+    );
+}
+
+/// A plain `redis-server` (not a cluster) on a port of its own, stopped on drop.
+struct Standalone {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    fn start() -> Standalone {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_block();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--dir", &dir.path().display().to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Standalone {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
+    let state = tempfile::tempdir().unwrap();
+    let server = Standalone::start();
+    let mut c = conn(server.port);
+    for i in 0..500 {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg(format!("s:{i}")).arg(i);
+        p.cmd("HSET")
+            .arg(format!("h:{}", i % 20))
+            .arg(format!("f{i}"))
+            .arg(i);
+        p.cmd("RPUSH").arg(format!("l:{}", i % 10)).arg(i);
+        p.cmd("SADD").arg(format!("set:{}", i % 7)).arg(i);
+        p.cmd("ZADD").arg("z").arg(i).arg(format!("m{i}"));
+        p.cmd("PEXPIRE").arg(format!("s:{i}")).arg(600_000 + i);
+        let _: () = p.query(&mut c).unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg(b"\x00\xffbin")
+        .arg(b"\x01\x02")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("empty")
+        .arg("")
+        .query(&mut c)
+        .unwrap();
+    // Another database: not copied (db 0 only by default).
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("other-db")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+
+    // Standalone → cluster.
+    let cluster = Lab::start(LabSpec {
+        masters: 3,
+        replicas: 0,
+        ..Default::default()
+    });
+    let r = migrate(
+        state.path(),
+        &[
+            "--from",
+            &server.addr(),
+            "--to",
+            &cluster.seed(),
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(&snapshot(&[server.port]), &snapshot(&masters(&cluster, 3)));
+
+    // Into a target that holds keys, under fail: refused, nothing written.
+    let r = migrate(
+        state.path(),
+        &["--from", &server.addr(), "--to", &cluster.seed(), "--yes"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--on-conflict is fail"), "{}", r.stderr);
+
+    // Cluster → standalone.
+    let other = Standalone::start();
+    let r = migrate(
+        state.path(),
+        &[
+            "--from",
+            &cluster.seed(),
+            "--to",
+            &other.addr(),
+            "--yes",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(&snapshot(&masters(&cluster, 3)), &snapshot(&[other.port]));
+
+    // Bad input: each a one-line error, nothing written.
+    let dead = format!("127.0.0.1:{}", free_port_block());
+    let r = migrate(
+        state.path(),
+        &["--from", &dead, "--to", &other.addr(), "--yes"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with("rcops: error: source:"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    let r = migrate(
+        state.path(),
+        &["--from", &server.addr(), "--to", &dead, "--yes"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with("rcops: error: target:"),
+        "{}",
+        r.stderr
+    );
+    let mut cmd = rcops(&[
+        "migrate",
+        "--from",
+        &server.addr(),
+        "--to",
+        &other.addr(),
+        "--yes",
+    ]);
+    cmd.env("RCOPS_STATE_DIR", state.path())
+        .env("RCOPS_FROM_PASSWORD", "wrong");
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("source:") && r.stderr.contains("authentication failed"),
+        "{}",
+        r.stderr
+    );
+    let r = migrate(
+        state.path(),
+        &[
+            "--from",
+            &server.addr(),
+            "--to",
+            &other.addr(),
+            "--resume",
+            "nope",
+            "--yes",
+        ],
+    );
+    assert_eq!(r.code, 64);
+    assert!(
+        r.stderr.contains("no such migration checkpoint"),
+        "{}",
+        r.stderr
+    );
+    // A user that may not replicate: the message points to --method scan.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nosync")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-psync")
+        .arg("-sync")
+        .query(&mut c)
+        .unwrap();
+    let empty = Standalone::start();
+    let mut cmd = rcops(&[
+        "migrate",
+        "--from",
+        &server.addr(),
+        "--to",
+        &empty.addr(),
+        "--from-user",
+        "nosync",
+        "--yes",
+    ]);
+    cmd.env("RCOPS_STATE_DIR", state.path())
+        .env("RCOPS_FROM_PASSWORD", "pw");
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("--method scan"), "{}", r.stderr);
+    let n: u64 = redis::cmd("DBSIZE").query(&mut conn(empty.port)).unwrap();
+    assert_eq!(n, 0, "a refused migration wrote {n} keys");
+}
