@@ -103,7 +103,34 @@ fn writer(port: u16, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> std::thre
                 p.cmd("INCR").arg(k("n"));
                 p.cmd("SET").arg(k("m")).arg(i);
                 p.cmd("EXEC");
-                let _: redis::Value = p.query(c).unwrap();
+                // Through failovers and slot moves: follow the redirect, or wait and retry.
+                // A round's commands share one slot, so a redirected round ran nowhere.
+                let mut tries = 0;
+                loop {
+                    match p.query::<redis::Value>(c) {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tries += 1;
+                            assert!(tries < 200, "writer: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                            // "Moved: SLOT 127.0.0.1:PORT" (also inside a pipeline's failures).
+                            let text = e.to_string();
+                            if let Some(at) = text.find("Moved: ") {
+                                let port: String = text[at..]
+                                    .split_whitespace()
+                                    .nth(2)
+                                    .and_then(|a| a.rsplit(':').next())
+                                    .unwrap_or_default()
+                                    .chars()
+                                    .take_while(char::is_ascii_digit)
+                                    .collect();
+                                if let Ok(port) = port.parse() {
+                                    *c = conn(port);
+                                }
+                            }
+                        }
+                    }
+                }
             }
             i += 1;
             rounds.store(i, Ordering::Relaxed);
@@ -506,4 +533,146 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
     assert!(r.stderr.contains("--method scan"), "{}", r.stderr);
     let n: u64 = redis::cmd("DBSIZE").query(&mut conn(empty.port)).unwrap();
     assert_eq!(n, 0, "a refused migration wrote {n} keys");
+}
+
+/// Waits until the node on `port` has the role `role` ("master" or "slave").
+fn wait_role(lab: &Lab, port: u16, role: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lab.redis_cli(port, &["ROLE"]).starts_with(role) {
+        assert!(Instant::now() < deadline, "{port} never became {role}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overflowed() {
+    let spec = || LabSpec {
+        node_timeout_ms: 2000,
+        ..Default::default()
+    };
+    let (source, target) = (Lab::start(spec()), Lab::start(spec()));
+    let state = tempfile::tempdir().unwrap();
+    assert_eq!(source.load(2000).code, 0);
+    load_library(&source);
+    let (from, to) = (source.seed(), target.seed());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(0)));
+    let child = spawn_migrate(
+        state.path(),
+        &["--from", &from, "--to", &to, "--follow", "--yes", "--json"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The target: its first master fails over to its replica; slots of the second master
+    // move to the third while rcops writes into them.
+    let _ = target.redis_cli(target.port + 3, &["CLUSTER", "FAILOVER"]);
+    wait_role(&target, target.port + 3, "master");
+    target.check_until(Duration::from_secs(30), |code, _| code == 0);
+    let (second, third) = (
+        target.node_id(target.port + 1),
+        target.node_id(target.port + 2),
+    );
+    let out = Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &to,
+            "--cluster-from",
+            &second,
+            "--cluster-to",
+            &third,
+        ])
+        .args(["--cluster-slots", "300", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The source: the second master fails over to the replica rcops reads that shard from.
+    let _ = source.redis_cli(source.port + 4, &["CLUSTER", "FAILOVER"]);
+    wait_role(&source, source.port + 4, "master");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let source_masters = || -> Vec<u16> {
+        (source.port..source.port + 6)
+            .filter(|&p| source.redis_cli(p, &["ROLE"]).starts_with("master"))
+            .collect()
+    };
+    let target_masters = || -> Vec<u16> {
+        (target.port..target.port + 6)
+            .filter(|&p| target.redis_cli(p, &["ROLE"]).starts_with("master"))
+            .collect()
+    };
+    let caught_up = |deadline: Instant| loop {
+        let (a, b) = (snapshot(&source_masters()), snapshot(&target_masters()));
+        if a == b || Instant::now() > deadline {
+            return (a, b);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (a, b) = caught_up(Instant::now() + Duration::from_secs(30));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = output(child);
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert_same(&a, &b);
+    let report = r.json();
+    let reconnects: u64 = report["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reconnects"].as_u64().unwrap())
+        .sum();
+    assert!(
+        reconnects >= 1,
+        "the source failover went unnoticed: {report:#}"
+    );
+
+    // Stopped, with a tiny backlog: enough writes to overflow it, and deletions.
+    for p in source.port..source.port + 6 {
+        let _ = source.redis_cli(p, &["CONFIG", "SET", "repl-backlog-size", "16384"]);
+    }
+    // Keys of the sample load (the writer does not write them again), a few per master.
+    let mut gone = 0u64;
+    for p in source_masters() {
+        let mut c = conn(p);
+        let (_, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("COUNT")
+            .arg(50)
+            .query(&mut c)
+            .unwrap();
+        for k in keys.iter().filter(|k| !k.starts_with(b"w:")).take(3) {
+            let _: () = redis::cmd("DEL").arg(k).query(&mut c).unwrap();
+            gone += 1;
+        }
+    }
+    assert!(gone >= 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(100_000)));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let r = migrate(
+        state.path(),
+        &["--from", &from, "--to", &to, "--resume", "--yes", "--json"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let sum = |f: &str| -> u64 {
+        report["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[f].as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("resyncs") >= 1, "{report:#}");
+    assert!(sum("removed_after_resync") >= gone, "{report:#}");
+    let (a, b) = caught_up(Instant::now() + Duration::from_secs(10));
+    assert_same(&a, &b);
 }

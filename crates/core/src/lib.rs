@@ -6,6 +6,7 @@
 //! - [`transport`]: the raw bulk connection (pre-encoded RESP out, framed replies in).
 //! - [`writer`]: the slot writer, the one place that writes into a cluster.
 //! - [`route`]: commands of a stream or an AOF turned into slot writes.
+//! - [`scan`]: the scan stream (one node's keys by `SCAN`, paced, resumable).
 //! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
 //! - [`topology`]: discovery and the [`topology::ClusterView`] model.
 //! - [`job`]: the job contract (cancellation, progress, outcome, checkpoint files).
@@ -20,6 +21,7 @@ pub mod node;
 pub mod ops;
 pub mod repl;
 pub mod route;
+pub mod scan;
 pub mod topology;
 pub mod transport;
 pub mod writer;

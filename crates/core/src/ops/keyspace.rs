@@ -8,8 +8,9 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::fanout::{query, Executor};
+use crate::fanout::Executor;
 use crate::node::{Addr, NodeError};
+use crate::scan::{ScanSpec, ScanStream};
 use crate::topology::ClusterView;
 
 /// What to measure and how hard to push.
@@ -171,26 +172,23 @@ fn int(v: &Value) -> u64 {
 }
 
 async fn scan_shard(
+    exec: &Executor,
     addr: &Addr,
-    conn: &mut redis::aio::MultiplexedConnection,
     opts: &ScanOptions,
     replica: bool,
     progress: &(dyn Fn(&Addr, u64) + Sync),
 ) -> Result<Acc, NodeError> {
     let err = |e: redis::RedisError| NodeError::from_redis(addr, &e);
-    if replica {
-        query::<()>(addr, conn, &redis::cmd("READONLY")).await?;
-    }
+    let spec = ScanSpec {
+        count: opts.count,
+        pattern: opts.pattern.clone(),
+        kind: None,
+        rate: opts.rate,
+    };
+    let mut scan = ScanStream::open(exec, addr, replica, spec, 0).await?;
     let mut acc = Acc::default();
-    let mut cursor: u64 = 0;
-    let started = Instant::now();
-    loop {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor).arg("COUNT").arg(opts.count);
-        if let Some(p) = &opts.pattern {
-            scan.arg("MATCH").arg(p);
-        }
-        let (next, keys): (u64, Vec<Vec<u8>>) = scan.query_async(conn).await.map_err(err)?;
+    while let Some(keys) = scan.next().await? {
+        let conn = scan.conn();
         if !keys.is_empty() {
             let mut types = redis::pipe();
             for k in &keys {
@@ -230,17 +228,6 @@ async fn scan_shard(
                 );
             }
             progress(addr, keys.len() as u64);
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-        if opts.rate > 0 {
-            // Pace to `rate` keys per second since the start of this shard's scan.
-            let due = Duration::from_secs_f64(acc.scanned as f64 / opts.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
         }
     }
     Ok(acc)
@@ -284,8 +271,8 @@ pub async fn scan(
         .run_with_timeout(
             replica_of.keys().cloned(),
             Duration::from_secs(7 * 24 * 3600),
-            |addr, mut conn| async move {
-                scan_shard(&addr, &mut conn, opts, replica_of[&addr], progress).await
+            |addr, _conn| async move {
+                scan_shard(exec, &addr, opts, replica_of[&addr], progress).await
             },
         )
         .await;

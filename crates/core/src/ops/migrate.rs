@@ -224,10 +224,10 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
         return Err(JobError::unavailable("the source has no shard with slots"));
     }
     if let Some(cp) = &earlier {
-        if cp.db != opts.db || cp.filter != opts.filter {
+        if cp.db != opts.db || cp.filter != opts.filter || cp.on_conflict != opts.on_conflict {
             return Err(JobError::usage(format!(
-                "--resume {}: the checkpoint was made with other --db/--match/--prefix/--type \
-                 options; resume with the same ones",
+                "--resume {}: the checkpoint was made with other --db/--match/--prefix/--type/\
+                 --on-conflict options; resume with the same ones",
                 opts.id
             )));
         }
@@ -350,6 +350,9 @@ pub struct ShardReport {
     /// checkpoint up to what the stopped run had sent, which may have run twice.
     pub crash_window: Option<CrashWindow>,
     pub reconnects: u32,
+    /// Target keys of this shard's slots removed after a resync because the source no
+    /// longer had them (deleted while rcops was stopped).
+    pub removed_after_resync: u64,
     /// Full resyncs after the stream could not continue.
     pub resyncs: u32,
     /// Source offset minus applied offset when the shard stopped.
@@ -597,8 +600,14 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                     ));
                     rep.errors.push(format!(
                         "resync: the source's backlog no longer held offset {}; the snapshot \
-                         was copied again (keys deleted on the source meanwhile may remain)",
-                        state.offset
+                         was copied again{}",
+                        state.offset,
+                        if sh.opts.on_conflict == OnConflict::Fail {
+                            ""
+                        } else {
+                            " (keys deleted on the source meanwhile may remain: the target \
+                             held keys of its own, so none is removed)"
+                        }
                     ));
                     ours = true;
                 }
@@ -633,6 +642,14 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                 }
                 if sh.ctx.cancel.is_cancelled() {
                     break; // the snapshot is redone on resume
+                }
+                // Only when the target held none of the keys at the start (`fail`): then every
+                // key of these slots there is the migration's own.
+                if ours && sh.opts.on_conflict == OnConflict::Fail {
+                    if let Err(e) = remove_gone(sh, src, stream.addr(), &mut lane, &mut rep).await {
+                        rep.error = Some(format!("after the resync: {e}"));
+                        break;
+                    }
                 }
                 let unconfirmed = lane.confirm().await;
                 if let Some(u) = unconfirmed.first() {
@@ -733,6 +750,78 @@ async fn rediscover(sh: &Shared<'_>, src: &Source) -> Option<Vec<(Addr, &'static
         .find(|s| s.slots.contains(first))
         .map(|s| s.candidates)
         .filter(|c| !c.is_empty())
+}
+
+/// After a resync: removes the target's keys in this shard's slots (that the filter
+/// selects) which the source node no longer has — deleted on the source while no stream
+/// carried the deletion. A key created on the source since is kept (the stream brings it).
+async fn remove_gone(
+    sh: &Shared<'_>,
+    src: &Source,
+    from: &Addr,
+    lane: &mut Lane<'_, '_>,
+    rep: &mut ShardReport,
+) -> Result<(), String> {
+    let mut source = sh.ends.from.conn(from).await.map_err(|e| e.to_string())?;
+    // The source may be a replica: reads need READONLY (a master ignores it).
+    let _ = crate::fanout::query::<()>(from, &mut source, &redis::cmd("READONLY")).await;
+    let masters: Vec<Addr> = sh
+        .ends
+        .to_view
+        .masters()
+        .filter(|m| !m.slots.is_empty())
+        .filter_map(line_addr)
+        .collect();
+    for m in masters {
+        let spec = crate::scan::ScanSpec {
+            count: 1000,
+            ..Default::default()
+        };
+        let mut scan = crate::scan::ScanStream::open(sh.ends.to, &m, false, spec, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(keys) = scan.next().await.map_err(|e| e.to_string())? {
+            let mine: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter(|k| src.slots.contains(key_slot(k)) && sh.opts.filter.name_ok(k))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut p = redis::pipe();
+            for k in &mine {
+                p.cmd("EXISTS").arg(k);
+            }
+            let present: Vec<u64> = p
+                .query_async(&mut source)
+                .await
+                .map_err(|e| NodeError::from_redis(from, &e).to_string())?;
+            let gone: Vec<Write> = mine
+                .into_iter()
+                .zip(present)
+                .filter(|(_, n)| *n == 0)
+                .map(|(k, _)| Write {
+                    slot: key_slot(&k),
+                    kind: "del",
+                    index: 0,
+                    op: Op::Commands {
+                        cmds: vec![vec![b"DEL".to_vec(), k.clone()]],
+                        multi: false,
+                    },
+                    key: k,
+                })
+                .collect();
+            for d in lane.send(gone).await {
+                match d.outcome {
+                    WriteOutcome::Failed(why) => {
+                        return Err(format!("{}: {why}", rcops_formats::show_key(&d.key)))
+                    }
+                    _ => rep.removed_after_resync += 1,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One batch of snapshot keys from the parser, the entries it filtered or found expired,
