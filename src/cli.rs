@@ -117,6 +117,9 @@ pub enum Command {
     /// Copy a live cluster or server into another over the replication protocol and keep it
     /// in step (--follow); resumable
     Migrate(MigrateArgs),
+    /// Compare two clusters or servers key by key (type, TTL, length or value); differences
+    /// that persist through every round are reported
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -224,14 +227,81 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
+/// The two sides of a migration or a comparison, each with its own credentials and TLS.
 #[derive(Debug, Args)]
-pub struct MigrateArgs {
+pub struct EndsArgs {
     /// Source: a cluster's seed nodes or a standalone server, HOST:PORT[,HOST:PORT…]
     #[arg(long, value_name = "HOST:PORT,…")]
     pub from: String,
     /// Target: a cluster's seed nodes or a standalone server
     #[arg(long, value_name = "HOST:PORT,…")]
     pub to: String,
+    /// ACL user on the source (password from RCOPS_FROM_PASSWORD or --from-password-file;
+    /// without them the global credentials)
+    #[arg(long, env = "RCOPS_FROM_USER")]
+    pub from_user: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub from_password_file: Option<PathBuf>,
+    /// ACL user on the target (password from RCOPS_TO_PASSWORD or --to-password-file)
+    #[arg(long, env = "RCOPS_TO_USER")]
+    pub to_user: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub to_password_file: Option<PathBuf>,
+    /// TLS to the source (certificates from --cacert/--cert/--key)
+    #[arg(long)]
+    pub from_tls: bool,
+    /// TLS to the target
+    #[arg(long)]
+    pub to_tls: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub ends: EndsArgs,
+    /// keys: existence, type, TTL; length: also cardinalities and string lengths; full:
+    /// also the values (DUMP, then a type-aware comparison where the payloads differ)
+    #[arg(long, default_value = "full", value_parser = ["full", "length", "keys"])]
+    pub mode: String,
+    /// Rounds: later ones re-check only what differed, so writes in flight settle
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Pause between rounds
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Also scan the target for keys the source lacks
+    #[arg(long)]
+    pub both_directions: bool,
+    /// Largest difference between the two absolute expiry times that counts as equal
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub ttl_tolerance: Duration,
+    /// Only keys matching this glob
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// Only keys starting with this prefix; repeatable
+    #[arg(long = "prefix", value_name = "PREFIX")]
+    pub prefixes: Vec<String>,
+    /// Leave out keys starting with this prefix; repeatable
+    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
+    pub exclude_prefixes: Vec<String>,
+    /// Keys per second per shard at most
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Read the source's masters, not its replicas
+    #[arg(long)]
+    pub from_masters: bool,
+    /// Keys per SCAN and per pipeline
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Write every difference as a JSON line to this file
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub ends: EndsArgs,
     /// sync: snapshot and command stream over PSYNC (the source must allow replication)
     #[arg(long, default_value = "sync", value_parser = ["sync", "scan"])]
     pub method: String,
@@ -277,23 +347,6 @@ pub struct MigrateArgs {
     /// Longest silence allowed while a source builds and sends its snapshot
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// ACL user on the source (password from RCOPS_FROM_PASSWORD or --from-password-file;
-    /// without them the global credentials)
-    #[arg(long, env = "RCOPS_FROM_USER")]
-    pub from_user: Option<String>,
-    #[arg(long, value_name = "PATH")]
-    pub from_password_file: Option<PathBuf>,
-    /// ACL user on the target (password from RCOPS_TO_PASSWORD or --to-password-file)
-    #[arg(long, env = "RCOPS_TO_USER")]
-    pub to_user: Option<String>,
-    #[arg(long, value_name = "PATH")]
-    pub to_password_file: Option<PathBuf>,
-    /// TLS to the source (certificates from --cacert/--cert/--key)
-    #[arg(long)]
-    pub from_tls: bool,
-    /// TLS to the target
-    #[arg(long)]
-    pub to_tls: bool,
     /// Write (without it, the plan is shown and nothing changes)
     #[arg(long, short = 'y')]
     pub yes: bool,

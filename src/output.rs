@@ -2,10 +2,12 @@
 //! JSON, progress bars (stderr, hidden when not a TTY or with --json) and error lines.
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use owo_colors::OwoColorize;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Mutex;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
@@ -243,5 +245,66 @@ mod tests {
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(148_642), "148,642");
         assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+}
+
+/// One progress line per shard on a TTY's stderr (hidden otherwise, and with `--json`),
+/// for jobs that report through [`rcops_core::job::Progress`].
+pub struct ShardBars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl ShardBars {
+    pub fn new(json: bool) -> Self {
+        let multi = MultiProgress::new();
+        if json || !std::io::stderr().is_terminal() {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        ShardBars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(b) = self.bars.lock() {
+            for bar in b.values() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl rcops_core::job::Progress for ShardBars {
+    fn shard(&self, shard: &str, phase: &str, done: u64, total: Option<u64>) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars.entry(shard.to_string()).or_insert_with(|| {
+            let b = self.multi.add(ProgressBar::new_spinner());
+            if let Ok(style) = ProgressStyle::with_template("{prefix:>14} {msg}") {
+                b.set_style(style);
+            }
+            b.set_prefix(shard.to_string());
+            b
+        });
+        let msg = match (phase, total) {
+            ("stream", Some(t)) => format!(
+                "stream: applied offset {done}, lag {}",
+                bytes(t.saturating_sub(done))
+            ),
+            (_, Some(t)) => format!("{phase}: {done}/{t}"),
+            (_, None) => format!("{phase}: {done} keys"),
+        };
+        bar.set_message(msg);
+        bar.tick();
+    }
+
+    fn message(&self, text: &str) {
+        let _ = self.multi.println(format!("rcops: {text}"));
+        if self.multi.is_hidden() {
+            eprintln!("rcops: {text}");
+        }
     }
 }

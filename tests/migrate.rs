@@ -675,4 +675,89 @@ fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overf
     assert!(sum("removed_after_resync") >= gone, "{report:#}");
     let (a, b) = caught_up(Instant::now() + Duration::from_secs(10));
     assert_same(&a, &b);
+
+    // verify, with a writer and the follow running during its first round: the
+    // differences of writes in flight settle, none is reported.
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(200_000)));
+    let follow = spawn_migrate(
+        state.path(),
+        &[
+            "--from", &from, "--to", &to, "--resume", "--follow", "--yes",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let verify = |args: &[&str]| {
+        let mut c = rcops(&["verify", "--from", &from, "--to", &to]);
+        c.args(args);
+        c
+    };
+    let mut running = verify(&["--rounds", "3", "--interval", "2s", "--json"]);
+    let running = running
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let r = output(running);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert!(v["keys_checked"].as_u64().unwrap() > 2000, "{v:#}");
+    let _ = Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status();
+    assert_eq!(output(follow).code, 130);
+
+    // One planted difference of each kind, and only those are found.
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        target.redis_cli(target.port, &all)
+    };
+    cli(&["DEL", "w:{wa}:z"]);
+    cli(&["DEL", "w:{wb}:z"]);
+    cli(&["SADD", "w:{wb}:z", "x"]);
+    cli(&["PEXPIRE", "w:{wa}:h", "99999999"]);
+    cli(&["RPUSH", "w:{wa}:l", "extra"]);
+    let m = cli(&["GET", "w:{wa}:m"]);
+    cli(&["SET", "w:{wa}:m", &"x".repeat(m.len())]);
+    cli(&["SET", "x:only-on-target", "1"]);
+    let diffs = tempfile::NamedTempFile::new().unwrap();
+    let out = diffs.path().display().to_string();
+    let r = run(&mut verify(&[
+        "--rounds",
+        "2",
+        "--interval",
+        "200ms",
+        "--both-directions",
+        "--out",
+        &out,
+    ]));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let mut found: Vec<(String, String)> = std::fs::read_to_string(diffs.path())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let d: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                d["key"].as_str().unwrap().to_string(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let want: Vec<(String, String)> = [
+        ("w:{wa}:h", "ttl"),
+        ("w:{wa}:l", "length"),
+        ("w:{wa}:m", "value"),
+        ("w:{wa}:z", "missing_on_target"),
+        ("w:{wb}:z", "type"),
+        ("x:only-on-target", "missing_on_source"),
+    ]
+    .iter()
+    .map(|(k, d)| (k.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(found, want, "{}", r.stdout);
 }

@@ -1,24 +1,21 @@
 //! `rcops migrate`: flags → [`rcops_core::ops::migrate`] options, the plan, per-shard
 //! progress bars, the report.
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rcops_core::job::{CancellationToken, JobCtx, JobError, Progress};
+use rcops_core::job::{CancellationToken, JobCtx, JobError};
 use rcops_core::ops::migrate::{self, Ends, MigrateOptions, MigratePlan, MigrateReport, OnFlush};
 use rcops_core::ops::restore::OnConflict;
 use rcops_core::route::KeyFilter;
 use rcops_core::topology::{discover_endpoint, Detail};
 use rcops_core::{Addr, ConnectOptions, Executor, Secret, TlsOptions};
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::config::default_state_dir;
 use super::{connect_options, CmdResult, Failure};
-use crate::cli::{GlobalOpts, MigrateArgs};
+use crate::cli::{EndsArgs, GlobalOpts, MigrateArgs};
 use crate::output;
 
-fn failure(e: JobError) -> Failure {
+pub fn failure(e: JobError) -> Failure {
     Failure {
         code: e.class.exit_code(),
         message: e.message,
@@ -58,6 +55,59 @@ fn side(
     Ok(opts)
 }
 
+/// Both sides, connected and discovered (a standalone server as a one-shard cluster).
+pub struct Sides {
+    pub from: Executor,
+    pub from_seeds: Vec<Addr>,
+    pub from_view: rcops_core::ClusterView,
+    pub to: Executor,
+    pub to_view: rcops_core::ClusterView,
+}
+
+impl Sides {
+    pub async fn open(
+        g: &GlobalOpts,
+        e: &EndsArgs,
+        from_detail: Detail,
+        to_detail: Detail,
+    ) -> Result<Sides, Failure> {
+        let from_seeds = Addr::parse_list(&e.from).map_err(Failure::usage)?;
+        let to_seeds = Addr::parse_list(&e.to).map_err(Failure::usage)?;
+        let from_opts = side(
+            g,
+            &e.from_user,
+            &e.from_password_file,
+            "RCOPS_FROM_PASSWORD",
+            e.from_tls,
+        )?;
+        let to_opts = side(
+            g,
+            &e.to_user,
+            &e.to_password_file,
+            "RCOPS_TO_PASSWORD",
+            e.to_tls,
+        )?;
+        let from = Executor::new(from_opts, g.concurrency as usize);
+        let to = Executor::new(to_opts, g.concurrency as usize);
+        let named = |side: &str, e: rcops_core::topology::DiscoverError| {
+            Failure::failed(format!("{side}: {e}"))
+        };
+        let from_view = discover_endpoint(&from, &from_seeds, from_detail)
+            .await
+            .map_err(|e| named("source", e))?;
+        let to_view = discover_endpoint(&to, &to_seeds, to_detail)
+            .await
+            .map_err(|e| named("target", e))?;
+        Ok(Sides {
+            from,
+            from_seeds,
+            from_view,
+            to,
+            to_view,
+        })
+    }
+}
+
 /// The checkpoint to resume: by id, or the newest one.
 fn resume_id(base: &Path, asked: &str) -> Result<String, Failure> {
     if !asked.is_empty() {
@@ -91,22 +141,6 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
             "--method scan is not available yet in this build: use --method sync",
         ));
     }
-    let from_seeds = Addr::parse_list(&a.from).map_err(Failure::usage)?;
-    let to_seeds = Addr::parse_list(&a.to).map_err(Failure::usage)?;
-    let from_opts = side(
-        g,
-        &a.from_user,
-        &a.from_password_file,
-        "RCOPS_FROM_PASSWORD",
-        a.from_tls,
-    )?;
-    let to_opts = side(
-        g,
-        &a.to_user,
-        &a.to_password_file,
-        "RCOPS_TO_PASSWORD",
-        a.to_tls,
-    )?;
     let base = g
         .state_dir
         .clone()
@@ -146,23 +180,15 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         batch: a.batch as usize,
         idle_timeout: a.idle_timeout,
     };
-    let from = Executor::new(from_opts, g.concurrency as usize);
-    let to = Executor::new(to_opts, g.concurrency as usize);
-    let named = |side: &str, e: rcops_core::topology::DiscoverError| {
-        Failure::failed(format!("{side}: {e}"))
-    };
-    let from_view = discover_endpoint(&from, &from_seeds, Detail::Full)
-        .await
-        .map_err(|e| named("source", e))?;
-    let to_view = discover_endpoint(&to, &to_seeds, Detail::Keyspace)
-        .await
-        .map_err(|e| named("target", e))?;
+    let sides = Sides::open(g, &a.ends, Detail::Full, Detail::Keyspace).await?;
+    let (from, from_seeds, from_view) = (&sides.from, &sides.from_seeds, &sides.from_view);
+    let (to, to_view) = (&sides.to, &sides.to_view);
     let ends = Ends {
-        from: &from,
-        from_seeds: &from_seeds,
-        from_view: &from_view,
-        to: &to,
-        to_view: &to_view,
+        from,
+        from_seeds,
+        from_view,
+        to,
+        to_view,
     };
     let plan = migrate::plan(&ends, &opts).await.map_err(failure)?;
     if g.json && (a.dry_run || !a.yes) {
@@ -178,7 +204,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
     }
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    let bars = Arc::new(Bars::new(g.json));
+    let bars = Arc::new(output::ShardBars::new(g.json));
     let ctx = JobCtx {
         cancel: cancel.clone(),
         progress: bars.clone(),
@@ -196,7 +222,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
 }
 
 /// Ctrl-C and SIGTERM stop the job cleanly (checkpointed, resumable).
-fn cancel_on_signals(cancel: CancellationToken) {
+pub fn cancel_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -363,64 +389,4 @@ fn print_report(r: &MigrateReport) {
         r.commands_applied,
         r.elapsed_ms as f64 / 1000.0
     );
-}
-
-/// One progress bar per source shard on a TTY's stderr.
-struct Bars {
-    multi: MultiProgress,
-    bars: Mutex<HashMap<String, ProgressBar>>,
-}
-
-impl Bars {
-    fn new(json: bool) -> Self {
-        let multi = MultiProgress::new();
-        if json || !std::io::stderr().is_terminal() {
-            multi.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        Bars {
-            multi,
-            bars: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn clear(&self) {
-        if let Ok(b) = self.bars.lock() {
-            for bar in b.values() {
-                bar.finish_and_clear();
-            }
-        }
-    }
-}
-
-impl Progress for Bars {
-    fn shard(&self, shard: &str, phase: &str, done: u64, total: Option<u64>) {
-        let Ok(mut bars) = self.bars.lock() else {
-            return;
-        };
-        let bar = bars.entry(shard.to_string()).or_insert_with(|| {
-            let b = self.multi.add(ProgressBar::new_spinner());
-            if let Ok(style) = ProgressStyle::with_template("{prefix:>14} {msg}") {
-                b.set_style(style);
-            }
-            b.set_prefix(shard.to_string());
-            b
-        });
-        let msg = match (phase, total) {
-            ("stream", Some(t)) => format!(
-                "stream: applied offset {done}, lag {}",
-                output::bytes(t.saturating_sub(done))
-            ),
-            (_, Some(t)) => format!("{phase}: {done}/{t}"),
-            (_, None) => format!("{phase}: {done} keys"),
-        };
-        bar.set_message(msg);
-        bar.tick();
-    }
-
-    fn message(&self, text: &str) {
-        let _ = self.multi.println(format!("rcops: {text}"));
-        if self.multi.is_hidden() {
-            eprintln!("rcops: {text}");
-        }
-    }
 }

@@ -18,6 +18,7 @@ mod rdb;
 mod restore;
 mod slots;
 mod slowlog;
+mod verify;
 
 use rcops_core::topology::Detail;
 use rcops_core::{
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Backup(a) => backup::run(&cli.global, a).await,
         Command::Restore(a) => restore::run(&cli.global, a).await,
         Command::Migrate(a) => migrate::run(&cli.global, a).await,
+        Command::Verify(a) => verify::run(&cli.global, a).await,
     };
     match result {
         Ok(code) => code,

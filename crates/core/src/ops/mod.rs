@@ -18,6 +18,7 @@ pub mod rdb;
 pub mod restore;
 pub mod slots;
 pub mod slowlog;
+pub mod verify;
 
 /// Percentage with one decimal, for human output.
 pub fn pct(part: f64, whole: f64) -> f64 {

@@ -1,0 +1,737 @@
+//! `verify`: compares two clusters (or servers) key by key. Round 1 reads every source key
+//! (one [`ScanStream`] per source shard, from a replica by default) and checks it on the
+//! target: exists, same type, absolute expiry within a tolerance (`PEXPIRETIME`), and the
+//! value — `length` compares cardinalities and string lengths, `full` compares values: the
+//! DUMP payloads first (equal bytes mean equal values), then, on a mismatch or for a big
+//! value, a type-aware comparison read in chunks (`GETRANGE`, `LRANGE`, `ZRANGE`, `XRANGE`
+//! in step on both sides; `HSCAN`/`SSCAN` into an order-independent digest), so encodings
+//! may differ and memory stays bounded. Later rounds re-check only the keys that differed,
+//! after an interval, so writes in flight settle: only differences that persist through
+//! every round are reported. A key that expires or is deleted on the source during the
+//! check is not a difference. `both_directions` also scans the target for keys the source
+//! lacks.
+
+use redis::Value;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use crate::fanout::{query, Executor};
+use crate::job::{JobCtx, JobError, Outcome};
+use crate::node::{Addr, NodeError};
+use crate::route::KeyFilter;
+use crate::scan::{ScanSpec, ScanStream};
+use crate::topology::{line_addr, ClusterView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Existence, type and TTL only.
+    Keys,
+    /// Also cardinalities and string lengths.
+    Length,
+    /// Also the values.
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub mode: Mode,
+    pub rounds: u32,
+    pub interval: Duration,
+    pub both_directions: bool,
+    pub ttl_tolerance: Duration,
+    pub filter: KeyFilter,
+    /// Keys per second per shard at most (0: unlimited).
+    pub rate: u64,
+    /// Read the source's masters, not its replicas.
+    pub from_masters: bool,
+    /// Keys per SCAN and per pipeline.
+    pub batch: usize,
+}
+
+/// What one side holds for a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Side {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Elements (bytes for a string), when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// Absolute expiry in ms, -1 for none.
+    pub expire_ms: i64,
+}
+
+/// One difference that persisted through every round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    #[serde(skip)]
+    pub key_bytes: Vec<u8>,
+    /// The key as text when it is UTF-8 …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// … and as base64 otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    pub kind: &'static str,
+    pub source: Option<Side>,
+    pub target: Option<Side>,
+    /// The source shard (its slots).
+    pub shard: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardVerify {
+    pub slots: String,
+    pub node: String,
+    pub keys_checked: u64,
+    pub differences: BTreeMap<&'static str, u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub outcome: Outcome,
+    pub mode: Mode,
+    pub rounds: u32,
+    pub keys_checked: u64,
+    /// Keys that differed in round 1 and no longer did in a later round (writes in flight).
+    pub settled: u64,
+    pub differences: BTreeMap<&'static str, u64>,
+    pub shards: Vec<ShardVerify>,
+    /// The first differences (all of them go to the caller's sink).
+    pub examples: Vec<Difference>,
+    pub elapsed_ms: u128,
+    pub keys_per_sec: f64,
+}
+
+/// Both ends.
+pub struct Ends<'a> {
+    pub from: &'a Executor,
+    pub from_view: &'a ClusterView,
+    pub to: &'a Executor,
+    pub to_view: &'a ClusterView,
+}
+
+/// Values bigger than this (elements, or bytes of a string) are compared in chunks rather
+/// than by DUMP.
+const DUMP_UP_TO: u64 = 10_000;
+const STRING_DUMP_UP_TO: u64 = 1 << 20;
+const CHUNK: i64 = 1000;
+const STRING_CHUNK: i64 = 1 << 20;
+
+fn length_cmd(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "string" => "STRLEN",
+        "list" => "LLEN",
+        "hash" => "HLEN",
+        "set" => "SCARD",
+        "zset" => "ZCARD",
+        "stream" => "XLEN",
+        _ => return None,
+    })
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        _ => -1,
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::SimpleString(s) => s.clone(),
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Type, expiry, length (by `kind_hint`'s length command when given) and, in full mode,
+/// DUMP of each key, on one node in two pipelines at most.
+async fn read_keys(
+    addr: &Addr,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[Vec<u8>],
+    mode: Mode,
+    kinds: Option<&[Side]>,
+) -> Result<(Vec<Side>, Vec<Option<Vec<u8>>>), NodeError> {
+    let mut sides: Vec<Side> = match kinds {
+        Some(k) => k
+            .iter()
+            .map(|s| Side {
+                kind: s.kind.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        None => vec![Side::default(); keys.len()],
+    };
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    for k in keys {
+        p.cmd("TYPE").arg(k);
+        p.cmd("PEXPIRETIME").arg(k);
+    }
+    let got: Vec<redis::RedisResult<Value>> = p
+        .query_async(conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e))?;
+    let own: Vec<String> = got
+        .iter()
+        .step_by(2)
+        .map(|r| r.as_ref().map(text).unwrap_or_default())
+        .collect();
+    for (i, s) in sides.iter_mut().enumerate() {
+        s.expire_ms = got[2 * i + 1].as_ref().map(int).unwrap_or(-1).max(-1);
+        if kinds.is_none() {
+            s.kind = own[i].clone();
+        }
+    }
+    let mut dumps = vec![None; keys.len()];
+    if mode == Mode::Keys {
+        for (s, o) in sides.iter_mut().zip(&own) {
+            s.kind = o.clone();
+        }
+        return Ok((sides, dumps));
+    }
+    // Lengths by the source's type (a type difference is reported either way), then DUMP
+    // of the small values in full mode.
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    for (k, s) in keys.iter().zip(&sides) {
+        match length_cmd(&s.kind) {
+            Some(c) => p.cmd(c).arg(k),
+            None => p.cmd("EXISTS").arg(k),
+        };
+    }
+    let lens: Vec<redis::RedisResult<Value>> = p
+        .query_async(conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e))?;
+    for (s, l) in sides.iter_mut().zip(&lens) {
+        s.length = l.as_ref().ok().map(int).and_then(|n| u64::try_from(n).ok());
+    }
+    for (s, o) in sides.iter_mut().zip(&own) {
+        s.kind = o.clone();
+    }
+    if mode == Mode::Full {
+        let small: Vec<usize> = (0..keys.len())
+            .filter(|&i| {
+                let limit = if sides[i].kind == "string" {
+                    STRING_DUMP_UP_TO
+                } else {
+                    DUMP_UP_TO
+                };
+                sides[i].length.is_some_and(|n| n <= limit)
+            })
+            .collect();
+        if !small.is_empty() {
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            for &i in &small {
+                p.cmd("DUMP").arg(&keys[i]);
+            }
+            let got: Vec<redis::RedisResult<Value>> = p
+                .query_async(conn)
+                .await
+                .map_err(|e| NodeError::from_redis(addr, &e))?;
+            for (&i, r) in small.iter().zip(got) {
+                if let Ok(Value::BulkString(b)) = r {
+                    dumps[i] = Some(b);
+                }
+            }
+        }
+    }
+    Ok((sides, dumps))
+}
+
+/// A value read in chunks into a digest: ordered types chunk by chunk in order, hashes and
+/// sets (whose scan order differs between nodes) as an order-independent sum.
+async fn digest(
+    addr: &Addr,
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &[u8],
+    kind: &str,
+) -> Result<(u64, u64), NodeError> {
+    let mut ordered = std::collections::hash_map::DefaultHasher::new();
+    let (mut sum, mut n) = (0u64, 0u64);
+    let one = |v: &[u8]| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut h);
+        h.finish()
+    };
+    match kind {
+        "string" => {
+            let mut at = 0i64;
+            loop {
+                let mut c = redis::cmd("GETRANGE");
+                c.arg(key).arg(at).arg(at + STRING_CHUNK - 1);
+                let part: Vec<u8> = query(addr, conn, &c).await?;
+                if part.is_empty() {
+                    break;
+                }
+                part.hash(&mut ordered);
+                n += part.len() as u64;
+                at += STRING_CHUNK;
+            }
+        }
+        "list" | "zset" => {
+            let mut at = 0i64;
+            loop {
+                let mut c = redis::cmd(if kind == "list" { "LRANGE" } else { "ZRANGE" });
+                c.arg(key).arg(at).arg(at + CHUNK - 1);
+                if kind == "zset" {
+                    c.arg("WITHSCORES");
+                }
+                let part: Vec<Vec<u8>> = query(addr, conn, &c).await?;
+                if part.is_empty() {
+                    break;
+                }
+                part.hash(&mut ordered);
+                n += part.len() as u64;
+                at += CHUNK;
+            }
+        }
+        "hash" | "set" => {
+            let mut cursor = 0u64;
+            loop {
+                let mut c = redis::cmd(if kind == "hash" { "HSCAN" } else { "SSCAN" });
+                c.arg(key).arg(cursor).arg("COUNT").arg(CHUNK);
+                let (next, items): (u64, Vec<Vec<u8>>) = query(addr, conn, &c).await?;
+                if kind == "hash" {
+                    for pair in items.chunks(2) {
+                        sum = sum.wrapping_add(one(&pair.concat()));
+                        n += 1;
+                    }
+                } else {
+                    for m in items {
+                        sum = sum.wrapping_add(one(&m));
+                        n += 1;
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        "stream" => {
+            let mut from = b"-".to_vec();
+            loop {
+                let mut c = redis::cmd("XRANGE");
+                c.arg(key).arg(&from).arg("+").arg("COUNT").arg(CHUNK);
+                let part: Value = query(addr, conn, &c).await?;
+                let Value::Array(entries) = part else { break };
+                if entries.is_empty() {
+                    break;
+                }
+                let last_id = match entries.last() {
+                    Some(Value::Array(e)) => e.first().map(text).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                format!("{entries:?}").hash(&mut ordered);
+                n += entries.len() as u64;
+                if entries.len() < CHUNK as usize || last_id.is_empty() {
+                    break;
+                }
+                from = format!("({last_id}").into_bytes();
+            }
+            // Consumer groups: names, pending counts, last delivered ids (a replica keeps
+            // its own consumer times, which are not compared).
+            let groups: Value = query(addr, conn, redis::cmd("XINFO").arg("GROUPS").arg(key))
+                .await
+                .unwrap_or(Value::Nil);
+            if let Value::Array(gs) = groups {
+                for g in gs {
+                    let fields: Vec<String> = match g {
+                        Value::Array(f) => f.iter().map(text).collect(),
+                        Value::Map(m) => m.iter().flat_map(|(a, b)| [text(a), text(b)]).collect(),
+                        _ => Vec::new(),
+                    };
+                    let pick = |name: &str| {
+                        fields
+                            .iter()
+                            .position(|f| f == name)
+                            .and_then(|i| fields.get(i + 1).cloned())
+                            .unwrap_or_default()
+                    };
+                    (pick("name"), pick("pending"), pick("last-delivered-id")).hash(&mut ordered);
+                }
+            }
+        }
+        _ => {
+            let d: Option<Vec<u8>> = query(addr, conn, redis::cmd("DUMP").arg(key)).await?;
+            d.hash(&mut ordered);
+        }
+    }
+    Ok((ordered.finish() ^ sum, n))
+}
+
+/// The target's owner of each slot.
+fn owners(view: &ClusterView) -> Vec<Option<Addr>> {
+    view.slot_owner()
+        .into_iter()
+        .map(|o| o.and_then(line_addr))
+        .collect()
+}
+
+/// Compares one batch of source keys with the target; the differences found.
+async fn compare(
+    ends: &Ends<'_>,
+    src: &Addr,
+    sconn: &mut redis::aio::MultiplexedConnection,
+    keys: Vec<Vec<u8>>,
+    opts: &VerifyOptions,
+    owners: &[Option<Addr>],
+    shard: &str,
+) -> Result<Vec<Difference>, NodeError> {
+    let (ss, sd) = read_keys(src, sconn, &keys, opts.mode, None).await?;
+    let mut by_node: BTreeMap<Addr, Vec<usize>> = BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(a) = &owners[usize::from(rcops_formats::slot::key_slot(k))] {
+            by_node.entry(a.clone()).or_default().push(i);
+        }
+    }
+    let mut ts: Vec<Option<Side>> = vec![None; keys.len()];
+    let mut td: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+    for (addr, idx) in by_node {
+        let mut conn = ends.to.conn(&addr).await?;
+        let ks: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].clone()).collect();
+        let hint: Vec<Side> = idx.iter().map(|&i| ss[i].clone()).collect();
+        let (sides, dumps) = read_keys(&addr, &mut conn, &ks, opts.mode, Some(&hint)).await?;
+        for ((&i, s), d) in idx.iter().zip(sides).zip(dumps) {
+            ts[i] = Some(s);
+            td[i] = d;
+        }
+    }
+    let tol = opts.ttl_tolerance.as_millis() as i64;
+    let now = crate::ops::rdb::now_ms() as i64;
+    let mut out = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        let s = &ss[i];
+        // Gone from the source since the scan (expired, deleted): nothing to compare.
+        if s.kind == "none" || s.kind.is_empty() {
+            continue;
+        }
+        let t = ts[i].clone().filter(|t| t.kind != "none");
+        let kind = match &t {
+            // About to expire: not a difference.
+            None if s.expire_ms >= 0 && s.expire_ms - now <= tol => continue,
+            None => "missing_on_target",
+            Some(t) if t.kind != s.kind => "type",
+            Some(t)
+                if !((s.expire_ms < 0 && t.expire_ms < 0)
+                    || (s.expire_ms >= 0
+                        && t.expire_ms >= 0
+                        && (s.expire_ms - t.expire_ms).abs() <= tol)) =>
+            {
+                "ttl"
+            }
+            Some(t) if opts.mode != Mode::Keys && t.length != s.length => "length",
+            Some(_) if opts.mode == Mode::Full => {
+                let same_dump = matches!((&sd[i], &td[i]), (Some(a), Some(b)) if a == b);
+                if same_dump {
+                    continue;
+                }
+                // Encodings differ between versions and configurations; values may not.
+                let a = digest(src, sconn, &k, &s.kind).await?;
+                let owner = owners[usize::from(rcops_formats::slot::key_slot(&k))].clone();
+                let Some(owner) = owner else { continue };
+                let mut conn = ends.to.conn(&owner).await?;
+                let b = digest(&owner, &mut conn, &k, &s.kind).await?;
+                if a == b {
+                    continue;
+                }
+                "value"
+            }
+            Some(_) => continue,
+        };
+        out.push(difference(k, kind, Some(s.clone()), t, shard));
+    }
+    Ok(out)
+}
+
+fn difference(
+    k: Vec<u8>,
+    kind: &'static str,
+    source: Option<Side>,
+    target: Option<Side>,
+    shard: &str,
+) -> Difference {
+    let (key, key_base64) = match std::str::from_utf8(&k) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(base64(&k))),
+    };
+    Difference {
+        key_bytes: k,
+        key,
+        key_base64,
+        kind,
+        source,
+        target,
+        shard: shard.to_string(),
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// One side's shards to scan: (slots, node, is replica).
+fn shards(view: &ClusterView, replicas: bool) -> Result<Vec<(String, Addr, bool)>, JobError> {
+    let plan = view.read_sources(replicas);
+    let mut out = Vec::new();
+    for s in plan.shards {
+        let slots = rcops_formats::slot::format_ranges(&s.slots.ranges());
+        let Some((addr, replica)) = s.candidates.first().cloned() else {
+            return Err(JobError::unavailable(format!(
+                "shard {slots}: {}",
+                s.why_none.unwrap_or_else(|| "no usable node".into())
+            )));
+        };
+        out.push((slots, addr, replica));
+    }
+    Ok(out)
+}
+
+/// Runs the comparison; every persistent difference goes to `sink` as it is confirmed.
+pub async fn verify(
+    ctx: &JobCtx,
+    ends: &Ends<'_>,
+    opts: &VerifyOptions,
+    sink: &mut (dyn FnMut(&Difference) + Send),
+) -> Result<VerifyReport, JobError> {
+    let started = Instant::now();
+    let sources = shards(ends.from_view, !opts.from_masters)?;
+    let to_owners = owners(ends.to_view);
+    let from_owners = owners(ends.from_view);
+    let spec = ScanSpec {
+        count: opts.batch.max(1),
+        pattern: opts.filter.pattern.clone(),
+        kind: None,
+        rate: opts.rate,
+    };
+    // Round 1, every source shard at once.
+    let jobs = sources.iter().map(|(slots, addr, replica)| {
+        let spec = spec.clone();
+        let to_owners = &to_owners;
+        async move {
+            let mut rep = ShardVerify {
+                slots: slots.clone(),
+                node: addr.to_string(),
+                ..Default::default()
+            };
+            let mut diffs = Vec::new();
+            let r = async {
+                let mut scan = ScanStream::open(ends.from, addr, *replica, spec, 0).await?;
+                let mut sconn = scan.conn().clone();
+                while let Some(keys) = scan.next().await? {
+                    if ctx.cancel.is_cancelled() {
+                        break;
+                    }
+                    let keys: Vec<Vec<u8>> = keys
+                        .into_iter()
+                        .filter(|k| opts.filter.name_ok(k))
+                        .collect();
+                    rep.keys_checked += keys.len() as u64;
+                    let found =
+                        compare(ends, addr, &mut sconn, keys, opts, to_owners, slots).await?;
+                    diffs.extend(found);
+                    ctx.progress.shard(slots, "verify", rep.keys_checked, None);
+                }
+                Ok::<(), NodeError>(())
+            }
+            .await;
+            if let Err(e) = r {
+                rep.error = Some(e.to_string());
+            }
+            (rep, diffs)
+        }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let mut reps = Vec::new();
+    let mut pending: Vec<Difference> = Vec::new();
+    for (rep, diffs) in results {
+        reps.push(rep);
+        pending.extend(diffs);
+    }
+    if opts.both_directions {
+        let targets = shards(ends.to_view, false)?;
+        for (slots, addr, _) in targets {
+            let mut scan = ScanStream::open(ends.to, &addr, false, spec.clone(), 0)
+                .await
+                .map_err(|e| JobError::unavailable(e.to_string()))?;
+            while let Some(keys) = scan
+                .next()
+                .await
+                .map_err(|e| JobError::unavailable(e.to_string()))?
+            {
+                let keys: Vec<Vec<u8>> = keys
+                    .into_iter()
+                    .filter(|k| opts.filter.name_ok(k))
+                    .collect();
+                for d in missing_on_source(ends, &from_owners, keys, &slots).await? {
+                    pending.push(d);
+                }
+            }
+        }
+    }
+    let first = pending.len() as u64;
+    // Later rounds: only what differed, after the interval.
+    for _ in 1..opts.rounds.max(1) {
+        if pending.is_empty() || ctx.cancel.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(opts.interval) => {}
+            () = ctx.cancel.cancelled() => break,
+        }
+        pending = recheck(ends, opts, &to_owners, &from_owners, pending).await?;
+    }
+    let mut differences: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut per_shard: HashMap<String, BTreeMap<&'static str, u64>> = HashMap::new();
+    for d in &pending {
+        *differences.entry(d.kind).or_default() += 1;
+        *per_shard
+            .entry(d.shard.clone())
+            .or_default()
+            .entry(d.kind)
+            .or_default() += 1;
+        sink(d);
+    }
+    for r in &mut reps {
+        r.differences = per_shard.remove(&r.slots).unwrap_or_default();
+    }
+    let keys_checked: u64 = reps.iter().map(|r| r.keys_checked).sum();
+    let failed = reps.iter().any(|r| r.error.is_some());
+    let outcome = if failed {
+        Outcome::Failed
+    } else if ctx.cancel.is_cancelled() {
+        Outcome::Interrupted
+    } else if pending.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Findings
+    };
+    let elapsed = started.elapsed();
+    Ok(VerifyReport {
+        outcome,
+        mode: opts.mode,
+        rounds: opts.rounds.max(1),
+        keys_checked,
+        settled: first.saturating_sub(pending.len() as u64),
+        differences,
+        shards: reps,
+        examples: pending.into_iter().take(20).collect(),
+        elapsed_ms: elapsed.as_millis(),
+        keys_per_sec: (keys_checked as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+    })
+}
+
+/// Target keys (of one target shard) that the source does not have.
+async fn missing_on_source(
+    ends: &Ends<'_>,
+    from_owners: &[Option<Addr>],
+    keys: Vec<Vec<u8>>,
+    shard: &str,
+) -> Result<Vec<Difference>, JobError> {
+    let mut by_node: BTreeMap<Addr, Vec<Vec<u8>>> = BTreeMap::new();
+    for k in keys {
+        if let Some(a) = &from_owners[usize::from(rcops_formats::slot::key_slot(&k))] {
+            by_node.entry(a.clone()).or_default().push(k);
+        }
+    }
+    let mut out = Vec::new();
+    for (addr, ks) in by_node {
+        let mut conn = ends
+            .from
+            .conn(&addr)
+            .await
+            .map_err(|e| JobError::unavailable(e.to_string()))?;
+        let mut p = redis::pipe();
+        for k in &ks {
+            p.cmd("EXISTS").arg(k);
+        }
+        let got: Vec<u64> = p
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| JobError::unavailable(NodeError::from_redis(&addr, &e).to_string()))?;
+        for (k, n) in ks.into_iter().zip(got) {
+            if n == 0 {
+                out.push(difference(k, "missing_on_source", None, None, shard));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the differing keys again; those that still differ.
+async fn recheck(
+    ends: &Ends<'_>,
+    opts: &VerifyOptions,
+    to_owners: &[Option<Addr>],
+    from_owners: &[Option<Addr>],
+    pending: Vec<Difference>,
+) -> Result<Vec<Difference>, JobError> {
+    let unavailable = |e: NodeError| JobError::unavailable(e.to_string());
+    let mut out = Vec::new();
+    let (from_source, from_target): (Vec<Difference>, Vec<Difference>) = pending
+        .into_iter()
+        .partition(|d| d.kind != "missing_on_source");
+    // Re-read on the source's masters: a replica may still lag the write that settles it.
+    let mut by_node: BTreeMap<(Addr, String), Vec<Vec<u8>>> = BTreeMap::new();
+    for d in from_source {
+        if let Some(a) = &from_owners[usize::from(rcops_formats::slot::key_slot(&d.key_bytes))] {
+            by_node
+                .entry((a.clone(), d.shard))
+                .or_default()
+                .push(d.key_bytes);
+        }
+    }
+    for ((addr, shard), keys) in by_node {
+        let mut conn = ends.from.conn(&addr).await.map_err(unavailable)?;
+        out.extend(
+            compare(ends, &addr, &mut conn, keys, opts, to_owners, &shard)
+                .await
+                .map_err(unavailable)?,
+        );
+    }
+    let mut by_shard: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for d in from_target {
+        by_shard.entry(d.shard).or_default().push(d.key_bytes);
+    }
+    for (shard, keys) in by_shard {
+        // Still on the target (not deleted since), still absent from the source.
+        let mut still = Vec::new();
+        for k in keys {
+            let Some(owner) = &to_owners[usize::from(rcops_formats::slot::key_slot(&k))] else {
+                continue;
+            };
+            let mut conn = ends.to.conn(owner).await.map_err(unavailable)?;
+            let n: u64 = query(owner, &mut conn, redis::cmd("EXISTS").arg(&k))
+                .await
+                .map_err(unavailable)?;
+            if n == 1 {
+                still.push(k);
+            }
+        }
+        out.extend(missing_on_source(ends, from_owners, still, &shard).await?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0x00, 0xfe, 0x80]), "/wD+gA==");
+    }
+}
