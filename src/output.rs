@@ -229,25 +229,6 @@ pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_ages_read_naturally() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
-        assert_eq!(age(59), "59s");
-        assert_eq!(age(3700), "1h1m");
-        assert_eq!(age(90000), "1d1h");
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(148_642), "148,642");
-        assert_eq!(grouped(1_234_567), "1,234,567");
-    }
-}
-
 /// One progress line per shard on a TTY's stderr (hidden otherwise, and with `--json`),
 /// for jobs that report through [`rcops_core::job::Progress`].
 pub struct ShardBars {
@@ -308,3 +289,23 @@ impl rcops_core::job::Progress for ShardBars {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_naturally() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(3700), "1h1m");
+        assert_eq!(age(90000), "1d1h");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(148_642), "148,642");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+}
+

@@ -406,7 +406,7 @@ async fn compare(
         }
     }
     let tol = opts.ttl_tolerance.as_millis() as i64;
-    let now = crate::ops::rdb::now_ms() as i64;
+    let now = crate::ops::rdb::now_ms();
     let mut out = Vec::new();
     for (i, k) in keys.into_iter().enumerate() {
         let s = &ss[i];
