@@ -308,4 +308,3 @@ mod tests {
         assert_eq!(grouped(1_234_567), "1,234,567");
     }
 }
-

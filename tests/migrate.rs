@@ -533,6 +533,39 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
     assert!(r.stderr.contains("--method scan"), "{}", r.stderr);
     let n: u64 = redis::cmd("DBSIZE").query(&mut conn(empty.port)).unwrap();
     assert_eq!(n, 0, "a refused migration wrote {n} keys");
+    // --method scan needs no replication: the same user copies everything.
+    let mut cmd = rcops(&[
+        "migrate",
+        "--from",
+        &server.addr(),
+        "--to",
+        &empty.addr(),
+        "--from-user",
+        "nosync",
+        "--method",
+        "scan",
+        "--yes",
+        "--json",
+    ]);
+    cmd.env("RCOPS_STATE_DIR", state.path())
+        .env("RCOPS_FROM_PASSWORD", "pw");
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(&snapshot(&[server.port]), &snapshot(&[empty.port]));
+    let r = migrate(
+        state.path(),
+        &[
+            "--from",
+            &server.addr(),
+            "--to",
+            &empty.addr(),
+            "--method",
+            "scan",
+            "--follow",
+            "--yes",
+        ],
+    );
+    assert_eq!(r.code, 64, "{}", r.stderr);
 }
 
 /// Waits until the node on `port` has the role `role` ("master" or "slave").

@@ -136,11 +136,6 @@ fn resume_id(base: &Path, asked: &str) -> Result<String, Failure> {
 }
 
 pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
-    if a.method == "scan" {
-        return Err(Failure::usage(
-            "--method scan is not available yet in this build: use --method sync",
-        ));
-    }
     let base = g
         .state_dir
         .clone()
@@ -154,6 +149,11 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         ),
     };
     let opts = MigrateOptions {
+        method: if a.method == "scan" {
+            migrate::Method::Scan
+        } else {
+            migrate::Method::Sync
+        },
         checkpoint: base.join(&id).join("checkpoint.json"),
         id,
         resume: a.resume.is_some(),

@@ -56,6 +56,7 @@ pub struct Ends<'a> {
 
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
+    pub method: Method,
     pub id: String,
     pub checkpoint: PathBuf,
     pub resume: bool,
@@ -80,6 +81,21 @@ pub struct MigrateOptions {
 pub enum Phase {
     Snapshot,
     Stream,
+    /// `--method scan`: copying by SCAN + DUMP (the cursor in `offset`).
+    Scan,
+    /// `--method scan`: every key was read.
+    Scanned,
+}
+
+/// How a migration reads the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// The replication protocol: snapshot, then the command stream.
+    Sync,
+    /// SCAN + DUMP + PEXPIRETIME → RESTORE ABSTTL: a one-shot copy for sources that refuse
+    /// PSYNC; writes during the copy may be missed (`verify` afterwards shows which).
+    Scan,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,9 +103,13 @@ pub struct ShardState {
     pub phase: Phase,
     #[serde(default)]
     pub replid: String,
-    /// The last stream offset applied (and confirmed by the fence).
+    /// The last stream offset applied (and confirmed by the fence); with `--method scan`
+    /// the SCAN cursor to continue from.
     #[serde(default)]
     pub offset: u64,
+    /// The node a scan reads (a cursor means nothing on another node).
+    #[serde(default)]
+    pub node: String,
     #[serde(default)]
     pub keys: Counts,
     #[serde(default)]
@@ -101,6 +121,8 @@ pub struct ShardState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub id: String,
+    #[serde(default = "sync_method")]
+    pub method: Method,
     pub from: String,
     pub to: String,
     pub db: u64,
@@ -120,6 +142,10 @@ pub fn load_checkpoint(path: &std::path::Path) -> Result<Option<Checkpoint>, Job
             path.display()
         ))),
     }
+}
+
+fn sync_method() -> Method {
+    Method::Sync
 }
 
 /// One source shard in the plan.
@@ -159,6 +185,11 @@ pub struct MigratePlan {
 /// Reads both ends and decides whether the migration may start: every refusal here comes
 /// before anything is written.
 pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan, JobError> {
+    if opts.follow && opts.method == Method::Scan {
+        return Err(JobError::usage(
+            "--follow needs --method sync (a scan copies once; it has no stream to follow)",
+        ));
+    }
     let blockers = crate::ops::restore::write_blockers(ends.to_view);
     if let Some(b) = blockers.first() {
         return Err(JobError::precondition(format!(
@@ -217,13 +248,24 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
             keys,
             used_memory: snap.and_then(|sn| sn.info.get("used_memory")?.parse().ok()),
             resume_phase: state.map(|s| s.phase),
-            resume_offset: state.filter(|s| s.phase == Phase::Stream).map(|s| s.offset),
+            resume_offset: state
+                .filter(|s| matches!(s.phase, Phase::Stream | Phase::Scan))
+                .map(|s| s.offset),
         });
     }
     if shards.is_empty() {
         return Err(JobError::unavailable("the source has no shard with slots"));
     }
     if let Some(cp) = &earlier {
+        if cp.method != opts.method {
+            return Err(JobError::usage(
+                format!(
+                "--resume {}: that migration used --method {:?}; resume it with the same method",
+                opts.id, cp.method
+            )
+                .to_lowercase(),
+            ));
+        }
         if cp.db != opts.db || cp.filter != opts.filter || cp.on_conflict != opts.on_conflict {
             return Err(JobError::usage(format!(
                 "--resume {}: the checkpoint was made with other --db/--match/--prefix/--type/\
@@ -242,7 +284,14 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
     let target_rdb_version = crate::ops::restore::target_rdb_version(ends.to, ends.to_view)
         .await
         .map_err(|e| JobError::unavailable(e.to_string()))?;
-    if !opts.filter.types.is_empty() {
+    if opts.method == Method::Scan {
+        warnings.push(
+            "--method scan copies once: writes during the copy may be missed (run rcops verify \
+             afterwards to see which)"
+                .into(),
+        );
+    }
+    if !opts.filter.types.is_empty() && opts.method == Method::Sync {
         warnings.push(
             "--type filters the snapshot; the stream's commands are filtered by key name only"
                 .into(),
@@ -251,7 +300,10 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
     Ok(MigratePlan {
         id: opts.id.clone(),
         checkpoint: opts.checkpoint.display().to_string(),
-        method: "sync",
+        method: match opts.method {
+            Method::Sync => "sync",
+            Method::Scan => "scan",
+        },
         source_keys,
         source_shards: shards,
         target_masters: ends
@@ -408,6 +460,7 @@ pub async fn migrate(
         Some(cp) if opts.resume => cp,
         _ => Checkpoint {
             id: opts.id.clone(),
+            method: opts.method,
             from: ends
                 .from_seeds
                 .iter()
@@ -425,9 +478,14 @@ pub async fn migrate(
         cp.shards
             .entry(format_ranges(&s.slots.ranges()))
             .or_insert(ShardState {
-                phase: Phase::Snapshot,
+                phase: if opts.method == Method::Scan {
+                    Phase::Scan
+                } else {
+                    Phase::Snapshot
+                },
                 replid: String::new(),
                 offset: 0,
+                node: String::new(),
                 keys: Counts::default(),
                 commands_applied: 0,
             });
@@ -452,7 +510,12 @@ pub async fn migrate(
         target_version: plan.target_rdb_version,
         checkpoint: Mutex::new(cp),
     };
-    let jobs = sources.iter().map(|s| shard(&shared, s));
+    let jobs = sources.iter().map(|s| async {
+        match opts.method {
+            Method::Sync => shard(&shared, s).await,
+            Method::Scan => scan_shard(&shared, s).await,
+        }
+    });
     let shards: Vec<ShardReport> = futures::future::join_all(jobs).await;
     let mut keys = Counts::default();
     let mut commands_applied = 0;
@@ -525,6 +588,7 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
             phase: Phase::Snapshot,
             replid: String::new(),
             offset: 0,
+            node: String::new(),
             keys: Counts::default(),
             commands_applied: 0,
         });
@@ -725,6 +789,191 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
     rep.errors.truncate(20);
     rep.elapsed_ms = started.elapsed().as_millis();
     rep
+}
+
+/// `--method scan` for one shard: SCAN the chosen node from the checkpoint's cursor,
+/// `DUMP` + `PEXPIRETIME` (+ `TYPE` under `--type`) per key in one pipeline per batch,
+/// `RESTORE … ABSTTL` through the slot writer; the cursor checkpointed each second once the
+/// fence confirmed the writes behind it.
+async fn scan_shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
+    let started = Instant::now();
+    let slots = format_ranges(&src.slots.ranges());
+    let mut state = sh
+        .checkpoint
+        .lock()
+        .ok()
+        .and_then(|c| c.shards.get(&slots).cloned())
+        .unwrap_or(ShardState {
+            phase: Phase::Scan,
+            replid: String::new(),
+            offset: 0,
+            node: String::new(),
+            keys: Counts::default(),
+            commands_applied: 0,
+        });
+    let mut rep = ShardReport {
+        slots: slots.clone(),
+        keys: state.keys.clone(),
+        phase: "scan".into(),
+        ..Default::default()
+    };
+    if state.phase == Phase::Scanned {
+        rep.phase = "scanned".into();
+        return rep;
+    }
+    let Some((addr, role)) = src.candidates.first().cloned() else {
+        rep.error = Some(
+            src.why_none
+                .clone()
+                .unwrap_or_else(|| "no usable node".into()),
+        );
+        return rep;
+    };
+    rep.node = addr.to_string();
+    rep.role = role.to_string();
+    // A cursor is only valid on the node that gave it; elsewhere the scan starts over (its
+    // keys are the migration's own: written again with replace semantics under fail).
+    let restart = state.node != rep.node;
+    if restart {
+        state.offset = 0;
+        state.node = rep.node.clone();
+    }
+    let replace = sh.opts.on_conflict == OnConflict::Replace
+        || (sh.opts.resume && sh.opts.on_conflict == OnConflict::Fail);
+    let one_type = (sh.opts.filter.types.len() == 1).then(|| sh.opts.filter.types[0].clone());
+    let spec = crate::scan::ScanSpec {
+        count: sh.opts.batch.max(1),
+        pattern: sh.opts.filter.pattern.clone(),
+        kind: one_type,
+        rate: 0,
+    };
+    let r = async {
+        let mut scan = crate::scan::ScanStream::open(
+            sh.ends.from,
+            &addr,
+            role == "replica",
+            spec,
+            state.offset,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut lane = sh.writer.lane();
+        let mut saved = Instant::now();
+        let mut written = 0u64;
+        loop {
+            if sh.ctx.cancel.is_cancelled() {
+                break;
+            }
+            let Some(keys) = scan.next().await.map_err(|e| e.to_string())? else {
+                break;
+            };
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter(|k| sh.opts.filter.name_ok(k))
+                .collect();
+            let writes = dump_keys(sh, &addr, scan.conn(), keys, replace, &mut rep).await?;
+            written += writes.len() as u64;
+            count_keys(lane.send(writes).await, &mut rep);
+            sh.ctx.progress.shard(&slots, "scan", written, None);
+            if saved.elapsed() >= SAVE_EVERY || scan.cursor() == 0 {
+                saved = Instant::now();
+                if let Some(u) = lane.confirm().await.first() {
+                    return Err(format!(
+                        "{}: {} key(s) not confirmed by a replica ({}): --resume copies from \
+                         the last checkpoint again",
+                        u.addr,
+                        u.writes.len(),
+                        u.why
+                    ));
+                }
+                state.offset = scan.cursor();
+                state.keys = rep.keys.clone();
+                if scan.cursor() == 0 {
+                    state.phase = Phase::Scanned;
+                }
+                sh.save(&slots, &state)
+                    .map_err(|e| format!("checkpoint: {e}"))?;
+            }
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(e) = r {
+        rep.error = Some(e);
+    }
+    rep.phase = if state.phase == Phase::Scanned {
+        "scanned"
+    } else {
+        "scan"
+    }
+    .into();
+    rep.offset = state.offset;
+    rep.elapsed_ms = started.elapsed().as_millis();
+    rep
+}
+
+/// One batch of keys read for `RESTORE`: payload, absolute expiry, type (under `--type`).
+async fn dump_keys(
+    sh: &Shared<'_>,
+    addr: &Addr,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: Vec<Vec<u8>>,
+    replace: bool,
+    rep: &mut ShardReport,
+) -> Result<Vec<Write>, String> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let typed = !sh.opts.filter.types.is_empty();
+    let mut p = redis::pipe();
+    for k in &keys {
+        p.cmd("DUMP").arg(k);
+        p.cmd("PEXPIRETIME").arg(k);
+        if typed {
+            p.cmd("TYPE").arg(k);
+        }
+    }
+    let got: Vec<redis::Value> = p
+        .query_async(conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e).to_string())?;
+    let per = if typed { 3 } else { 2 };
+    let mut out = Vec::with_capacity(keys.len());
+    for (k, v) in keys.into_iter().zip(got.chunks(per)) {
+        let redis::Value::BulkString(payload) = &v[0] else {
+            rep.keys.skipped_expired += 1; // gone since the SCAN
+            continue;
+        };
+        let kind = match v.get(2) {
+            Some(redis::Value::SimpleString(t)) => t.clone(),
+            _ => String::new(),
+        };
+        if typed && !sh.opts.filter.types.contains(&kind) {
+            rep.keys.skipped_filtered += 1;
+            continue;
+        }
+        let expire = match &v[1] {
+            redis::Value::Int(i) => *i,
+            _ => -1,
+        };
+        out.push(Write {
+            slot: key_slot(&k),
+            kind: dump_kind(payload),
+            key: k,
+            index: 0,
+            op: Op::Restore {
+                payload: crate::writer::Payload::Mem(payload.clone()),
+                abs_ttl: expire.max(0),
+                replace,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// A DUMP payload's value type, from its first byte (the RDB type).
+fn dump_kind(payload: &[u8]) -> &'static str {
+    payload.first().map_or("unknown", |&t| type_name(t))
 }
 
 /// A source that will not replicate to rcops: the message says what to do.
