@@ -857,45 +857,62 @@ async fn scan_shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let mut lane = sh.writer.lane();
-        let mut saved = Instant::now();
-        let mut written = 0u64;
-        loop {
-            if sh.ctx.cancel.is_cancelled() {
-                break;
-            }
-            let Some(keys) = scan.next().await.map_err(|e| e.to_string())? else {
-                break;
-            };
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| sh.opts.filter.name_ok(k))
-                .collect();
-            let writes = dump_keys(sh, &addr, scan.conn(), keys, replace, &mut rep).await?;
-            written += writes.len() as u64;
-            count_keys(lane.send(writes).await, &mut rep);
-            sh.ctx.progress.shard(&slots, "scan", written, None);
-            if saved.elapsed() >= SAVE_EVERY || scan.cursor() == 0 {
-                saved = Instant::now();
-                if let Some(u) = lane.confirm().await.first() {
-                    return Err(format!(
-                        "{}: {} key(s) not confirmed by a replica ({}): --resume copies from \
-                         the last checkpoint again",
-                        u.addr,
-                        u.writes.len(),
-                        u.why
-                    ));
+        // Reading (SCAN, DUMP) and writing overlap: the reader runs up to two batches ahead,
+        // each batch carrying the cursor after it, saved once its keys are written.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Write>, Counts, u64)>(2);
+        let read = async move {
+            loop {
+                if sh.ctx.cancel.is_cancelled() {
+                    return Ok(());
                 }
-                state.offset = scan.cursor();
-                state.keys = rep.keys.clone();
-                if scan.cursor() == 0 {
-                    state.phase = Phase::Scanned;
+                let Some(keys) = scan.next().await.map_err(|e| e.to_string())? else {
+                    return Ok(());
+                };
+                let keys: Vec<Vec<u8>> = keys
+                    .into_iter()
+                    .filter(|k| sh.opts.filter.name_ok(k))
+                    .collect();
+                let mut c = Counts::default();
+                let writes = dump_keys(sh, &addr, scan.conn(), keys, replace, &mut c).await?;
+                if tx.send((writes, c, scan.cursor())).await.is_err() {
+                    return Ok(());
                 }
-                sh.save(&slots, &state)
-                    .map_err(|e| format!("checkpoint: {e}"))?;
             }
-        }
-        Ok::<(), String>(())
+        };
+        let write = async {
+            let mut lane = sh.writer.lane();
+            let mut saved = Instant::now();
+            let mut written = 0u64;
+            while let Some((writes, c, cursor)) = rx.recv().await {
+                rep.keys.skipped_expired += c.skipped_expired;
+                rep.keys.skipped_filtered += c.skipped_filtered;
+                written += writes.len() as u64;
+                count_keys(lane.send(writes).await, &mut rep);
+                sh.ctx.progress.shard(&slots, "scan", written, None);
+                if saved.elapsed() >= SAVE_EVERY || cursor == 0 {
+                    saved = Instant::now();
+                    if let Some(u) = lane.confirm().await.first() {
+                        return Err(format!(
+                            "{}: {} key(s) not confirmed by a replica ({}): --resume copies \
+                             from the last checkpoint again",
+                            u.addr,
+                            u.writes.len(),
+                            u.why
+                        ));
+                    }
+                    state.offset = cursor;
+                    state.keys = rep.keys.clone();
+                    if cursor == 0 {
+                        state.phase = Phase::Scanned;
+                    }
+                    sh.save(&slots, &state)
+                        .map_err(|e| format!("checkpoint: {e}"))?;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let (read, write) = futures::join!(read, write);
+        write.and(read)
     }
     .await;
     if let Err(e) = r {
@@ -919,7 +936,7 @@ async fn dump_keys(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: Vec<Vec<u8>>,
     replace: bool,
-    rep: &mut ShardReport,
+    counts: &mut Counts,
 ) -> Result<Vec<Write>, String> {
     if keys.is_empty() {
         return Ok(Vec::new());
@@ -941,7 +958,7 @@ async fn dump_keys(
     let mut out = Vec::with_capacity(keys.len());
     for (k, v) in keys.into_iter().zip(got.chunks(per)) {
         let redis::Value::BulkString(payload) = &v[0] else {
-            rep.keys.skipped_expired += 1; // gone since the SCAN
+            counts.skipped_expired += 1; // gone since the SCAN
             continue;
         };
         let kind = match v.get(2) {
@@ -949,7 +966,7 @@ async fn dump_keys(
             _ => String::new(),
         };
         if typed && !sh.opts.filter.types.contains(&kind) {
-            rep.keys.skipped_filtered += 1;
+            counts.skipped_filtered += 1;
             continue;
         }
         let expire = match &v[1] {

@@ -11,6 +11,7 @@
 //! check is not a difference. `both_directions` also scans the target for keys the source
 //! lacks.
 
+use futures::StreamExt;
 use redis::Value;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -86,6 +87,9 @@ pub struct ShardVerify {
     pub slots: String,
     pub node: String,
     pub keys_checked: u64,
+    /// Keys whose DUMP payloads differed (or were too big to DUMP) and were compared by
+    /// content (different encodings of equal values are equal).
+    pub compared_by_content: u64,
     pub differences: BTreeMap<&'static str, u64>,
     pub error: Option<String>,
 }
@@ -119,6 +123,8 @@ pub struct Ends<'a> {
 const DUMP_UP_TO: u64 = 10_000;
 const STRING_DUMP_UP_TO: u64 = 1 << 20;
 const CHUNK: i64 = 1000;
+/// Batches of one shard compared at once.
+const DEPTH: usize = 4;
 const STRING_CHUNK: i64 = 1 << 20;
 
 fn length_cmd(kind: &str) -> Option<&'static str> {
@@ -330,35 +336,19 @@ async fn digest(
                     Some(Value::Array(e)) => e.first().map(text).unwrap_or_default(),
                     _ => String::new(),
                 };
-                format!("{entries:?}").hash(&mut ordered);
+                for e in &entries {
+                    hash_value(e, &mut ordered);
+                }
                 n += entries.len() as u64;
                 if entries.len() < CHUNK as usize || last_id.is_empty() {
                     break;
                 }
                 from = format!("({last_id}").into_bytes();
             }
-            // Consumer groups: names, pending counts, last delivered ids (a replica keeps
-            // its own consumer times, which are not compared).
             let groups: Value = query(addr, conn, redis::cmd("XINFO").arg("GROUPS").arg(key))
                 .await
                 .unwrap_or(Value::Nil);
-            if let Value::Array(gs) = groups {
-                for g in gs {
-                    let fields: Vec<String> = match g {
-                        Value::Array(f) => f.iter().map(text).collect(),
-                        Value::Map(m) => m.iter().flat_map(|(a, b)| [text(a), text(b)]).collect(),
-                        _ => Vec::new(),
-                    };
-                    let pick = |name: &str| {
-                        fields
-                            .iter()
-                            .position(|f| f == name)
-                            .and_then(|i| fields.get(i + 1).cloned())
-                            .unwrap_or_default()
-                    };
-                    (pick("name"), pick("pending"), pick("last-delivered-id")).hash(&mut ordered);
-                }
-            }
+            hash_groups(&groups, &mut ordered);
         }
         _ => {
             let d: Option<Vec<u8>> = query(addr, conn, redis::cmd("DUMP").arg(key)).await?;
@@ -366,6 +356,29 @@ async fn digest(
         }
     }
     Ok((ordered.finish() ^ sum, n))
+}
+
+/// Feeds a reply into a hasher without formatting it.
+fn hash_value(v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::BulkString(b) => b.hash(h),
+        Value::SimpleString(s) => s.hash(h),
+        Value::Int(i) => i.hash(h),
+        Value::Array(items) | Value::Set(items) => {
+            items.len().hash(h);
+            for i in items {
+                hash_value(i, h);
+            }
+        }
+        Value::Map(pairs) => {
+            for (a, b) in pairs {
+                hash_value(a, h);
+                hash_value(b, h);
+            }
+        }
+        Value::Nil => 0u8.hash(h),
+        other => format!("{other:?}").hash(h),
+    }
 }
 
 /// The target's owner of each slot.
@@ -385,8 +398,9 @@ async fn compare(
     opts: &VerifyOptions,
     owners: &[Option<Addr>],
     shard: &str,
-) -> Result<Vec<Difference>, NodeError> {
+) -> Result<(Vec<Difference>, u64), NodeError> {
     let (ss, sd) = read_keys(src, sconn, &keys, opts.mode, None).await?;
+    let mut by_content = 0u64;
     let mut by_node: BTreeMap<Addr, Vec<usize>> = BTreeMap::new();
     for (i, k) in keys.iter().enumerate() {
         if let Some(a) = &owners[usize::from(rcops_formats::slot::key_slot(k))] {
@@ -405,6 +419,7 @@ async fn compare(
             td[i] = d;
         }
     }
+    let mut content: Vec<(Vec<u8>, Side, Side)> = Vec::new();
     let tol = opts.ttl_tolerance.as_millis() as i64;
     let now = crate::ops::rdb::now_ms();
     let mut out = Vec::new();
@@ -429,27 +444,194 @@ async fn compare(
                 "ttl"
             }
             Some(t) if opts.mode != Mode::Keys && t.length != s.length => "length",
-            Some(_) if opts.mode == Mode::Full => {
+            Some(t) if opts.mode == Mode::Full => {
                 let same_dump = matches!((&sd[i], &td[i]), (Some(a), Some(b)) if a == b);
-                if same_dump {
-                    continue;
+                if !same_dump {
+                    // Encodings differ between versions and configurations; values may
+                    // not: compared by content below, all of the batch's at once.
+                    by_content += 1;
+                    content.push((k, s.clone(), t.clone()));
                 }
-                // Encodings differ between versions and configurations; values may not.
-                let a = digest(src, sconn, &k, &s.kind).await?;
-                let owner = owners[usize::from(rcops_formats::slot::key_slot(&k))].clone();
-                let Some(owner) = owner else { continue };
-                let mut conn = ends.to.conn(&owner).await?;
-                let b = digest(&owner, &mut conn, &k, &s.kind).await?;
-                if a == b {
-                    continue;
-                }
-                "value"
+                continue;
             }
             Some(_) => continue,
         };
         out.push(difference(k, kind, Some(s.clone()), t, shard));
     }
+    for (k, s, t) in differ_by_content(ends, src, sconn, content, owners).await? {
+        out.push(difference(k, "value", Some(s), Some(t), shard));
+    }
+    Ok((out, by_content))
+}
+
+/// Keys whose payloads differed, compared by content: small values with one pipeline per
+/// node (the whole value in one reply), big ones chunk by chunk. The keys whose contents
+/// differ.
+async fn differ_by_content(
+    ends: &Ends<'_>,
+    src: &Addr,
+    sconn: &mut redis::aio::MultiplexedConnection,
+    keys: Vec<(Vec<u8>, Side, Side)>,
+    owners: &[Option<Addr>],
+) -> Result<Vec<(Vec<u8>, Side, Side)>, NodeError> {
+    let small = |s: &Side| {
+        let limit = if s.kind == "string" {
+            STRING_DUMP_UP_TO
+        } else {
+            CHUNK as u64
+        };
+        s.length.is_some_and(|n| n <= limit)
+    };
+    let (small_keys, big_keys): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(_, s, _)| small(s));
+    let mut out = Vec::new();
+    if !small_keys.is_empty() {
+        let items: Vec<(&[u8], &str)> = small_keys
+            .iter()
+            .map(|(k, s, _)| (k.as_slice(), s.kind.as_str()))
+            .collect();
+        let a = small_digests(src, sconn, &items).await?;
+        let mut by_node: BTreeMap<Addr, Vec<usize>> = BTreeMap::new();
+        for (i, (k, _, _)) in small_keys.iter().enumerate() {
+            if let Some(o) = &owners[usize::from(rcops_formats::slot::key_slot(k))] {
+                by_node.entry(o.clone()).or_default().push(i);
+            }
+        }
+        let mut b = vec![(0u64, 0u64); small_keys.len()];
+        for (node, idx) in by_node {
+            let mut conn = ends.to.conn(&node).await?;
+            let these: Vec<(&[u8], &str)> = idx.iter().map(|&i| items[i]).collect();
+            for (&i, d) in idx
+                .iter()
+                .zip(small_digests(&node, &mut conn, &these).await?)
+            {
+                b[i] = d;
+            }
+        }
+        for ((k, s, t), (x, y)) in small_keys.into_iter().zip(a.into_iter().zip(b)) {
+            if x != y {
+                out.push((k, s, t));
+            }
+        }
+    }
+    for (k, s, t) in big_keys {
+        let a = digest(src, sconn, &k, &s.kind).await?;
+        let Some(owner) = owners[usize::from(rcops_formats::slot::key_slot(&k))].clone() else {
+            continue;
+        };
+        let mut conn = ends.to.conn(&owner).await?;
+        if a != digest(&owner, &mut conn, &k, &s.kind).await? {
+            out.push((k, s, t));
+        }
+    }
     Ok(out)
+}
+
+/// The commands that read a small value whole.
+fn whole(kind: &str, key: &[u8], p: &mut redis::Pipeline) -> usize {
+    match kind {
+        "string" => p.cmd("GET").arg(key),
+        "list" => p.cmd("LRANGE").arg(key).arg(0).arg(-1),
+        "zset" => p.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES"),
+        "hash" => p.cmd("HGETALL").arg(key),
+        "set" => p.cmd("SMEMBERS").arg(key),
+        "stream" => {
+            p.cmd("XRANGE").arg(key).arg("-").arg("+");
+            p.cmd("XINFO").arg("GROUPS").arg(key);
+            return 2;
+        }
+        _ => p.cmd("DUMP").arg(key),
+    };
+    1
+}
+
+/// Digests of small values read whole in one pipeline: the same digest [`digest`] computes
+/// chunk by chunk for big ones is not needed (both sides of a key take the same path).
+async fn small_digests(
+    addr: &Addr,
+    conn: &mut redis::aio::MultiplexedConnection,
+    items: &[(&[u8], &str)],
+) -> Result<Vec<(u64, u64)>, NodeError> {
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    let counts: Vec<usize> = items
+        .iter()
+        .map(|(k, kind)| whole(kind, k, &mut p))
+        .collect();
+    let got: Vec<redis::RedisResult<Value>> = p
+        .query_async(conn)
+        .await
+        .map_err(|e| NodeError::from_redis(addr, &e))?;
+    let mut it = got.into_iter();
+    let mut out = Vec::with_capacity(items.len());
+    for ((_, kind), n) in items.iter().zip(counts) {
+        let replies: Vec<Value> = (0..n)
+            .map(|_| it.next().and_then(Result::ok).unwrap_or(Value::Nil))
+            .collect();
+        let mut ordered = std::collections::hash_map::DefaultHasher::new();
+        let mut sum = 0u64;
+        match (*kind, replies.first()) {
+            ("hash", Some(Value::Array(items)) | Some(Value::Set(items))) => {
+                for pair in items.chunks(2) {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    for v in pair {
+                        hash_value(v, &mut h);
+                    }
+                    sum = sum.wrapping_add(h.finish());
+                }
+            }
+            ("hash", Some(Value::Map(pairs))) => {
+                for (a, b) in pairs {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    hash_value(a, &mut h);
+                    hash_value(b, &mut h);
+                    sum = sum.wrapping_add(h.finish());
+                }
+            }
+            ("set", Some(Value::Array(items)) | Some(Value::Set(items))) => {
+                for v in items {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    hash_value(v, &mut h);
+                    sum = sum.wrapping_add(h.finish());
+                }
+            }
+            ("stream", _) => {
+                if let Some(entries) = replies.first() {
+                    hash_value(entries, &mut ordered);
+                }
+                if let Some(groups) = replies.get(1) {
+                    hash_groups(groups, &mut ordered);
+                }
+            }
+            _ => {
+                for r in &replies {
+                    hash_value(r, &mut ordered);
+                }
+            }
+        }
+        out.push((ordered.finish() ^ sum, 0));
+    }
+    Ok(out)
+}
+
+/// Consumer groups: names, pending counts, last delivered ids (a replica keeps its own
+/// consumer times and entries-read, which are not compared).
+fn hash_groups(groups: &Value, h: &mut impl Hasher) {
+    let Value::Array(gs) = groups else { return };
+    for g in gs {
+        let fields: Vec<String> = match g {
+            Value::Array(f) => f.iter().map(text).collect(),
+            Value::Map(m) => m.iter().flat_map(|(a, b)| [text(a), text(b)]).collect(),
+            _ => Vec::new(),
+        };
+        let pick = |name: &str| {
+            fields
+                .iter()
+                .position(|f| f == name)
+                .and_then(|i| fields.get(i + 1).cloned())
+                .unwrap_or_default()
+        };
+        (pick("name"), pick("pending"), pick("last-delivered-id")).hash(h);
+    }
 }
 
 fn difference(
@@ -526,20 +708,43 @@ pub async fn verify(
             let mut diffs = Vec::new();
             let r = async {
                 let mut scan = ScanStream::open(ends.from, addr, *replica, spec, 0).await?;
-                let mut sconn = scan.conn().clone();
-                while let Some(keys) = scan.next().await? {
+                let sconn = scan.conn().clone();
+                // SCAN calls in order; up to DEPTH batches compared at once (each side's
+                // reads overlap the other's, and the next SCAN).
+                let batches = futures::stream::unfold(Some(scan), |scan| async move {
+                    let mut scan = scan?;
+                    match scan.next().await {
+                        Ok(Some(keys)) => Some((Ok(keys), Some(scan))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), None)),
+                    }
+                });
+                let compared = batches
+                    .map(|keys| {
+                        let mut sconn = sconn.clone();
+                        async move {
+                            let keys: Vec<Vec<u8>> = keys?
+                                .into_iter()
+                                .filter(|k| opts.filter.name_ok(k))
+                                .collect();
+                            let n = keys.len() as u64;
+                            let found =
+                                compare(ends, addr, &mut sconn, keys, opts, to_owners, slots)
+                                    .await?;
+                            Ok::<_, NodeError>((n, found.0, found.1))
+                        }
+                    })
+                    .buffered(DEPTH);
+                let mut compared = std::pin::pin!(compared);
+                while let Some(r) = compared.next().await {
+                    let (n, found, by_content) = r?;
+                    rep.keys_checked += n;
+                    rep.compared_by_content += by_content;
+                    diffs.extend(found);
+                    ctx.progress.shard(slots, "verify", rep.keys_checked, None);
                     if ctx.cancel.is_cancelled() {
                         break;
                     }
-                    let keys: Vec<Vec<u8>> = keys
-                        .into_iter()
-                        .filter(|k| opts.filter.name_ok(k))
-                        .collect();
-                    rep.keys_checked += keys.len() as u64;
-                    let found =
-                        compare(ends, addr, &mut sconn, keys, opts, to_owners, slots).await?;
-                    diffs.extend(found);
-                    ctx.progress.shard(slots, "verify", rep.keys_checked, None);
                 }
                 Ok::<(), NodeError>(())
             }
@@ -695,7 +900,8 @@ async fn recheck(
         out.extend(
             compare(ends, &addr, &mut conn, keys, opts, to_owners, &shard)
                 .await
-                .map_err(unavailable)?,
+                .map_err(unavailable)?
+                .0,
         );
     }
     let mut by_shard: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
