@@ -332,6 +332,7 @@ impl Standalone {
                 "--save",
                 "",
             ])
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(["--dir", &dir.path().display().to_string()])
             .stdout(Stdio::null())
             .spawn()
@@ -407,6 +408,28 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         replicas: 0,
         ..Default::default()
     });
+    // Slowed down (--rate) and killed in the middle of its snapshot; the resume copies the
+    // shard again, with replace semantics for its own keys.
+    let mut child = spawn_migrate(
+        state.path(),
+        &[
+            "--from",
+            &server.addr(),
+            "--to",
+            &cluster.seed(),
+            "--rate",
+            "500",
+            "--yes",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let copied: u64 = masters(&cluster, 3)
+        .iter()
+        .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
+        .sum();
+    assert!(copied > 0 && copied < 1500, "killed after {copied} keys");
     let r = migrate(
         state.path(),
         &[
@@ -414,6 +437,7 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
             &server.addr(),
             "--to",
             &cluster.seed(),
+            "--resume",
             "--yes",
             "--json",
         ],
