@@ -311,6 +311,21 @@ pub struct MigrateArgs {
     /// Keep applying the source's writes until Ctrl-C (without it: stop once caught up)
     #[arg(long)]
     pub follow: bool,
+    /// Switch over: once every shard lags less than --max-lag, pause the source's writes
+    /// (CLIENT PAUSE … WRITE), drain, check counts and a sample, report the switch point and
+    /// unpause (unless --keep-paused); any failure unpauses
+    #[arg(long)]
+    pub cutover: bool,
+    /// With --cutover: the lag every shard must be under before the pause (bytes; K/M/G
+    /// suffixes)
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes, requires = "cutover")]
+    pub max_lag: u64,
+    /// With --cutover: how long the source stays paused at most (it resumes by itself after)
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "cutover")]
+    pub pause_timeout: Duration,
+    /// With --cutover: leave the source's writes paused after a successful switch
+    #[arg(long, requires = "cutover")]
+    pub keep_paused: bool,
     /// Only keys matching this glob
     #[arg(long = "match", value_name = "PATTERN")]
     pub pattern: Option<String>,
@@ -727,6 +742,25 @@ pub struct LabUpArgs {
 }
 
 /// `2s`, `500ms`, `1m` or a plain number of seconds; must be positive.
+/// `1048576`, `512K`, `1MiB`, `2GB` → bytes (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (use e.g. 1048576, 512K, 1MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {s:?} (use e.g. 1048576, 512K, 1MiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too big"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {

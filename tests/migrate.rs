@@ -733,6 +733,10 @@ fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overf
     let (a, b) = caught_up(Instant::now() + Duration::from_secs(10));
     assert_same(&a, &b);
 
+    for p in source.port..source.port + 6 {
+        let _ = source.redis_cli(p, &["CONFIG", "SET", "repl-backlog-size", "16mb"]);
+    }
+
     // verify, with a writer and the follow running during its first round: the
     // differences of writes in flight settle, none is reported.
     let stop = Arc::new(AtomicBool::new(false));
@@ -766,6 +770,46 @@ fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overf
         .args(["-INT", &follow.id().to_string()])
         .status();
     assert_eq!(output(follow).code, 130);
+
+    // The cutover, with the writer running: the source pauses, the target drains, the
+    // check passes; kept paused, both sides are identical key by key.
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(300_000)));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = migrate(
+        state.path(),
+        &[
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--resume",
+            "--cutover",
+            "--keep-paused",
+            "--yes",
+            "--json",
+        ],
+    );
+    let (a, b) = (snapshot(&source_masters()), snapshot(&target_masters()));
+    for p in source_masters() {
+        source.redis_cli(p, &["CLIENT", "UNPAUSE"]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let c = &r.json()["cutover"];
+    assert!(
+        c["error"].is_null() && c["sampled"].as_u64().unwrap() > 0,
+        "{c:#}"
+    );
+    assert_eq!(c["source_keys"], c["target_keys"], "{c:#}");
+    assert_same(&a, &b);
+    // The writer's last round after the unpause: copied too before the planting below.
+    let r = migrate(
+        state.path(),
+        &["--from", &from, "--to", &to, "--resume", "--yes"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
 
     // One planted difference of each kind, and only those are found.
     let cli = |args: &[&str]| {

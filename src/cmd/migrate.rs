@@ -149,6 +149,11 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         ),
     };
     let opts = MigrateOptions {
+        cutover: a.cutover.then(|| migrate::CutoverOptions {
+            max_lag: a.max_lag,
+            pause: a.pause_timeout,
+            keep_paused: a.keep_paused,
+        }),
         method: if a.method == "scan" {
             migrate::Method::Scan
         } else {
@@ -369,6 +374,37 @@ fn print_report(r: &MigrateReport) {
         }
         if let Some(e) = &s.error {
             output::error(format!("{}: stopped: {e}", s.slots));
+        }
+    }
+    if let Some(c) = &r.cutover {
+        match &c.error {
+            None => crate::outln!(
+                "cutover: source paused at {} (Unix ms), drained in {} ms; offsets {}; keys: \
+                 source {}, target {}; {} sampled keys equal; source {}",
+                c.paused_at_unix_ms.unwrap_or(0),
+                c.drained_ms,
+                c.offsets
+                    .iter()
+                    .map(|(s, o)| format!("{s}={o}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                c.source_keys,
+                c.target_keys,
+                c.sampled,
+                if c.unpaused {
+                    "unpaused"
+                } else {
+                    "STILL PAUSED (--keep-paused): CLIENT UNPAUSE on every master when ready"
+                }
+            ),
+            Some(e) => output::error(format!(
+                "{e}; source {}",
+                if c.unpaused || c.paused_at_unix_ms.is_none() {
+                    "not paused"
+                } else {
+                    "may still be paused until the pause timeout"
+                }
+            )),
         }
     }
     let verdict = match r.outcome {

@@ -73,6 +73,48 @@ pub struct MigrateOptions {
     pub batch: usize,
     /// Longest silence tolerated while a source builds and sends its snapshot.
     pub idle_timeout: Duration,
+    /// Switch over once every shard's lag is under `max_lag`: pause the source's writes,
+    /// drain, check, report the switch point (implies following until then).
+    pub cutover: Option<CutoverOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CutoverOptions {
+    /// Bytes of stream a shard may lag before the pause.
+    pub max_lag: u64,
+    /// `CLIENT PAUSE` timeout: the source resumes by itself after it even if rcops dies.
+    pub pause: Duration,
+    /// Leave the source paused after a successful cutover (the operator unpauses).
+    pub keep_paused: bool,
+}
+
+/// How a cutover went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CutoverReport {
+    /// When the source's writes were paused (Unix ms), and how long the drain and the
+    /// check took after it.
+    pub paused_at_unix_ms: Option<u64>,
+    pub drained_ms: u128,
+    /// Per source shard (its slots): the master offset the target reached.
+    pub offsets: BTreeMap<String, u64>,
+    pub source_keys: u64,
+    pub target_keys: u64,
+    /// Keys compared (type, TTL, length) in the quick check, and how many differed.
+    pub sampled: u64,
+    pub sample_differences: u64,
+    /// Whether the source's writes were resumed (unless `keep_paused`).
+    pub unpaused: bool,
+    pub error: Option<String>,
+}
+
+/// What the shards and the cutover coordinator share.
+#[derive(Default)]
+struct CutoverCtl {
+    /// Each streaming shard's last lag, by its slots.
+    lags: Mutex<BTreeMap<String, u64>>,
+    /// Set once the source is paused: the master offset each shard must reach.
+    goals: Mutex<Option<BTreeMap<String, u64>>>,
+    reached: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Where one source shard stands.
@@ -185,9 +227,10 @@ pub struct MigratePlan {
 /// Reads both ends and decides whether the migration may start: every refusal here comes
 /// before anything is written.
 pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan, JobError> {
-    if opts.follow && opts.method == Method::Scan {
+    if (opts.follow || opts.cutover.is_some()) && opts.method == Method::Scan {
         return Err(JobError::usage(
-            "--follow needs --method sync (a scan copies once; it has no stream to follow)",
+            "--follow and --cutover need --method sync (a scan copies once; it has no stream \
+             to follow)",
         ));
     }
     let blockers = crate::ops::restore::write_blockers(ends.to_view);
@@ -417,6 +460,7 @@ pub struct ShardReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrateReport {
+    pub cutover: Option<CutoverReport>,
     pub id: String,
     pub checkpoint: String,
     pub outcome: Outcome,
@@ -437,6 +481,9 @@ struct Shared<'a> {
     cmds: Commands,
     target_version: u16,
     checkpoint: Mutex<Checkpoint>,
+    cutover: Option<CutoverCtl>,
+    /// Shards whose task has ended.
+    ended: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared<'_> {
@@ -509,21 +556,32 @@ pub async fn migrate(
         cmds,
         target_version: plan.target_rdb_version,
         checkpoint: Mutex::new(cp),
+        cutover: opts.cutover.as_ref().map(|_| CutoverCtl::default()),
+        ended: Default::default(),
     };
     let jobs = sources.iter().map(|s| async {
-        match opts.method {
+        let r = match opts.method {
             Method::Sync => shard(&shared, s).await,
             Method::Scan => scan_shard(&shared, s).await,
-        }
+        };
+        shared
+            .ended
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     });
-    let shards: Vec<ShardReport> = futures::future::join_all(jobs).await;
+    let (shards, cutover): (Vec<ShardReport>, Option<CutoverReport>) = futures::join!(
+        futures::future::join_all(jobs),
+        switch_over(&shared, sources.len())
+    );
     let mut keys = Counts::default();
     let mut commands_applied = 0;
     for s in &shards {
         keys.add(&s.keys);
         commands_applied += s.commands_applied;
     }
-    let outcome = if shards.iter().any(|s| s.error.is_some()) {
+    let outcome = if shards.iter().any(|s| s.error.is_some())
+        || cutover.as_ref().is_some_and(|c| c.error.is_some())
+    {
         Outcome::Failed
     } else if ctx.cancel.is_cancelled() {
         Outcome::Interrupted
@@ -548,6 +606,7 @@ pub async fn migrate(
     };
     let elapsed = started.elapsed();
     Ok(MigrateReport {
+        cutover,
         id: opts.id.clone(),
         checkpoint: opts.checkpoint.display().to_string(),
         outcome,
@@ -558,6 +617,187 @@ pub async fn migrate(
         resumed: opts.resume,
         elapsed_ms: elapsed.as_millis(),
     })
+}
+
+/// The cutover: once every shard lags less than `max_lag`, pause the writes of every
+/// source master (`CLIENT PAUSE … WRITE`, with a timeout so a dead rcops never leaves it
+/// paused), read each master's offset, let every shard drain to it, check key counts and a
+/// sample, and unpause unless asked not to. Any failure after the pause unpauses.
+async fn switch_over(sh: &Shared<'_>, shards: usize) -> Option<CutoverReport> {
+    use std::sync::atomic::Ordering;
+    let (ctl, opts) = (sh.cutover.as_ref()?, sh.opts.cutover.as_ref()?);
+    let mut rep = CutoverReport::default();
+    let stopped = || sh.ended.load(Ordering::SeqCst) > 0 || sh.ctx.cancel.is_cancelled();
+    loop {
+        if stopped() {
+            rep.error = Some("a shard stopped before the cutover: nothing was paused".into());
+            return Some(rep);
+        }
+        let ready = ctl
+            .lags
+            .lock()
+            .map(|l| l.len() == shards && l.values().all(|&v| v <= opts.max_lag))
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The source's masters now (a failover may have moved them).
+    let view =
+        match crate::topology::discover_endpoint(sh.ends.from, sh.ends.from_seeds, Detail::Health)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                rep.error = Some(format!("cutover: source: {e}"));
+                return Some(rep);
+            }
+        };
+    let masters: Vec<(Addr, rcops_formats::slot::SlotSet)> = view
+        .masters()
+        .filter(|m| !m.slots.is_empty())
+        .filter_map(|m| {
+            Some((
+                line_addr(m)?,
+                rcops_formats::slot::SlotSet::from_ranges(&m.slots),
+            ))
+        })
+        .collect();
+    let addrs: Vec<Addr> = masters.iter().map(|(a, _)| a.clone()).collect();
+    let ms = opts.pause.as_millis().to_string();
+    let paused = sh
+        .ends
+        .from
+        .run(addrs.clone(), |addr, mut conn| {
+            let ms = ms.clone();
+            async move {
+                crate::fanout::query::<()>(
+                    &addr,
+                    &mut conn,
+                    redis::cmd("CLIENT").arg("PAUSE").arg(&ms).arg("WRITE"),
+                )
+                .await
+            }
+        })
+        .await;
+    let started = Instant::now();
+    rep.paused_at_unix_ms = Some(crate::ops::backup::unix_ms());
+    let result = async {
+        if let Some(e) = paused.first_error() {
+            return Err(format!("pausing the source: {e}"));
+        }
+        // Each shard's goal: its master's offset once writes stopped.
+        let mut goals = BTreeMap::new();
+        let (sources, _) = crate::ops::backup::sources(sh.ends.from_view, false);
+        for src in &sources {
+            let slots = format_ranges(&src.slots.ranges());
+            let first = src.slots.ranges().first().map(|r| r.start).unwrap_or(0);
+            let Some((addr, _)) = masters.iter().find(|(_, s)| s.contains(first)) else {
+                return Err(format!("no source master serves slot {first} now"));
+            };
+            goals.insert(slots, source_offset(sh, addr).await?);
+        }
+        rep.offsets = goals.clone();
+        if let Ok(mut g) = ctl.goals.lock() {
+            *g = Some(goals);
+        }
+        // Drain, within the pause.
+        let deadline = started + opts.pause.mul_f64(0.8);
+        loop {
+            let reached = ctl.reached.lock().map(|r| r.len()).unwrap_or(0);
+            if reached == shards {
+                break;
+            }
+            if sh.ended.load(Ordering::SeqCst) > reached || sh.ctx.cancel.is_cancelled() {
+                return Err("a shard stopped during the cutover".into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the target did not catch up within {} of the pause",
+                    humantime::format_duration(opts.pause.mul_f64(0.8))
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rep.drained_ms = started.elapsed().as_millis();
+        quick_check(sh, &view, &addrs, &mut rep).await
+    }
+    .await;
+    if let Err(e) = result {
+        rep.error = Some(format!("cutover: {e}"));
+    }
+    if rep.error.is_some() || !opts.keep_paused {
+        let un = sh
+            .ends
+            .from
+            .run(addrs, |addr, mut conn| async move {
+                crate::fanout::query::<()>(&addr, &mut conn, redis::cmd("CLIENT").arg("UNPAUSE"))
+                    .await
+            })
+            .await;
+        rep.unpaused = un.failed.is_empty();
+        if let Some(e) = un.first_error() {
+            rep.error.get_or_insert(format!(
+                "unpausing the source: {e} (it resumes by itself after the pause timeout)"
+            ));
+        }
+    }
+    Some(rep)
+}
+
+/// After the drain: key counts of both sides (equal under `fail` with no filter), and a
+/// sample of source keys compared on the target (type, TTL, length).
+async fn quick_check(
+    sh: &Shared<'_>,
+    view: &ClusterView,
+    masters: &[Addr],
+    rep: &mut CutoverReport,
+) -> Result<(), String> {
+    rep.source_keys = crate::ops::restore::target_keys(sh.ends.from, view).await;
+    rep.target_keys = crate::ops::restore::target_keys(sh.ends.to, sh.ends.to_view).await;
+    let whole = sh.opts.filter == KeyFilter::default() && sh.opts.db == 0;
+    if whole && sh.opts.on_conflict == OnConflict::Fail && rep.source_keys != rep.target_keys {
+        return Err(format!(
+            "the source holds {} keys and the target {} after the drain",
+            rep.source_keys, rep.target_keys
+        ));
+    }
+    let ends = crate::ops::verify::Ends {
+        from: sh.ends.from,
+        from_view: view,
+        to: sh.ends.to,
+        to_view: sh.ends.to_view,
+    };
+    for addr in masters {
+        let mut conn = sh.ends.from.conn(addr).await.map_err(|e| e.to_string())?;
+        let mut p = redis::pipe();
+        for _ in 0..200 {
+            p.cmd("RANDOMKEY");
+        }
+        let mut keys: Vec<Vec<u8>> = p
+            .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+            .await
+            .map_err(|e| NodeError::from_redis(addr, &e).to_string())?
+            .into_iter()
+            .flatten()
+            .filter(|k| sh.opts.filter.name_ok(k))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        rep.sampled += keys.len() as u64;
+        let diffs = crate::ops::verify::sample(&ends, addr, keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        rep.sample_differences += diffs.len() as u64;
+    }
+    if rep.sample_differences > 0 {
+        return Err(format!(
+            "{} of {} sampled keys differ on the target",
+            rep.sample_differences, rep.sampled
+        ));
+    }
+    Ok(())
 }
 
 /// How a stream run ended.
@@ -1276,7 +1516,7 @@ async fn follow(
     rep: &mut ShardReport,
 ) -> Stop {
     // Without follow: what the source had when the stream phase began.
-    let goal = if sh.opts.follow {
+    let goal = if sh.opts.follow || sh.cutover.is_some() {
         None
     } else {
         match source_offset(sh, stream.addr()).await {
@@ -1294,9 +1534,30 @@ async fn follow(
         state.commands_applied = rep.commands_applied;
         sh.save(slots, state)
     };
+    // Lag is reported more often while a cutover waits for it.
+    let lag_every = if sh.cutover.is_some() {
+        Duration::from_millis(200)
+    } else {
+        SAVE_EVERY
+    };
+    let mut measured = Instant::now();
     loop {
         if goal.is_some_and(|g| applied >= g) || sh.ctx.cancel.is_cancelled() {
             return checkpoint(lane, state, applied, rep, &save).await;
+        }
+        if let Some(c) = &sh.cutover {
+            let target = c
+                .goals
+                .lock()
+                .ok()
+                .and_then(|g| g.as_ref()?.get(slots).copied());
+            if target.is_some_and(|t| applied >= t) {
+                let r = checkpoint(lane, state, applied, rep, &save).await;
+                if let Ok(mut done) = c.reached.lock() {
+                    done.insert(slots.to_string());
+                }
+                return r;
+            }
         }
         let cmds = tokio::select! {
             r = stream.commands(Duration::from_millis(100), sh.opts.batch.max(1)) => r,
@@ -1335,8 +1596,16 @@ async fn follow(
             if let Stop::Fatal(e) = checkpoint(lane, state, applied, rep, &save).await {
                 return Stop::Fatal(e);
             }
+        }
+        if measured.elapsed() >= lag_every {
+            measured = Instant::now();
             let lag = source_offset(sh, stream.addr()).await.ok();
             rep.lag_bytes = lag.map(|o| o.saturating_sub(applied));
+            if let (Some(c), Some(l)) = (&sh.cutover, rep.lag_bytes) {
+                if let Ok(mut m) = c.lags.lock() {
+                    m.insert(slots.to_string(), l);
+                }
+            }
             sh.ctx
                 .progress
                 .shard(slots, "stream", applied, lag.map(|l| l.max(applied)));

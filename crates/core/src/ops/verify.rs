@@ -634,6 +634,33 @@ fn hash_groups(groups: &Value, h: &mut impl Hasher) {
     }
 }
 
+/// Compares a few keys of one source node with the target (type, TTL, length), for a
+/// quick check: the differences.
+pub async fn sample(
+    ends: &Ends<'_>,
+    src: &Addr,
+    keys: Vec<Vec<u8>>,
+) -> Result<Vec<Difference>, NodeError> {
+    let opts = VerifyOptions {
+        mode: Mode::Length,
+        rounds: 1,
+        interval: Duration::ZERO,
+        both_directions: false,
+        ttl_tolerance: Duration::from_secs(2),
+        filter: KeyFilter::default(),
+        rate: 0,
+        from_masters: true,
+        batch: keys.len(),
+    };
+    let mut conn = ends.from.conn(src).await?;
+    let owners = owners(ends.to_view);
+    Ok(
+        compare(ends, src, &mut conn, keys, &opts, &owners, "sample")
+            .await?
+            .0,
+    )
+}
+
 fn difference(
     k: Vec<u8>,
     kind: &'static str,
