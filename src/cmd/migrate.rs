@@ -149,7 +149,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         ),
     };
     let opts = MigrateOptions {
-        cutover: a.cutover.then(|| migrate::CutoverOptions {
+        cutover: a.cutover.then_some(migrate::CutoverOptions {
             max_lag: a.max_lag,
             pause: a.pause_timeout,
             keep_paused: a.keep_paused,
