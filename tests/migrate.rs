@@ -40,18 +40,7 @@ fn migrate(state: &std::path::Path, args: &[&str]) -> Run {
 }
 
 fn output(child: Child) -> Run {
-    let out = child.wait_with_output().expect("wait");
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !r.stderr.contains("panicked"),
-        "rcops panicked:\n{}",
-        r.stderr
-    );
-    r
+    finish(child.wait_with_output().expect("wait"))
 }
 
 const LIBRARY: &str = "#!lua name=migtest\nredis.register_function('bump', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)";
@@ -293,11 +282,7 @@ fn migrate_follows_a_live_writer_through_kill_9_and_ctrl_c_into_another_shape() 
 
     // More writes while stopped, then a resume without --follow: it catches up and ends;
     // the clean stop duplicated nothing (the counters' differences did not move).
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(0)));
-    std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    write_for(source.port, Duration::from_millis(800));
     let r = migrate(
         state.path(),
         &["--from", &from, "--to", &to, "--resume", "--yes", "--json"],
@@ -310,59 +295,6 @@ fn migrate_follows_a_live_writer_through_kill_9_and_ctrl_c_into_another_shape() 
         &without_counters(snapshot(&masters(&source, 3))),
         &without_counters(snapshot(&masters(&target, 4))),
     );
-}
-
-/// A plain `redis-server` (not a cluster) on a port of its own, stopped on drop.
-struct Standalone {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Standalone {
-    fn start() -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port_block();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .args(["--dir", &dir.path().display().to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Standalone {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -592,6 +524,15 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
     assert_eq!(r.code, 64, "{}", r.stderr);
 }
 
+/// Runs the writer for `d`.
+fn write_for(port: u16, d: Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(port, stop.clone(), Arc::new(AtomicU64::new(0)));
+    std::thread::sleep(d);
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+}
+
 /// Waits until the node on `port` has the role `role` ("master" or "slave").
 fn wait_role(lab: &Lab, port: u16, role: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -709,11 +650,7 @@ fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overf
         }
     }
     assert!(gone >= 3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(source.port, stop.clone(), Arc::new(AtomicU64::new(100_000)));
-    std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    w.join().unwrap();
+    write_for(source.port, Duration::from_secs(2));
     let r = migrate(
         state.path(),
         &["--from", &from, "--to", &to, "--resume", "--yes", "--json"],

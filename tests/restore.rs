@@ -346,52 +346,6 @@ fn keys_no_replica_acknowledged_are_resent_after_a_failover() {
     resume_after_failover(&dst, m0, r0, &args, &before);
 }
 
-/// A standalone redis-server of its own (stopped by pid on drop), for RDBs with several
-/// databases.
-struct Standalone {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Standalone {
-    fn start() -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port_block();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "standalone redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Standalone { child, port, dir }
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn corrupt_and_multi_database_sources_write_nothing() {
     let state = tempfile::tempdir().unwrap();

@@ -35,10 +35,7 @@ fn side(
         opts.user = Some(u);
     }
     if let Some(path) = password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Failure::usage(format!("cannot read password file {}: {e}", path.display()))
-        })?;
-        opts.password = Some(Secret::new(text.lines().next().unwrap_or_default()));
+        opts.password = Some(super::password_file(path)?);
     } else if let Some(pw) = std::env::var(env).ok().filter(|p| !p.is_empty()) {
         opts.password = Some(Secret::new(pw));
     }

@@ -95,12 +95,7 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
     opts.timeout = g.timeout;
     opts.user = g.user.clone().filter(|u| !u.is_empty());
     opts.password = if let Some(path) = &g.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Failure::usage(format!("cannot read password file {}: {e}", path.display()))
-        })?;
-        Some(Secret::new(
-            text.lines().next().unwrap_or_default().to_string(),
-        ))
+        Some(password_file(path)?)
     } else if let Some(pw) = &g.pass {
         output::warn("using a password with '-a' on the command line may not be safe (use RCOPS_PASSWORD or --password-file)");
         Some(Secret::new(pw.clone()))
@@ -121,6 +116,14 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
             .map_err(Failure::usage)?;
     }
     Ok(opts)
+}
+
+/// A password from the first line of a file.
+pub fn password_file(path: &std::path::Path) -> Result<Secret, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::usage(format!("cannot read password file {}: {e}", path.display()))
+    })?;
+    Ok(Secret::new(text.lines().next().unwrap_or_default()))
 }
 
 /// The seed list from `-c` / `RCOPS_CLUSTER`.

@@ -66,7 +66,11 @@ impl Run {
 }
 
 pub fn run(cmd: &mut Command) -> Run {
-    let out: Output = cmd.output().expect("run rcops");
+    finish(cmd.output().expect("run rcops"))
+}
+
+/// What a finished rcops printed and returned; fails the test if it panicked.
+pub fn finish(out: Output) -> Run {
     let r = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -309,4 +313,52 @@ pub fn manifest_keys(m: &Value) -> u64 {
         .iter()
         .map(|s| s["keys"].as_u64().expect("keys"))
         .sum()
+}
+
+/// A plain `redis-server` (not a cluster) on a port of its own, stopped by pid on drop.
+pub struct Standalone {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    pub fn start() -> Standalone {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port_block();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            // A replication client (migrate) gets its snapshot at once, not after 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .expect("url")
+            .get_connection()
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "standalone redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Standalone { child, port, dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

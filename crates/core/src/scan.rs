@@ -101,3 +101,17 @@ impl ScanStream {
         Ok(Some(keys))
     }
 }
+
+/// The command that measures a value of `kind` (`TYPE`'s answer): elements, or bytes for a
+/// string.
+pub fn length_command(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "string" => "STRLEN",
+        "list" => "LLEN",
+        "hash" => "HLEN",
+        "set" => "SCARD",
+        "zset" => "ZCARD",
+        "stream" => "XLEN",
+        _ => return None,
+    })
+}

@@ -152,16 +152,7 @@ impl Acc {
 
 /// The command that measures a key of `ty` in elements (bytes for strings).
 fn length_cmd(ty: &str, key: &[u8]) -> Option<redis::Cmd> {
-    let name = match ty {
-        "string" => "STRLEN",
-        "list" => "LLEN",
-        "hash" => "HLEN",
-        "set" => "SCARD",
-        "zset" => "ZCARD",
-        "stream" => "XLEN",
-        _ => return None,
-    };
-    Some(redis::cmd(name).arg(key).to_owned())
+    crate::scan::length_command(ty).map(|name| redis::cmd(name).arg(key).to_owned())
 }
 
 fn int(v: &Value) -> u64 {

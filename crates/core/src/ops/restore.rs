@@ -996,6 +996,24 @@ async fn restore_file(
     let mut lane = shared.writer.lane();
     // Entries this run wrote that no replica confirmed: re-sent by --resume.
     let mut unconfirmed: Vec<u64> = Vec::new();
+    // A checkpoint: the fence first, so it counts only what a replica has.
+    let save = async |index: u64,
+                      run: &mut Counts,
+                      failed: &mut Vec<u64>,
+                      unconfirmed: &mut Vec<u64>,
+                      lane: &mut Lane<'_, '_>| {
+        fence(shared, lane, run, failed, unconfirmed).await;
+        save_progress(
+            shared,
+            &src.label,
+            &earlier,
+            index,
+            run,
+            failed,
+            unconfirmed,
+            opts.batch,
+        );
+    };
     while let Some((batch, c, index)) = rx.recv().await {
         run.skipped_filtered += c.skipped_filtered;
         run.skipped_expired += c.skipped_expired;
@@ -1006,17 +1024,7 @@ async fn restore_file(
         since_save += 1;
         let stopping = stop.load(Ordering::Relaxed);
         if since_save >= CHECKPOINT_EVERY || stopping {
-            fence(shared, &mut lane, &mut run, &mut failed, &mut unconfirmed).await;
-            save_progress(
-                shared,
-                &src.label,
-                &earlier,
-                index,
-                &run,
-                &failed,
-                &unconfirmed,
-                opts.batch,
-            );
+            save(index, &mut run, &mut failed, &mut unconfirmed, &mut lane).await;
             since_save = 0;
         }
         if stopping {
@@ -1024,17 +1032,7 @@ async fn restore_file(
         }
     }
     if let (Some(index), true) = (last_index, since_save > 0) {
-        fence(shared, &mut lane, &mut run, &mut failed, &mut unconfirmed).await;
-        save_progress(
-            shared,
-            &src.label,
-            &earlier,
-            index,
-            &run,
-            &failed,
-            &unconfirmed,
-            opts.batch,
-        );
+        save(index, &mut run, &mut failed, &mut unconfirmed, &mut lane).await;
     }
     drop(rx);
     producer

@@ -127,18 +127,6 @@ const CHUNK: i64 = 1000;
 const DEPTH: usize = 4;
 const STRING_CHUNK: i64 = 1 << 20;
 
-fn length_cmd(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "string" => "STRLEN",
-        "list" => "LLEN",
-        "hash" => "HLEN",
-        "set" => "SCARD",
-        "zset" => "ZCARD",
-        "stream" => "XLEN",
-        _ => return None,
-    })
-}
-
 fn int(v: &Value) -> i64 {
     match v {
         Value::Int(i) => *i,
@@ -206,7 +194,7 @@ async fn read_keys(
     let mut p = redis::pipe();
     p.ignore_errors();
     for (k, s) in keys.iter().zip(&sides) {
-        match length_cmd(&s.kind) {
+        match crate::scan::length_command(&s.kind) {
             Some(c) => p.cmd(c).arg(k),
             None => p.cmd("EXISTS").arg(k),
         };
