@@ -227,6 +227,20 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
+/// Which keys, by name.
+#[derive(Debug, Args)]
+pub struct KeyNameArgs {
+    /// Only keys matching this glob
+    #[arg(long = "match", value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// Only keys starting with this prefix; repeatable
+    #[arg(long = "prefix", value_name = "PREFIX")]
+    pub prefixes: Vec<String>,
+    /// Leave out keys starting with this prefix; repeatable
+    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
+    pub exclude_prefixes: Vec<String>,
+}
+
 /// The two sides of a migration or a comparison, each with its own credentials and TLS.
 #[derive(Debug, Args)]
 pub struct EndsArgs {
@@ -275,15 +289,8 @@ pub struct VerifyArgs {
     /// Largest difference between the two absolute expiry times that counts as equal
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub ttl_tolerance: Duration,
-    /// Only keys matching this glob
-    #[arg(long = "match", value_name = "PATTERN")]
-    pub pattern: Option<String>,
-    /// Only keys starting with this prefix; repeatable
-    #[arg(long = "prefix", value_name = "PREFIX")]
-    pub prefixes: Vec<String>,
-    /// Leave out keys starting with this prefix; repeatable
-    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
-    pub exclude_prefixes: Vec<String>,
+    #[command(flatten)]
+    pub keys: KeyNameArgs,
     /// Keys per second per shard at most
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
@@ -326,15 +333,8 @@ pub struct MigrateArgs {
     /// With --cutover: leave the source's writes paused after a successful switch
     #[arg(long, requires = "cutover")]
     pub keep_paused: bool,
-    /// Only keys matching this glob
-    #[arg(long = "match", value_name = "PATTERN")]
-    pub pattern: Option<String>,
-    /// Only keys starting with this prefix; repeatable
-    #[arg(long = "prefix", value_name = "PREFIX")]
-    pub prefixes: Vec<String>,
-    /// Leave out keys starting with this prefix; repeatable
-    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
-    pub exclude_prefixes: Vec<String>,
+    #[command(flatten)]
+    pub keys: KeyNameArgs,
     /// Only these types (in the snapshot); repeatable
     #[arg(long = "type", value_name = "TYPE",
           value_parser = ["string", "list", "set", "zset", "hash", "stream", "module"])]

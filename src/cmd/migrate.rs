@@ -6,7 +6,7 @@ use rcops_core::ops::migrate::{self, Ends, MigrateOptions, MigratePlan, MigrateR
 use rcops_core::ops::restore::OnConflict;
 use rcops_core::route::KeyFilter;
 use rcops_core::topology::{discover_endpoint, Detail};
-use rcops_core::{Addr, ConnectOptions, Executor, Secret, TlsOptions};
+use rcops_core::{Addr, ConnectOptions, Executor, Secret};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,16 +39,17 @@ fn side(
     } else if let Some(pw) = std::env::var(env).ok().filter(|p| !p.is_empty()) {
         opts.password = Some(Secret::new(pw));
     }
-    if tls && !g.tls {
-        opts = opts
-            .with_tls(&TlsOptions {
-                cacert: g.cacert.clone(),
-                cert: g.cert.clone(),
-                key: g.key.clone(),
-                insecure: g.insecure,
-            })
-            .map_err(Failure::usage)?;
-    }
+    // TLS per side: --tls for both, --from-tls/--to-tls for one (the certificate options
+    // are material, not a switch, here).
+    opts = if g.tls || tls {
+        if opts.uses_tls() {
+            opts
+        } else {
+            super::with_tls(g, opts)?
+        }
+    } else {
+        opts.without_tls()
+    };
     Ok(opts)
 }
 
@@ -162,9 +163,9 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         from_masters: a.from_masters,
         follow: a.follow,
         filter: KeyFilter {
-            pattern: a.pattern.clone(),
-            prefixes: a.prefixes.clone(),
-            exclude_prefixes: a.exclude_prefixes.clone(),
+            pattern: a.keys.pattern.clone(),
+            prefixes: a.keys.prefixes.clone(),
+            exclude_prefixes: a.keys.exclude_prefixes.clone(),
             types: a.types.clone(),
         },
         db: a.db,

@@ -106,16 +106,20 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
             .map(Secret::new)
     };
     if g.tls || g.cacert.is_some() || g.cert.is_some() || g.insecure {
-        opts = opts
-            .with_tls(&TlsOptions {
-                cacert: g.cacert.clone(),
-                cert: g.cert.clone(),
-                key: g.key.clone(),
-                insecure: g.insecure,
-            })
-            .map_err(Failure::usage)?;
+        opts = with_tls(g, opts)?;
     }
     Ok(opts)
+}
+
+/// `opts` over TLS with the global certificate options.
+pub fn with_tls(g: &GlobalOpts, opts: ConnectOptions) -> Result<ConnectOptions, Failure> {
+    opts.with_tls(&TlsOptions {
+        cacert: g.cacert.clone(),
+        cert: g.cert.clone(),
+        key: g.key.clone(),
+        insecure: g.insecure,
+    })
+    .map_err(Failure::usage)
 }
 
 /// A password from the first line of a file.

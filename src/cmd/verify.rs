@@ -25,9 +25,9 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
         both_directions: a.both_directions,
         ttl_tolerance: a.ttl_tolerance,
         filter: KeyFilter {
-            pattern: a.pattern.clone(),
-            prefixes: a.prefixes.clone(),
-            exclude_prefixes: a.exclude_prefixes.clone(),
+            pattern: a.keys.pattern.clone(),
+            prefixes: a.keys.prefixes.clone(),
+            exclude_prefixes: a.keys.exclude_prefixes.clone(),
             types: Vec::new(),
         },
         rate: a.rate.unwrap_or(0),

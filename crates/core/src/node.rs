@@ -251,6 +251,16 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Enables TLS, reading the PEM files now so a bad path fails before any node is dialled.
+    /// The same options over plain TCP.
+    pub fn without_tls(mut self) -> Self {
+        self.tls = None;
+        self
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn with_tls(mut self, tls: &TlsOptions) -> Result<Self, String> {
         install_crypto_provider();
         let read = |p: &Option<PathBuf>, what: &str| -> Result<Option<Vec<u8>>, String> {
