@@ -53,6 +53,24 @@ redis-cli --cluster import 127.0.0.1:7800 --cluster-from 127.0.0.1:7900 --cluste
 import_rate=$(python3 -c "print(round($solo/($(date +%s.%N)-$s)))")
 flush
 f0=$(server_cpu $DST)
+# Follow: the apply lag under a write load on the source (redis-benchmark SET, 20 clients,
+# pipelined by 4), measured by probes from outside (bench/follow_probe.py), at two loads.
+$rcops migrate --from 127.0.0.1:7700 --to 127.0.0.1:7800 --follow --yes --on-conflict replace > "$dir/follow.out" 2>&1 &
+fpid=$!
+# Streaming once a marker written now reaches the target (after the 1M-key snapshot).
+redis-cli -c -p 7700 SET follow:marker 1 >/dev/null
+for _ in $(seq 600); do [ "$(redis-cli -c -p 7800 EXISTS follow:marker)" = 1 ] && break; sleep 0.1; done
+follow_at() { # requests, pipeline, probe seconds → "ops_per_s p50 p99 max probes"
+  redis-benchmark --cluster -h 127.0.0.1 -p 7700 -t set -c 20 -P "$2" -n "$1" -d 16 -r 100000 --csv > "$dir/bench.csv" 2>/dev/null &
+  local b=$! probe
+  probe=$(python3 bench/follow_probe.py 7700 7800 "$3")
+  wait $b
+  python3 -c "import csv; print(round(float(list(csv.reader(open('$dir/bench.csv')))[-1][1])), '$probe')"
+}
+f1=$(follow_at 800000 1 10)
+f2=$(follow_at 2000000 4 10)
+kill -INT $fpid; wait $fpid || true
+flush
 floor=$(redis-benchmark --cluster -h 127.0.0.1 -p 7800 -t set -c 50 -P 32 -n 2000000 -d 3 -r 1000000 --csv 2>/dev/null | tail -1 | python3 -c 'import csv,sys; print(next(csv.reader(sys.stdin))[1])')
 floor_cpu=$(python3 -c "print(round(($(server_cpu $DST)-$f0)/2e6*1e6, 2))")
 {
@@ -79,5 +97,11 @@ for name, r, k in (('rcops verify --mode length', '$vlen', $vlen_keys), ('rcops 
     s, rss, rc, tc, sc = map(float, r.split())
     print(f'| {name} ({k:,} keys) | {s:.2f} s | {k/s:,.0f} | {k/s/check:,.0f}x | {rss:.0f} MB | {rc:.1f} / {tc:.1f} / {sc:.1f} |')
 print(f'| sampled GET on both sides (check-data-consistency.py, strings only) | | {check:,.0f} | 1x | |')
+print()
+print('| migrate --follow under a write load on the source | writes/s (redis-benchmark SET) | apply lag p50 | p99 | max | probes |')
+print('|---|---:|---:|---:|---:|---:|')
+for name, r in (('20 clients, no pipelining', '$f1'), ('20 clients, pipelined by 4', '$f2')):
+    ops, p50, p99, mx, n = r.split()
+    print(f'| {name} | {int(ops):,} | {p50} ms | {p99} ms | {mx} ms | {n} |')
 "
 } | tee -a "$md"

@@ -52,6 +52,9 @@ pub struct StreamCommand {
     pub end: u64,
 }
 
+/// Bytes of room made before each read.
+const READ_CHUNK: usize = 256 * 1024;
+
 /// How often the replica reports its offset.
 const ACK_EVERY: Duration = Duration::from_secs(1);
 
@@ -199,6 +202,7 @@ impl ReplStream {
 
     /// Reads more bytes into the buffer within `idle`; an error when none come.
     async fn fill(&mut self, idle: Duration) -> Result<(), NodeError> {
+        self.buf.reserve(READ_CHUNK);
         let addr = &self.addr;
         match tokio::time::timeout(idle, self.s.read_buf(&mut self.buf)).await {
             Err(_) => Err(NodeError::Timeout {
@@ -358,6 +362,9 @@ impl ReplStream {
             if !out.is_empty() {
                 return Ok(out);
             }
+            // Room for a whole socket buffer: `read_buf` reads only into spare capacity (a
+            // full Vec gets 64 bytes, about one command per read).
+            self.buf.reserve(READ_CHUNK);
             match tokio::time::timeout(wait, self.s.read_buf(&mut self.buf)).await {
                 Err(_) => return Ok(out),
                 Ok(Err(e)) => {

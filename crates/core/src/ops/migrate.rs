@@ -1559,10 +1559,13 @@ async fn follow(
                 return r;
             }
         }
+        let t0 = Instant::now();
         let cmds = tokio::select! {
             r = stream.commands(Duration::from_millis(100), sh.opts.batch.max(1)) => r,
             () = sh.ctx.cancel.cancelled() => Ok(Vec::new()),
         };
+        let t1 = Instant::now();
+        let ncmds = cmds.as_ref().map(|c| c.len()).unwrap_or(0);
         let cmds = match cmds {
             Ok(c) => c,
             Err(e) => {
@@ -1590,6 +1593,13 @@ async fn follow(
                 return Stop::Fatal(why);
             }
         }
+        tracing::trace!(
+            shard = slots,
+            commands = ncmds,
+            read_us = (t1 - t0).as_micros() as u64,
+            apply_us = t1.elapsed().as_micros() as u64,
+            "stream batch"
+        );
         stream.applied(applied);
         if saved.elapsed() >= SAVE_EVERY {
             saved = Instant::now();
