@@ -366,8 +366,8 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
     })
 }
 
-/// Commands a resumed shard applied again after an unclean stop: those between the
-/// checkpoint and the last offset the stopped run had sent. Idempotent ones (SET, HSET,
+/// Commands a shard applied again after an unclean stop (or a reconnect whose last writes
+/// no target replica had confirmed): those between the checkpoint and the last offset sent. Idempotent ones (SET, HSET,
 /// DEL, PEXPIREAT, …) are harmless; the others are named so an operator can check the keys.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CrashWindow {
@@ -1569,8 +1569,17 @@ async fn follow(
         let cmds = match cmds {
             Ok(c) => c,
             Err(e) => {
-                // What was applied before the break is kept.
+                // What was applied before the break is kept; what the fence could not
+                // confirm is read again after the reconnect, and said to be.
                 let _ = checkpoint(lane, state, applied, rep, &save).await;
+                if applied > state.offset {
+                    let w = rep.crash_window.get_or_insert(CrashWindow {
+                        from_offset: state.offset,
+                        ..Default::default()
+                    });
+                    w.from_offset = w.from_offset.min(state.offset);
+                    w.to_offset = w.to_offset.max(applied);
+                }
                 return Stop::Broken(e.to_string());
             }
         };
