@@ -247,7 +247,15 @@ fn print_plan(p: &MigratePlan) {
         p.target_masters,
         p.target_keys,
         p.method,
-        if p.follow { ", following" } else { "" },
+        match p.cutover_max_lag {
+            Some(l) => format!(
+                ", following until every shard lags under {}, then pausing the source's \
+                 writes for the cutover",
+                output::bytes(l)
+            ),
+            None if p.follow => ", following until Ctrl-C".into(),
+            None => String::new(),
+        },
         p.on_conflict.as_str(),
         format!("{:?}", p.on_flush).to_lowercase(),
         if p.resume { ", resuming" } else { "" }
@@ -296,6 +304,8 @@ fn print_report(r: &MigrateReport) {
         "LAG",
     ]);
     for s in &r.shards {
+        let scan = s.phase.starts_with("scan");
+        let stream = |n: u64| if scan { "-".to_string() } else { n.to_string() };
         t.add_row(vec![
             s.slots.clone(),
             if s.node.is_empty() {
@@ -307,9 +317,10 @@ fn print_report(r: &MigrateReport) {
             s.keys.restored.to_string(),
             s.keys.skipped_existing.to_string(),
             s.keys.failed.to_string(),
-            s.commands_applied.to_string(),
-            s.commands_failed.to_string(),
-            s.offset.to_string(),
+            stream(s.commands_applied),
+            stream(s.commands_failed),
+            // A scan has no stream: its offset is a SCAN cursor.
+            stream(s.offset),
             output::opt(s.lag_bytes.map(output::bytes)),
         ]);
     }

@@ -220,6 +220,8 @@ pub struct MigratePlan {
     pub on_conflict: OnConflict,
     pub on_flush: OnFlush,
     pub follow: bool,
+    /// `--cutover`: the lag (bytes) under which the source is paused.
+    pub cutover_max_lag: Option<u64>,
     pub resume: bool,
     pub warnings: Vec<String>,
 }
@@ -361,6 +363,7 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
         on_conflict: opts.on_conflict,
         on_flush: opts.on_flush,
         follow: opts.follow,
+        cutover_max_lag: opts.cutover.as_ref().map(|c| c.max_lag),
         resume: opts.resume,
         warnings,
     })
