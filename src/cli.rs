@@ -227,6 +227,20 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum VerifyCommand {
+    /// Each replica against its master (-c CLUSTER), key by key, both ways; every batch
+    /// compared once the replica has caught up with the master's offset
+    Replicas {
+        /// Keys compared per replica at most (default: all)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        sample: Option<u64>,
+        /// Keys per second per replica at most
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
+    },
+}
+
 /// Which keys, by name.
 #[derive(Debug, Args)]
 pub struct KeyNameArgs {
@@ -245,11 +259,11 @@ pub struct KeyNameArgs {
 #[derive(Debug, Args)]
 pub struct EndsArgs {
     /// Source: a cluster's seed nodes or a standalone server, HOST:PORT[,HOST:PORT…]
-    #[arg(long, value_name = "HOST:PORT,…")]
-    pub from: String,
+    #[arg(long, value_name = "HOST:PORT,…", required = true)]
+    pub from: Option<String>,
     /// Target: a cluster's seed nodes or a standalone server
-    #[arg(long, value_name = "HOST:PORT,…")]
-    pub to: String,
+    #[arg(long, value_name = "HOST:PORT,…", required = true)]
+    pub to: Option<String>,
     /// ACL user on the source (password from RCOPS_FROM_PASSWORD or --from-password-file;
     /// without them the global credentials)
     #[arg(long, env = "RCOPS_FROM_USER")]
@@ -270,7 +284,10 @@ pub struct EndsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct VerifyArgs {
+    #[command(subcommand)]
+    pub sub: Option<VerifyCommand>,
     #[command(flatten)]
     pub ends: EndsArgs,
     /// keys: existence, type, TTL; length: also cardinalities and string lengths; full:

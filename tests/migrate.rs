@@ -799,3 +799,87 @@ fn migrate_survives_failovers_and_slot_moves_and_resyncs_after_the_backlog_overf
     .collect();
     assert_eq!(found, want, "{}", r.stdout);
 }
+
+#[test]
+fn verify_replicas_finds_what_differs_between_a_master_and_its_replica() {
+    let lab = Lab::start(LabSpec::default());
+    assert_eq!(lab.load(2000).code, 0);
+    let r = lab.run(&["verify", "replicas", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    let checked: u64 = v["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["keys_checked"].as_u64().unwrap())
+        .sum();
+    assert!(checked >= 2000, "{v:#}");
+    // Writes the master does not replicate (a script with REPL_NONE): a changed value, a
+    // key deleted on the master only, a key the replica never got.
+    let scan = |pattern: &str| {
+        let mut c = conn(lab.port);
+        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)
+            .unwrap();
+        keys[0].clone()
+    };
+    let (s, h) = (scan("lab:string:*"), scan("lab:hash:*"));
+    let unreplicated = |cmd: &str, key: &str, arg: &str| {
+        let _: redis::Value = redis::cmd("EVAL")
+            .arg("redis.set_repl(redis.REPL_NONE); return redis.call(ARGV[1], KEYS[1], ARGV[2])")
+            .arg(1)
+            .arg(key)
+            .arg(cmd)
+            .arg(arg)
+            .query(&mut conn(lab.port))
+            .unwrap();
+    };
+    let old: usize = redis::cmd("STRLEN")
+        .arg(&s)
+        .query(&mut conn(lab.port))
+        .unwrap();
+    unreplicated("SET", &s, "changed");
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg("redis.set_repl(redis.REPL_NONE); return redis.call('DEL', KEYS[1])")
+        .arg(1)
+        .arg(&h)
+        .query(&mut conn(lab.port))
+        .unwrap();
+    let new = format!("{{{s}}}:new");
+    unreplicated("SET", &new, "x");
+    let r = lab.run(&["verify", "replicas", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let mut found: Vec<(String, String)> = r.json()["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x["examples"].as_array().unwrap().clone())
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap().to_string(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut want = vec![
+        (
+            s.clone(),
+            if old == "changed".len() {
+                "value"
+            } else {
+                "length"
+            }
+            .to_string(),
+        ),
+        (h, "missing_on_source".to_string()),
+        (new, "missing_on_target".to_string()),
+    ];
+    want.sort();
+    assert_eq!(found, want);
+}

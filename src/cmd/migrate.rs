@@ -69,8 +69,10 @@ impl Sides {
         from_detail: Detail,
         to_detail: Detail,
     ) -> Result<Sides, Failure> {
-        let from_seeds = Addr::parse_list(&e.from).map_err(Failure::usage)?;
-        let to_seeds = Addr::parse_list(&e.to).map_err(Failure::usage)?;
+        let from_seeds =
+            Addr::parse_list(e.from.as_deref().unwrap_or_default()).map_err(Failure::usage)?;
+        let to_seeds =
+            Addr::parse_list(e.to.as_deref().unwrap_or_default()).map_err(Failure::usage)?;
         let from_opts = side(
             g,
             &e.from_user,

@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use super::migrate::{cancel_on_signals, failure, Sides};
 use super::{CmdResult, Failure};
-use crate::cli::{GlobalOpts, VerifyArgs};
+use crate::cli::{GlobalOpts, VerifyArgs, VerifyCommand};
 use crate::output;
 
 pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
+    if let Some(VerifyCommand::Replicas { sample, rate }) = &a.sub {
+        return replicas(g, *sample, rate.unwrap_or(0)).await;
+    }
     let opts = VerifyOptions {
         mode: match a.mode.as_str() {
             "keys" => Mode::Keys,
@@ -130,4 +133,72 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
         report.settled
     );
     Ok(report.outcome.exit_code())
+}
+
+/// `rcops verify replicas`: each replica against its master.
+async fn replicas(g: &GlobalOpts, sample: Option<u64>, rate: u64) -> CmdResult {
+    let (exec, view) = super::view(g, Detail::Health).await?;
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let bars = Arc::new(output::ShardBars::new(g.json));
+    let ctx = JobCtx {
+        cancel,
+        progress: bars.clone(),
+    };
+    let report = verify::replicas(&ctx, &exec, &view, sample, rate).await;
+    bars.clear();
+    if g.json {
+        output::print_json(&report);
+        return Ok(report.outcome.exit_code());
+    }
+    let mut t = output::table(&[
+        "SLOTS",
+        "MASTER",
+        "REPLICA",
+        "LINK",
+        "LAG",
+        "KEYS",
+        "DIFFERENCES",
+    ]);
+    for r in &report.replicas {
+        let diffs: Vec<String> = r
+            .differences
+            .iter()
+            .map(|(k, n)| format!("{} {n}", replica_kind(k)))
+            .collect();
+        t.add_row(vec![
+            r.slots.clone(),
+            r.master.clone(),
+            r.replica.clone(),
+            r.link.clone(),
+            output::opt(r.lag_bytes.map(output::bytes)),
+            r.keys_checked.to_string(),
+            if diffs.is_empty() {
+                "0".into()
+            } else {
+                diffs.join(", ")
+            },
+        ]);
+    }
+    output::align_right(&mut t, &[4, 5]);
+    output::print_table(&t);
+    for r in &report.replicas {
+        if let Some(e) = &r.error {
+            output::error(format!("{}: {e}", r.replica));
+        }
+        for d in r.examples.iter().take(5) {
+            let key = d
+                .key
+                .clone()
+                .unwrap_or_else(|| format!("base64:{}", d.key_base64.clone().unwrap_or_default()));
+            crate::outln!("  {}: {}: {key}", r.replica, replica_kind(d.kind));
+        }
+    }
+    Ok(report.outcome.exit_code())
+}
+
+/// A difference's kind named for a master and its replica.
+fn replica_kind(kind: &str) -> String {
+    kind.replace("_target", "_replica")
+        .replace("_source", "_master")
 }

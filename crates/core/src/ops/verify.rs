@@ -956,3 +956,221 @@ mod tests {
         assert_eq!(base64(&[0xff, 0x00, 0xfe, 0x80]), "/wD+gA==");
     }
 }
+
+/// One replica compared with its master.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaVerify {
+    pub slots: String,
+    pub master: String,
+    pub replica: String,
+    /// `master_link_status` on the replica.
+    pub link: String,
+    /// The master's offset minus the replica's when the check began.
+    pub lag_bytes: Option<u64>,
+    pub keys_checked: u64,
+    pub differences: BTreeMap<&'static str, u64>,
+    pub examples: Vec<Difference>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicasReport {
+    pub outcome: Outcome,
+    pub replicas: Vec<ReplicaVerify>,
+    pub elapsed_ms: u128,
+}
+
+/// The replication offset a node reports.
+async fn repl_offset(exec: &Executor, addr: &Addr) -> Result<(u64, String), NodeError> {
+    let mut conn = exec.conn(addr).await?;
+    let text: String = query(addr, &mut conn, redis::cmd("INFO").arg("replication")).await?;
+    let info = rcops_formats::info::Info::parse(&text);
+    let off = info
+        .get("master_repl_offset")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        off,
+        info.get("master_link_status").unwrap_or("").to_string(),
+    ))
+}
+
+/// `verify replicas`: per shard, each replica against its master, key by key (`--sample N`
+/// keys per shard, or all; values in full), both ways (a key only the replica holds, written
+/// with `replica-read-only no`, is found). Each batch is compared only once the replica's
+/// offset has reached the master's offset read before the batch, so writes in flight do not
+/// look like differences; the replica is read with `READONLY`.
+pub async fn replicas(
+    ctx: &JobCtx,
+    exec: &Executor,
+    view: &ClusterView,
+    sample: Option<u64>,
+    rate: u64,
+) -> ReplicasReport {
+    let started = Instant::now();
+    let mut pairs = Vec::new();
+    for m in view.masters_by_slot() {
+        let (Some(maddr), false) = (line_addr(m), m.slots.is_empty()) else {
+            continue;
+        };
+        let slots = rcops_formats::slot::format_ranges(&m.slots);
+        for r in view.replicas_of(&m.id) {
+            if let Some(raddr) = line_addr(r) {
+                pairs.push((slots.clone(), maddr.clone(), raddr));
+            }
+        }
+    }
+    let jobs = pairs
+        .into_iter()
+        .map(|(slots, master, replica)| async move {
+            let mut rep = ReplicaVerify {
+                slots: slots.clone(),
+                master: master.to_string(),
+                replica: replica.to_string(),
+                ..Default::default()
+            };
+            if let Err(e) =
+                one_replica(ctx, exec, view, &master, &replica, sample, rate, &mut rep).await
+            {
+                rep.error = Some(e.to_string());
+            }
+            rep
+        });
+    let replicas: Vec<ReplicaVerify> = futures::future::join_all(jobs).await;
+    let outcome = if replicas.iter().any(|r| r.error.is_some()) {
+        Outcome::Failed
+    } else if ctx.cancel.is_cancelled() {
+        Outcome::Interrupted
+    } else if replicas
+        .iter()
+        .any(|r| !r.differences.is_empty() || r.link != "up")
+    {
+        Outcome::Findings
+    } else {
+        Outcome::Ok
+    };
+    ReplicasReport {
+        outcome,
+        replicas,
+        elapsed_ms: started.elapsed().as_millis(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_replica(
+    ctx: &JobCtx,
+    exec: &Executor,
+    view: &ClusterView,
+    master: &Addr,
+    replica: &Addr,
+    sample: Option<u64>,
+    rate: u64,
+    rep: &mut ReplicaVerify,
+) -> Result<(), NodeError> {
+    let (moff, _) = repl_offset(exec, master).await?;
+    let (roff, link) = repl_offset(exec, replica).await?;
+    rep.link = link;
+    rep.lag_bytes = Some(moff.saturating_sub(roff));
+    // The replica's reads on the executor's connection to it.
+    let mut rconn = exec.conn(replica).await?;
+    query::<()>(replica, &mut rconn, &redis::cmd("READONLY")).await?;
+    let ends = Ends {
+        from: exec,
+        from_view: view,
+        to: exec,
+        to_view: view,
+    };
+    let to_replica: Vec<Option<Addr>> = vec![Some(replica.clone()); 16384];
+    let to_master: Vec<Option<Addr>> = vec![Some(master.clone()); 16384];
+    let opts = VerifyOptions {
+        mode: Mode::Full,
+        rounds: 1,
+        interval: Duration::ZERO,
+        both_directions: false,
+        ttl_tolerance: Duration::from_secs(2),
+        filter: KeyFilter::default(),
+        rate,
+        from_masters: true,
+        batch: 500,
+    };
+    let spec = ScanSpec {
+        count: 500,
+        pattern: None,
+        kind: None,
+        rate,
+    };
+    let limit = sample.unwrap_or(u64::MAX);
+    let add = |rep: &mut ReplicaVerify, diffs: Vec<Difference>| {
+        for d in diffs {
+            *rep.differences.entry(d.kind).or_default() += 1;
+            if rep.examples.len() < 20 {
+                rep.examples.push(d);
+            }
+        }
+    };
+    // Master → replica.
+    let mut scan = ScanStream::open(exec, master, false, spec.clone(), 0).await?;
+    let mut mconn = scan.conn().clone();
+    let mut seen = 0u64;
+    while let Some(keys) = scan.next().await? {
+        if ctx.cancel.is_cancelled() || seen >= limit {
+            break;
+        }
+        let keys: Vec<Vec<u8>> = keys.into_iter().take((limit - seen) as usize).collect();
+        seen += keys.len() as u64;
+        caught_up(exec, master, replica).await?;
+        let (diffs, _) = compare(
+            &ends,
+            master,
+            &mut mconn,
+            keys,
+            &opts,
+            &to_replica,
+            &rep.slots,
+        )
+        .await?;
+        rep.keys_checked = seen;
+        add(rep, diffs);
+        ctx.progress.shard(&rep.slots, "verify", seen, None);
+    }
+    // Replica → master: keys only the replica has.
+    let mut scan = ScanStream::open(exec, replica, true, spec, 0).await?;
+    let mut checked = 0u64;
+    while let Some(keys) = scan.next().await? {
+        if ctx.cancel.is_cancelled() || checked >= limit {
+            break;
+        }
+        let keys: Vec<Vec<u8>> = keys.into_iter().take((limit - checked) as usize).collect();
+        checked += keys.len() as u64;
+        caught_up(exec, master, replica).await?;
+        let found = missing_on_source(&ends, &to_master, keys, &rep.slots)
+            .await
+            .map_err(|e| NodeError::Command {
+                addr: master.clone(),
+                reason: e.message,
+            })?;
+        // A key that expired is still listed by a replica's SCAN but reads as absent.
+        let mut still = Vec::new();
+        for d in found {
+            let n: u64 = query(replica, &mut rconn, redis::cmd("EXISTS").arg(&d.key_bytes)).await?;
+            if n == 1 {
+                still.push(d);
+            }
+        }
+        add(rep, still);
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) until the replica's offset reaches the master's offset of now.
+async fn caught_up(exec: &Executor, master: &Addr, replica: &Addr) -> Result<(), NodeError> {
+    let (goal, _) = repl_offset(exec, master).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (at, _) = repl_offset(exec, replica).await?;
+        if at >= goal || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
