@@ -109,11 +109,7 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
         }
     }
     for d in report.examples.iter().take(10) {
-        let key = d
-            .key
-            .clone()
-            .unwrap_or_else(|| format!("base64:{}", d.key_base64.clone().unwrap_or_default()));
-        crate::outln!("  {}: {key}", d.kind);
+        crate::outln!("  {}: {}", d.kind, d.shown_key());
     }
     let total: u64 = report.differences.values().sum();
     let verdict = match report.outcome {
@@ -187,11 +183,12 @@ async fn replicas(g: &GlobalOpts, sample: Option<u64>, rate: u64) -> CmdResult {
             output::error(format!("{}: {e}", r.replica));
         }
         for d in r.examples.iter().take(5) {
-            let key = d
-                .key
-                .clone()
-                .unwrap_or_else(|| format!("base64:{}", d.key_base64.clone().unwrap_or_default()));
-            crate::outln!("  {}: {}: {key}", r.replica, replica_kind(d.kind));
+            crate::outln!(
+                "  {}: {}: {}",
+                r.replica,
+                replica_kind(d.kind),
+                d.shown_key()
+            );
         }
     }
     Ok(report.outcome.exit_code())

@@ -82,6 +82,16 @@ pub struct Difference {
     pub shard: String,
 }
 
+impl Difference {
+    /// The key for a human: as text, or `base64:…` when it is not UTF-8.
+    pub fn shown_key(&self) -> String {
+        match (&self.key, &self.key_base64) {
+            (Some(k), _) => k.clone(),
+            (None, b) => format!("base64:{}", b.clone().unwrap_or_default()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShardVerify {
     pub slots: String,
