@@ -1544,6 +1544,7 @@ async fn follow(
         SAVE_EVERY
     };
     let mut measured = Instant::now();
+    let mut heard = Instant::now();
     loop {
         if goal.is_some_and(|g| applied >= g) || sh.ctx.cancel.is_cancelled() {
             return checkpoint(lane, state, applied, rep, &save).await;
@@ -1569,6 +1570,18 @@ async fn follow(
         };
         let t1 = Instant::now();
         let ncmds = cmds.as_ref().map(|c| c.len()).unwrap_or(0);
+        // A master PINGs its replicas every 10 s (repl-ping-replica-period): a link silent
+        // for longer than the idle timeout (30 s at least) is dead even if TCP never said so.
+        let silence = sh.opts.idle_timeout.max(Duration::from_secs(30));
+        if ncmds > 0 {
+            heard = t1;
+        } else if t1 - heard > silence && !sh.ctx.cancel.is_cancelled() {
+            let _ = checkpoint(lane, state, applied, rep, &save).await;
+            return Stop::Broken(format!(
+                "no data for {}",
+                humantime::format_duration(silence)
+            ));
+        }
         let cmds = match cmds {
             Ok(c) => c,
             Err(e) => {
