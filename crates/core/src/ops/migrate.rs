@@ -13,6 +13,10 @@
 //! own); a streaming one continues with `PSYNC replid offset+1`, or does a full resync when
 //! the source no longer has that offset, and says so. A stream that breaks (a source
 //! failover) reconnects to the shard's node of the moment and continues.
+//!
+//! Also here: `--method scan` (SCAN + DUMP + PEXPIRETIME → RESTORE, a one-shot copy for
+//! sources that refuse PSYNC, its cursor checkpointed) and the cutover (pause the source's
+//! writes, drain every shard to its master's offset, check, unpause).
 
 use rcops_formats::slot::{format_ranges, key_slot};
 use rcops_rdb::{type_name, Item, Parser};
