@@ -207,13 +207,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
     if !a.yes {
         return Err(Failure::usage("pass --yes to migrate (or --dry-run)"));
     }
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let bars = Arc::new(output::ShardBars::new(g.json));
-    let ctx = JobCtx {
-        cancel: cancel.clone(),
-        progress: bars.clone(),
-    };
+    let (ctx, bars) = job_ctx(g.json);
     let report = migrate::migrate(&ctx, &ends, &opts, &plan)
         .await
         .map_err(failure)?;
@@ -226,8 +220,20 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
     Ok(report.outcome.exit_code())
 }
 
+/// A job's context for the CLI: cancelled by Ctrl-C or SIGTERM, progress as bars per shard.
+pub fn job_ctx(json: bool) -> (JobCtx, Arc<output::ShardBars>) {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let bars = Arc::new(output::ShardBars::new(json));
+    let ctx = JobCtx {
+        cancel,
+        progress: bars.clone(),
+    };
+    (ctx, bars)
+}
+
 /// Ctrl-C and SIGTERM stop the job cleanly (checkpointed, resumable).
-pub fn cancel_on_signals(cancel: CancellationToken) {
+fn cancel_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

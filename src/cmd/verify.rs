@@ -1,14 +1,13 @@
 //! `rcops verify`: flags → [`rcops_core::ops::verify`] options, the summary per kind and
 //! per shard, differences as JSON Lines to `--out`.
 
-use rcops_core::job::{CancellationToken, JobCtx, Outcome};
+use rcops_core::job::Outcome;
 use rcops_core::ops::verify::{self, Difference, Mode, VerifyOptions};
 use rcops_core::route::KeyFilter;
 use rcops_core::topology::Detail;
 use std::io::Write;
-use std::sync::Arc;
 
-use super::migrate::{cancel_on_signals, failure, Sides};
+use super::migrate::{failure, job_ctx, Sides};
 use super::{CmdResult, Failure};
 use crate::cli::{GlobalOpts, VerifyArgs, VerifyCommand};
 use crate::output;
@@ -51,13 +50,7 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
         to: &sides.to,
         to_view: &sides.to_view,
     };
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let bars = Arc::new(output::ShardBars::new(g.json));
-    let ctx = JobCtx {
-        cancel,
-        progress: bars.clone(),
-    };
+    let (ctx, bars) = job_ctx(g.json);
     let mut write_error = None;
     let mut sink = |d: &Difference| {
         if let Some(w) = out.as_mut() {
@@ -134,13 +127,7 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
 /// `rcops verify replicas`: each replica against its master.
 async fn replicas(g: &GlobalOpts, sample: Option<u64>, rate: u64) -> CmdResult {
     let (exec, view) = super::view(g, Detail::Health).await?;
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let bars = Arc::new(output::ShardBars::new(g.json));
-    let ctx = JobCtx {
-        cancel,
-        progress: bars.clone(),
-    };
+    let (ctx, bars) = job_ctx(g.json);
     let report = verify::replicas(&ctx, &exec, &view, sample, rate).await;
     bars.clear();
     if g.json {
