@@ -36,6 +36,28 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hashed) & (SLOTS - 1)
 }
 
+/// A short hash tag whose keys hash to `slot` (`{tag}…`): how a temporary key is placed in
+/// the slot of the key it will replace. The table is built once (about 170k CRCs).
+pub fn tag_for_slot(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); usize::from(SLOTS)];
+        let mut left = usize::from(SLOTS);
+        let mut n = 0u64;
+        while left > 0 {
+            let t = n.to_string();
+            let s = &mut tags[usize::from(crc16(t.as_bytes()) & (SLOTS - 1))];
+            if s.is_empty() {
+                *s = t;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(slot & (SLOTS - 1))]
+}
+
 /// An inclusive range of slots, printed like Redis does: `5` or `0-5460`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SlotRange {
@@ -239,6 +261,14 @@ pub fn even_split(n: usize) -> Vec<SlotRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in 0..SLOTS {
+            let key = format!("{{{}}}tmp", tag_for_slot(slot));
+            assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+        }
+    }
 
     #[test]
     fn crc16_matches_the_redis_cluster_spec_check_value() {

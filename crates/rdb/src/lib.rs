@@ -11,6 +11,7 @@
 //! - [`reader`]: byte source with offset, running CRC64, raw-byte capture, length encodings.
 //! - [`encodings`]: ziplist, listpack, intset, zipmap and LZF decoding.
 //! - [`parser`]: opcodes and value types.
+//! - [`rebuild`]: the commands that write a value piece by piece (big keys).
 //! - [`aof`]: append-only files (RESP commands, `#TS:` annotations, multi-part manifests).
 
 pub mod aof;
@@ -18,6 +19,7 @@ pub mod encodings;
 pub mod json;
 pub mod parser;
 pub mod reader;
+pub mod rebuild;
 pub mod strings;
 
 pub use parser::{decode_raw, Entry, Item, Parser, StreamValue, Value};

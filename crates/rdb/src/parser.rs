@@ -862,13 +862,30 @@ impl<R: Read> Parser<R> {
     }
 }
 
-/// Entries of one stream listpack: a master entry (count, deleted, master fields), then each
-/// entry as flags, id deltas, fields (unless it shares the master's), values, back-count.
+/// Entries of one stream listpack as text (lossy UTF-8), appended to `out`.
 fn decode_stream_node(
     lp: &[Element],
     base_ms: u64,
     base_seq: u64,
     out: &mut Vec<(String, Vec<(String, String)>)>,
+) -> Result<(), String> {
+    stream_node_entries(lp, base_ms, base_seq, |ms, seq, fields| {
+        let fields = fields
+            .iter()
+            .map(|(f, v)| (text(&element_bytes(*f)), text(&element_bytes(*v))))
+            .collect();
+        out.push((format!("{ms}-{seq}"), fields));
+    })
+}
+
+/// The live entries of one stream listpack, each as its ID and field/value pairs: a master
+/// entry (count, deleted, master fields), then each entry as flags, ID deltas, fields (unless
+/// it shares the master's), values, back-count; deleted entries are skipped.
+pub(crate) fn stream_node_entries<'b>(
+    lp: &[Element<'b>],
+    base_ms: u64,
+    base_seq: u64,
+    mut each: impl FnMut(u64, u64, &[(Element<'b>, Element<'b>)]),
 ) -> Result<(), String> {
     let mut it = lp.iter();
     let mut next_int = |what: &str| -> Result<i64, String> {
@@ -880,8 +897,8 @@ fn decode_stream_node(
     let deleted = next_int("deleted count")?;
     let nfields = next_int("master field count")?;
     let mut it = lp.iter().skip(3);
-    let master: Vec<String> = (0..nfields.max(0))
-        .map(|_| it.next().map(|e| text(&element_bytes(*e))))
+    let master: Vec<Element<'b>> = (0..nfields.max(0))
+        .map(|_| it.next().copied())
         .collect::<Option<_>>()
         .ok_or("master fields missing")?;
     it.next().ok_or("master terminator missing")?;
@@ -890,35 +907,31 @@ fn decode_stream_node(
         e.and_then(Element::as_i64)
             .ok_or_else(|| format!("missing {what}"))
     };
-    let txt = |e: Option<&Element>| -> Result<String, String> {
-        e.map(|e| text(&element_bytes(*e)))
+    let elem = |e: Option<&Element<'b>>| -> Result<Element<'b>, String> {
+        e.copied()
             .ok_or_else(|| "missing field or value".to_string())
     };
+    let mut fields = Vec::new();
     for _ in 0..total {
         let flags = int(it.next(), "entry flags")?;
         let ms = int(it.next(), "id delta")?;
         let seq = int(it.next(), "sequence delta")?;
-        let same = flags & 2 != 0;
-        let mut fields = Vec::new();
-        if same {
+        fields.clear();
+        if flags & 2 != 0 {
             for f in &master {
-                fields.push((f.clone(), txt(it.next())?));
+                fields.push((*f, elem(it.next())?));
             }
         } else {
             let n = int(it.next(), "field count")?;
             for _ in 0..n.max(0) {
-                let f = txt(it.next())?;
-                fields.push((f, txt(it.next())?));
+                let f = elem(it.next())?;
+                fields.push((f, elem(it.next())?));
             }
         }
         it.next().ok_or("entry back-count missing")?;
         if flags & 1 == 0 {
-            let id = format!(
-                "{}-{}",
-                base_ms.wrapping_add(ms as u64),
-                base_seq.wrapping_add(seq as u64)
-            );
-            out.push((id, fields));
+            let ms = base_ms.wrapping_add(ms as u64);
+            each(ms, base_seq.wrapping_add(seq as u64), &fields);
         }
     }
     Ok(())
