@@ -219,6 +219,11 @@ pub struct RestoreArgs {
     /// Keys per pipeline per node
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
+    /// Values serialized larger than this are written piece by piece (HSET/RPUSH/SADD/ZADD/
+    /// XADD/APPEND batches into a temporary key in the same slot, then renamed, TTL last),
+    /// not as one RESTORE that blocks the target while it loads (bytes; K/M/G suffixes)
+    #[arg(long, default_value = "32MiB", value_parser = parse_bytes)]
+    pub big_key_bytes: u64,
     /// Write (without it, the plan is shown and nothing changes)
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -373,6 +378,11 @@ pub struct MigrateArgs {
     /// Keys or commands per pipeline per node
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
+    /// Values serialized larger than this are written piece by piece (HSET/RPUSH/SADD/ZADD/
+    /// XADD/APPEND batches into a temporary key in the same slot, then renamed, TTL last),
+    /// not as one RESTORE that blocks the target while it loads (bytes; K/M/G suffixes)
+    #[arg(long, default_value = "32MiB", value_parser = parse_bytes)]
+    pub big_key_bytes: u64,
     /// Continue a stopped migration from its checkpoint: by id, or the newest without one
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "ID")]
     pub resume: Option<String>,

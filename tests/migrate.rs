@@ -2,7 +2,7 @@
 //! Ctrl-C with `--resume`, standalone servers on either side, and bad input. Every result is
 //! checked by an independent key-by-key comparison (`backup::snapshot`), never by rcops.
 
-use crate::backup::{assert_same, conn, plant_extras, snapshot};
+use crate::backup::{assert_same, conn, plant_extras, snapshot, snapshot_with};
 use crate::common::*;
 use rcops_formats::slot::{even_split, key_slot};
 use std::process::{Child, Command, Stdio};
@@ -325,6 +325,28 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         .arg("")
         .query(&mut c)
         .unwrap();
+    // A stream with a consumer group, consumers and pending entries (delivery counts).
+    for i in 0..50 {
+        let _: String = redis::cmd("XADD")
+            .arg("st")
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "st", "g", "0"])
+        .query(&mut c)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "g", "alice", "COUNT", "10", "STREAMS", "st", ">"])
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg(&["CREATECONSUMER", "st", "g", "bob"])
+        .query(&mut c)
+        .unwrap();
     // Another database: not copied (db 0 only by default).
     let _: () = redis::cmd("SELECT").arg(1).query(&mut c).unwrap();
     let _: () = redis::cmd("SET")
@@ -400,6 +422,50 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_same(&snapshot(&masters(&cluster, 3)), &snapshot(&[other.port]));
+
+    // Every value rebuilt piece by piece (--big-key-bytes 1: HSET/RPUSH/SADD/ZADD/XADD/APPEND
+    // into a temporary key, renamed over the key, TTL last): the same contents and expiries,
+    // no temporary key left.
+    let rebuilt = Standalone::start();
+    let mut rc = conn(rebuilt.port);
+    let _: () = redis::cmd("SET")
+        .arg("s:1")
+        .arg("mine")
+        .query(&mut rc)
+        .unwrap();
+    let args = [
+        "--from",
+        &cluster.seed(),
+        "--to",
+        &rebuilt.addr(),
+        "--big-key-bytes",
+        "1",
+    ];
+    let r = migrate(
+        state.path(),
+        &[&args[..], &["--on-conflict", "skip", "--yes", "--json"]].concat(),
+    );
+    // Exit 1: a key was skipped (a finding).
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let keys = &r.json()["keys"];
+    assert_eq!(keys["skipped_existing"], 1, "{keys}");
+    assert_eq!(keys["failed"], 0, "{keys}");
+    let mine: String = redis::cmd("GET").arg("s:1").query(&mut rc).unwrap();
+    assert_eq!(mine, "mine", "under skip an existing key stays as it was");
+    let r = migrate(
+        state.path(),
+        &[&args[..], &["--on-conflict", "replace", "--yes"]].concat(),
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(
+        &snapshot_with(&masters(&cluster, 3), true),
+        &snapshot_with(&[rebuilt.port], true),
+    );
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*rcops:rebuild*")
+        .query(&mut rc)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 
     // Bad input: each a one-line error, nothing written.
     let dead = format!("127.0.0.1:{}", free_port_block());

@@ -183,6 +183,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         },
         rate: a.rate,
         batch: a.batch as usize,
+        big_key_bytes: a.big_key_bytes,
         idle_timeout: a.idle_timeout,
     };
     let sides = Sides::open(g, &a.ends, Detail::Full, Detail::Keyspace).await?;

@@ -146,6 +146,7 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         merge_dbs: a.merge_dbs,
         verify: !a.no_verify,
         batch: a.batch as usize,
+        big_key_bytes: a.big_key_bytes,
         checkpoint,
         resume: a.resume,
         rate: a.rate,

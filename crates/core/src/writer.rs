@@ -20,6 +20,12 @@
 //! - Pacing: a cap in writes per second shared by every lane.
 //! - Memory stays bounded whatever the size of a value: a payload kept in a spill file
 //!   streams from it, and the reply timeout of a write grows with its size.
+//! - A value too big for one `RESTORE` (which would block the target while it loads) is
+//!   rebuilt piece by piece ([`Op::Rebuild`]): the commands of [`rcops_rdb::rebuild`] in
+//!   batches into a temporary key hash-tagged into the same slot, then one script that sets
+//!   the expiry and renames it over the key (or, unless replacing, leaves an existing key
+//!   alone). A batch whose outcome is unknown starts the value over, since `RPUSH` or
+//!   `APPEND` run twice would not be the same value.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +51,37 @@ const ATTEMPTS: usize = 8;
 
 /// Least time between two refreshes of the slot table.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// Tries at a big value before it counts as failed.
+const REBUILD_ATTEMPTS: usize = 3;
+
+/// Bytes of commands per piece of a big value.
+const REBUILD_BATCH: usize = 4 << 20;
+
+/// The end of a rebuild, run by the server in one step: KEYS[1] the temporary key, KEYS[2]
+/// the key, ARGV[1] the absolute expiry in ms (0: none), ARGV[2] `replace`, `keep` (leave an
+/// existing key) or `skip` (the same, and a key found after a lost reply may not be ours).
+/// No temporary key but the key there means an earlier try renamed it and its reply was
+/// lost. An expiry already past leaves nothing, as the source would.
+const RENAME_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 1 and ARGV[2] ~= 'skip' then return 1 end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('BUSYKEY') end
+  return redis.error_reply('ERR the rebuilt value is gone (evicted?)')
+end
+if ARGV[2] ~= 'replace' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('BUSYKEY Target key name already exists.')
+end
+if ARGV[1] ~= '0' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+end
+-- RENAME would free a big old value in the server's main thread; UNLINK frees it aside.
+redis.call('UNLINK', KEYS[2])
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"#;
 
 /// A value's DUMP payload: in memory, or (too big for it) the raw bytes in their spill file
 /// with the version and CRC64 that follow them.
@@ -85,6 +122,49 @@ pub enum Op {
         cmds: Vec<Vec<Vec<u8>>>,
         multi: bool,
     },
+    /// A big value rebuilt piece by piece from its serialization (see the module doc).
+    Rebuild {
+        raw: Raw,
+        /// The RDB version the value was serialized with.
+        version: u16,
+        /// Absolute expiry in ms, 0 for none.
+        abs_ttl: i64,
+        replace: bool,
+    },
+}
+
+/// A value's serialization (type byte, then the value): in memory or in its spill file.
+pub enum Raw {
+    Mem(std::sync::Arc<Vec<u8>>),
+    File(rcops_rdb::Spilled),
+}
+
+impl Raw {
+    pub fn len(&self) -> u64 {
+        match self {
+            Raw::Mem(v) => v.len() as u64,
+            Raw::File(s) => s.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn reader(&self) -> Box<dyn std::io::Read + Send> {
+        struct Shared(std::sync::Arc<Vec<u8>>, usize);
+        impl std::io::Read for Shared {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = (&self.0[self.1..]).read(buf)?;
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        match self {
+            Raw::Mem(v) => Box::new(Shared(v.clone(), 0)),
+            Raw::File(s) => Box::new(s.reader()),
+        }
+    }
 }
 
 /// One write into one slot.
@@ -103,6 +183,7 @@ impl Write {
     fn bytes(&self) -> u64 {
         match &self.op {
             Op::Restore { payload, .. } => payload.len(),
+            Op::Rebuild { raw, .. } => raw.len(),
             Op::Commands { cmds, .. } => cmds
                 .iter()
                 .map(|c| c.iter().map(|a| a.len() as u64 + 16).sum::<u64>())
@@ -270,9 +351,23 @@ pub struct Lane<'w, 'a> {
 
 impl Lane<'_, '_> {
     /// Sends one batch (paced): grouped by owner, one pipeline per node, all nodes at once,
-    /// following redirects and retrying until every write has an outcome.
+    /// following redirects and retrying until every write has an outcome; then the big values
+    /// of the batch, one at a time.
     pub async fn send(&mut self, batch: Vec<Write>) -> Vec<Done> {
         self.w.admit(batch.len() as u64).await;
+        let (big, batch): (Vec<Write>, Vec<Write>) = batch
+            .into_iter()
+            .partition(|w| matches!(w.op, Op::Rebuild { .. }));
+        let mut done = self.send_now(batch, true).await;
+        for w in big {
+            done.push(self.rebuild(w).await);
+        }
+        done
+    }
+
+    /// [`Self::send`] without pacing or big values; `fence`: whether writes count for the
+    /// replication fence (a rebuild's pieces do not: its final rename does).
+    async fn send_now(&mut self, batch: Vec<Write>, fence: bool) -> Vec<Done> {
         let mut done = Vec::with_capacity(batch.len());
         let mut todo: Vec<Todo> = batch
             .into_iter()
@@ -332,7 +427,9 @@ impl Lane<'_, '_> {
                 };
                 for (mut t, reply) in items.into_iter().zip(replies) {
                     let Some(text) = reply else {
-                        self.landed(&addr, &t.w);
+                        if fence {
+                            self.landed(&addr, &t.w);
+                        }
                         let twice = t.resent && !t.w.is_restore();
                         finish(t, Outcome::Written { twice }, &mut done);
                         continue;
@@ -382,6 +479,127 @@ impl Lane<'_, '_> {
             finish(t, Outcome::Failed(why), &mut done);
         }
         done
+    }
+
+    /// Writes one big value piece by piece into its temporary key, then renames it over the
+    /// key (see the module doc). Starts over after a piece whose outcome is unknown.
+    async fn rebuild(&mut self, w: Write) -> Done {
+        let Write {
+            slot,
+            key,
+            kind,
+            index,
+            op:
+                Op::Rebuild {
+                    raw,
+                    version,
+                    abs_ttl,
+                    replace,
+                },
+        } = w
+        else {
+            unreachable!("only rebuilds come here")
+        };
+        let done = |outcome| Done {
+            index,
+            kind,
+            key: key.clone(),
+            outcome,
+        };
+        let tmp = format!(
+            "{{{}}}rcops:rebuild:{:016x}",
+            rcops_formats::slot::tag_for_slot(slot),
+            rcops_rdb::crc64(&key)
+        )
+        .into_bytes();
+        let piece = |cmds| Write {
+            slot,
+            key: key.clone(),
+            kind,
+            index,
+            op: Op::Commands { cmds, multi: false },
+        };
+        let mut last = String::new();
+        for _ in 0..REBUILD_ATTEMPTS {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<Vec<u8>>>>(2);
+            let producer = {
+                let (reader, tmp) = (raw.reader(), tmp.clone());
+                tokio::task::spawn_blocking(move || {
+                    rcops_rdb::rebuild::rebuild(reader, version, &tmp, REBUILD_BATCH, |b| {
+                        tx.blocking_send(b).is_ok()
+                    })
+                })
+            };
+            let mut first = true;
+            let mut broke = None;
+            while let Some(mut cmds) = rx.recv().await {
+                if std::mem::take(&mut first) {
+                    // What a run that died half way through left.
+                    cmds.insert(0, vec![b"DEL".to_vec(), tmp.clone()]);
+                }
+                let sent = self.send_now(vec![piece(cmds)], false).await;
+                match sent.into_iter().next().map(|d| d.outcome) {
+                    Some(Outcome::Written { twice: false }) => {}
+                    Some(Outcome::Failed(why)) => {
+                        broke = Some(why);
+                        break;
+                    }
+                    _ => {
+                        broke = Some("a piece's reply was lost".into());
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            let walked = producer.await;
+            let why = match (broke, walked) {
+                (_, Err(e)) => format!("rebuilding: {e}"),
+                (_, Ok(Err(e))) => {
+                    last = format!("the value cannot be read: {e}");
+                    break;
+                }
+                (Some(why), _) => why,
+                (None, Ok(Ok(_))) => {
+                    let ttl = abs_ttl.max(0).to_string();
+                    let mode: &[u8] = if replace {
+                        b"replace"
+                    } else if self.w.skip {
+                        b"skip"
+                    } else {
+                        b"keep"
+                    };
+                    let script = vec![
+                        b"EVAL".to_vec(),
+                        RENAME_SCRIPT.as_bytes().to_vec(),
+                        b"2".to_vec(),
+                        tmp.clone(),
+                        key.clone(),
+                        ttl.into_bytes(),
+                        mode.to_vec(),
+                    ];
+                    let sent = self.send_now(vec![piece(vec![script])], true).await;
+                    match sent.into_iter().next().map(|d| d.outcome) {
+                        Some(Outcome::Written { .. }) => {
+                            return done(Outcome::Written { twice: false })
+                        }
+                        Some(Outcome::Exists) => return done(Outcome::Exists),
+                        Some(Outcome::Failed(why)) => why,
+                        None => "no reply to the rename".into(),
+                    }
+                }
+            };
+            // An error the server gave (not a lost reply or a node out of reach) will not
+            // change on another try.
+            let again = why.starts_with("gave up") || why.contains("was lost");
+            last = why;
+            if !again {
+                break;
+            }
+        }
+        let _ = self
+            .send_now(vec![piece(vec![vec![b"DEL".to_vec(), tmp]])], false)
+            .await;
+        done(Outcome::Failed(format!("rebuilding a big value: {last}")))
     }
 
     /// Writes to `addr` whose outcome is unknown: a `RESTORE` is looked up (present: done,
@@ -619,6 +837,7 @@ fn replies(t: &Todo) -> usize {
     let asking = usize::from(t.asking);
     match &t.w.op {
         Op::Restore { .. } => 1 + asking,
+        Op::Rebuild { .. } => 0,
         Op::Commands { cmds, multi: true } => cmds.len() + 2 + asking,
         Op::Commands { cmds, multi: false } => cmds.len() * (1 + asking),
     }
@@ -643,7 +862,7 @@ fn encode(t: &Todo, out: &mut Vec<u8>) {
             let (args, n) = restore_args(&t.w.key, &ttl, *replace, *abs_ttl, v);
             rcops_formats::resp::encode_command(&args[..n], out);
         }
-        Op::Restore { .. } => {}
+        Op::Restore { .. } | Op::Rebuild { .. } => {}
         Op::Commands { cmds, multi } => {
             if *multi {
                 asking(out);

@@ -52,6 +52,39 @@ impl PartialEq for Spilled {
     }
 }
 
+impl Spilled {
+    /// A reader over the bytes from the start (positioned reads: several may share a file).
+    pub fn reader(&self) -> SpilledReader {
+        SpilledReader {
+            file: self.file.clone(),
+            at: 0,
+            len: self.len,
+        }
+    }
+}
+
+/// See [`Spilled::reader`].
+pub struct SpilledReader {
+    file: std::sync::Arc<std::fs::File>,
+    at: u64,
+    len: u64,
+}
+
+impl Read for SpilledReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = usize::try_from(self.len - self.at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 enum Capture {
     Mem(Vec<u8>),
     File {

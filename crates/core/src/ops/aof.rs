@@ -234,7 +234,7 @@ async fn send(
         .iter()
         .map(|w| match &w.op {
             Op::Commands { cmds, .. } => cmds.len() as u64,
-            Op::Restore { .. } => 1,
+            Op::Restore { .. } | Op::Rebuild { .. } => 1,
         })
         .collect();
     for (i, w) in writes.iter_mut().enumerate() {

@@ -75,6 +75,9 @@ pub struct MigrateOptions {
     /// Writes per second across all shards.
     pub rate: Option<u64>,
     pub batch: usize,
+    /// Snapshot values whose serialization is longer are rebuilt piece by piece into a
+    /// temporary key and renamed, not sent as one `RESTORE`.
+    pub big_key_bytes: u64,
     /// Longest silence tolerated while a source builds and sends its snapshot.
     pub idle_timeout: Duration,
     /// Switch over once every shard's lag is under `max_lag`: pause the source's writes,
@@ -1445,7 +1448,8 @@ fn produce(
 ) -> Result<(), String> {
     let p = Parser::new(r).map_err(|e| e.to_string())?;
     let version = p.version();
-    let mut p = p.decode_values(version > target_version).spill_raw_above(
+    // Values are decoded only when one needs re-encoding for the target.
+    let mut p = p.decode_values(false).spill_raw_above(
         crate::ops::restore::SPILL_ABOVE,
         crate::ops::restore::spill_file(),
     );
@@ -1467,21 +1471,21 @@ fn produce(
         } else if e.expire_ms.is_some_and(|x| x <= now) {
             c.skipped_expired += 1;
         } else {
-            let payload = crate::ops::restore::prepare_payload(&mut e, version, target_version)
-                .map_err(|why| format!("key {}: {why}", rcops_formats::show_key(&e.key)))?;
-            bytes += usize::try_from(payload.len())
-                .unwrap_or(usize::MAX)
-                .min(1 << 20);
+            let op = crate::ops::restore::prepare_op(
+                &mut e,
+                version,
+                target_version,
+                opts.big_key_bytes,
+                replace,
+            )
+            .map_err(|why| format!("key {}: {why}", rcops_formats::show_key(&e.key)))?;
+            bytes += crate::ops::restore::batch_cost(&op);
             out.push(Write {
                 slot: key_slot(&e.key),
                 kind: type_name(e.type_byte),
                 key: e.key,
                 index: 0,
-                op: Op::Restore {
-                    payload,
-                    abs_ttl: e.expire_ms.unwrap_or(0),
-                    replace,
-                },
+                op,
             });
         }
         if out.len() >= batch || bytes >= crate::ops::restore::BATCH_BYTES {

@@ -37,7 +37,7 @@ use std::time::Instant;
 use crate::fanout::{query, Executor};
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
-use crate::writer::{Done, Lane, Op, Outcome, Payload, SlotWriter, Write};
+use crate::writer::{Done, Lane, Op, Outcome, Payload, Raw, SlotWriter, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +115,12 @@ pub struct RestoreOptions {
     pub resume: bool,
     /// Cap on keys written per second, all files together (spares a production target).
     pub rate: Option<u64>,
+    /// Values whose serialization is longer are rebuilt piece by piece, not `RESTORE`d.
+    pub big_key_bytes: u64,
 }
+
+/// Default for `--big-key-bytes`: above this a `RESTORE` blocks the target for about a second.
+pub const BIG_KEY_BYTES: u64 = 32 << 20;
 
 /// Values whose raw bytes exceed this go to a temporary file instead of memory.
 pub const SPILL_ABOVE: usize = 16 << 20;
@@ -408,6 +413,10 @@ pub(crate) fn payload_for(
         let raw = rcops_rdb::stream_v3_to_v2(&e.raw).map_err(|err| err.to_string())?;
         return Ok(dump_payload(&raw, 10));
     }
+    if matches!(e.value, Value::NotDecoded) {
+        e.value = rcops_rdb::decode_raw(&e.raw, e.offset, e.value_offset, file_version)
+            .map_err(|err| err.to_string())?;
+    }
     match reencode(&e.value) {
         Some(raw) => Ok(dump_payload(&raw, target_version.min(9))),
         None => Err(unwritable(e, file_version, target_version).unwrap_or_default()),
@@ -463,6 +472,50 @@ pub(crate) fn prepare_payload(
         }
     }
     payload_for(e, file_version, target_version).map(Payload::Mem)
+}
+
+/// The write for `e` on a target of `target_version`: a `RESTORE`, or a rebuild piece by
+/// piece for a value above `big_key_bytes` (or one in its spill file that needs
+/// re-encoding, which would otherwise be read whole into memory).
+pub(crate) fn prepare_op(
+    e: &mut Entry,
+    file_version: u16,
+    target_version: u16,
+    big_key_bytes: u64,
+    replace: bool,
+) -> Result<Op, String> {
+    let abs_ttl = e.expire_ms.unwrap_or(0);
+    let converts = file_version > target_version
+        && min_version_for_type(e.type_byte, file_version) > target_version;
+    let big = e.raw_len > big_key_bytes || (e.spilled.is_some() && converts);
+    if big && rcops_rdb::rebuild::rebuildable(e.type_byte, file_version) {
+        let raw = match e.spilled.take() {
+            Some(s) => Raw::File(s),
+            None => Raw::Mem(Arc::new(std::mem::take(&mut e.raw))),
+        };
+        return Ok(Op::Rebuild {
+            raw,
+            version: file_version,
+            abs_ttl,
+            replace,
+        });
+    }
+    Ok(Op::Restore {
+        payload: prepare_payload(e, file_version, target_version)?,
+        abs_ttl,
+        replace,
+    })
+}
+
+/// What a write weighs against a batch's byte budget (one in a file streams from it).
+pub(crate) fn batch_cost(op: &Op) -> usize {
+    match op {
+        Op::Restore {
+            payload: Payload::Mem(v),
+            ..
+        } => v.len(),
+        _ => 1 << 20,
+    }
 }
 
 /// Anonymous temporary files for spilled values (removed as soon as they are closed).
@@ -871,9 +924,9 @@ fn produce(
 ) -> Result<(), RestoreError> {
     let p = crate::ops::rdb::parser(&src.path)?;
     let file_version = p.version();
-    // Values are only decoded when the target may need them re-encoded.
+    // Values are decoded only when one needs re-encoding for the target (`payload_for`).
     let mut p = p
-        .decode_values(file_version > target_version)
+        .decode_values(false)
         .spill_raw_above(SPILL_ABOVE, spill_file());
     let now = crate::ops::rdb::now_ms();
     let batch = opts.batch.max(1);
@@ -910,25 +963,26 @@ fn produce(
             if !retrying {
                 window = window.saturating_sub(1);
             }
-            let payload = prepare_payload(&mut e, file_version, target_version).map_err(|why| {
+            let replace = opts.on_conflict == OnConflict::Replace
+                || ours_for_sure
+                || (ours && may_replace_ours);
+            let op = prepare_op(
+                &mut e,
+                file_version,
+                target_version,
+                opts.big_key_bytes,
+                replace,
+            )
+            .map_err(|why| {
                 RestoreError::Refused(format!("{}: key {}: {why}", src.label, show_key(&e.key)))
             })?;
-            bytes += match &payload {
-                Payload::Mem(v) => v.len(),
-                Payload::File { .. } => 1 << 20,
-            };
+            bytes += batch_cost(&op);
             out.push(Write {
                 slot: key_slot(&e.key),
                 kind: type_name(e.type_byte),
                 key: e.key,
                 index,
-                op: Op::Restore {
-                    payload,
-                    abs_ttl: e.expire_ms.unwrap_or(0),
-                    replace: opts.on_conflict == OnConflict::Replace
-                        || ours_for_sure
-                        || (ours && may_replace_ours),
-                },
+                op,
             });
         }
         if out.len() >= batch || bytes >= BATCH_BYTES {

@@ -148,6 +148,8 @@ fn text(v: &Value) -> String {
     match v {
         Value::SimpleString(s) => s.clone(),
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        // XINFO GROUPS gives counts (`pending`) as integers.
+        Value::Int(i) => i.to_string(),
         _ => String::new(),
     }
 }
@@ -161,6 +163,9 @@ async fn read_keys(
     mode: Mode,
     kinds: Option<&[Side]>,
 ) -> Result<(Vec<Side>, Vec<Option<Vec<u8>>>), NodeError> {
+    if keys.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut sides: Vec<Side> = match kinds {
         Some(k) => k
             .iter()
@@ -397,6 +402,10 @@ async fn compare(
     owners: &[Option<Addr>],
     shard: &str,
 ) -> Result<(Vec<Difference>, u64), NodeError> {
+    // SCAN with MATCH often answers no key for a call: nothing to send.
+    if keys.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
     let (ss, sd) = read_keys(src, sconn, &keys, opts.mode, None).await?;
     let mut by_content = 0u64;
     let mut by_node: BTreeMap<Addr, Vec<usize>> = BTreeMap::new();
