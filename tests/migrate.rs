@@ -949,3 +949,118 @@ fn verify_replicas_finds_what_differs_between_a_master_and_its_replica() {
     want.sort();
     assert_eq!(found, want);
 }
+
+#[test]
+fn migrate_into_a_redis_cli_cluster_moves_off_a_frozen_source_replica() {
+    // Source: an rcops lab with a replica per master (migrate reads the replicas). Target: a
+    // cluster built by plain `redis-cli --cluster create`.
+    let source = Lab::start(LabSpec::default());
+    assert_eq!(source.load(2000).code, 0);
+    let target = CliCluster::start(3);
+    let state = tempfile::tempdir().unwrap();
+    let child = spawn_migrate(
+        state.path(),
+        &[
+            "--from",
+            &source.seed(),
+            "--to",
+            &target.seed(),
+            "--follow",
+            // In the stream phase the limit is 30 s at least (masters PING every 10 s).
+            "--idle-timeout",
+            "5s",
+            "--yes",
+            "--json",
+        ],
+    );
+    let on_target = |key: &str| -> bool {
+        // Other masters answer MOVED.
+        target.ports().iter().any(|&p| {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query::<u64>(&mut conn(p))
+                .is_ok_and(|n| n == 1)
+        })
+    };
+    let write = |key: &str| {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .query(&mut conn(owner(source.port, 3, key.as_bytes())))
+            .unwrap();
+    };
+    let wait_for = |key: &str, limit: Duration| -> Duration {
+        let t = Instant::now();
+        while !on_target(key) {
+            assert!(
+                t.elapsed() < limit,
+                "{key} not on the target after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t.elapsed()
+    };
+    write("{a}before");
+    wait_for("{a}before", Duration::from_secs(30));
+
+    // Freeze every source replica (SIGSTOP: the socket stays open, nothing comes): its
+    // shard's stream goes silent, counts as broken after the idle limit and moves to the
+    // master; writes made meanwhile arrive.
+    let ports: Vec<u16> = (source.port..source.port + 6).collect();
+    let replicas: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|&p| source.redis_cli(p, &["ROLE"]).starts_with("slave"))
+        .collect();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    let signal = |sig: &str| {
+        for &p in &replicas {
+            let pid = source.pid(p).to_string();
+            assert!(Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    let keys = ["{a}frozen", "{b}frozen", "{c}frozen"];
+    for k in keys {
+        write(k);
+    }
+    let took: Vec<Duration> = keys
+        .iter()
+        .map(|k| wait_for(k, Duration::from_secs(90)))
+        .collect();
+    signal("-CONT");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = output(child);
+    assert_eq!(r.code, 130, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("no data for 30s; reconnecting"),
+        "{}",
+        r.stderr
+    );
+    let report = r.json();
+    for s in report["shards"].as_array().unwrap() {
+        assert_eq!(s["role"], "master", "{s}");
+        assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
+    }
+    // Not before the idle limit: a quiet but healthy stream is not broken.
+    assert!(took[0] >= Duration::from_secs(15), "{took:?}");
+    assert_same(&snapshot(&masters(&source, 3)), &snapshot(&target.ports()));
+    let r = run(rcops(&[
+        "verify",
+        "--from",
+        &source.seed(),
+        "--to",
+        &target.seed(),
+        "--mode",
+        "full",
+        "--from-masters",
+    ])
+    .env("RCOPS_STATE_DIR", state.path()));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+}

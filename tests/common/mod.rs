@@ -324,13 +324,18 @@ pub struct Standalone {
 
 impl Standalone {
     pub fn start() -> Standalone {
+        Self::start_with(free_port_block(), &[])
+    }
+
+    /// A server on `port` with more arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> Standalone {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port_block();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             // A replication client (migrate) gets its snapshot at once, not after 5 s.
             .args(["--repl-diskless-sync-delay", "0"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
@@ -360,5 +365,55 @@ impl Drop for Standalone {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cluster built the way operators build one without rcops: `redis-server
+/// --cluster-enabled yes` processes joined by `redis-cli --cluster create`.
+pub struct CliCluster {
+    pub nodes: Vec<Standalone>,
+}
+
+impl CliCluster {
+    pub fn start(masters: u16) -> CliCluster {
+        let base = free_port_block();
+        let nodes: Vec<Standalone> = (0..masters)
+            .map(|i| Standalone::start_with(base + i, &["--cluster-enabled", "yes"]))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(Standalone::addr).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not form");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        CliCluster { nodes }
+    }
+
+    pub fn seed(&self) -> String {
+        self.nodes[0].addr()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
     }
 }
