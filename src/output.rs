@@ -275,6 +275,7 @@ impl rcops_core::job::Progress for ShardBars {
                 "stream: applied offset {done}, lag {}",
                 bytes(t.saturating_sub(done))
             ),
+            ("received", _) => format!("received {}", bytes(done)),
             (_, Some(t)) => format!("{phase}: {done}/{t}"),
             (_, None) => format!("{phase}: {done} keys"),
         };

@@ -3,7 +3,6 @@
 use rcops_core::ops::backup::{self, BackupError, BackupOptions, Listed};
 use rcops_core::topology::Detail;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::config::default_state_dir;
 use super::{view, CmdResult, Failure};
@@ -160,30 +159,15 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
     let cluster_nodes = backup::cluster_nodes_text(&exec, &view)
         .await
         .map_err(Failure::failed)?;
-    let (srcs, _) = backup::sources(&view, !a.from_masters);
-    let bar = output::progress(None, g.json, "{spinner} {msg}");
-    let totals: Arc<std::sync::Mutex<Vec<u64>>> =
-        Arc::new(std::sync::Mutex::new(vec![0; srcs.len()]));
-    let bar2 = bar.clone();
-    let t2 = totals.clone();
-    let progress = Arc::new(move |i: usize, n: u64| {
-        if let Ok(mut t) = t2.lock() {
-            if let Some(x) = t.get_mut(i) {
-                *x = n;
-            }
-            let sum: u64 = t.iter().sum();
-            bar2.set_message(format!("{} shards, {} received", t.len(), bytes(sum)));
-        }
-    });
     let opts = BackupOptions {
         dir: dir.to_path_buf(),
         from_replicas: !a.from_masters,
         idle_timeout: a.idle_timeout,
         concurrency: g.concurrency as usize,
-        stop: super::stop_on_ctrl_c(),
     };
-    let result = backup::backup(exec.options(), &view, cluster_nodes, &opts, progress).await;
-    bar.finish_and_clear();
+    let (ctx, bars) = super::job_ctx(g.json);
+    let result = backup::backup(&ctx, exec.options(), &view, cluster_nodes, &opts).await;
+    bars.clear();
     let (m, folder) = match result {
         Ok(done) => done,
         Err(e @ BackupError::Interrupted(..)) => {

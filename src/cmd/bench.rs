@@ -3,7 +3,7 @@
 use rcops_core::ops::bench::{bench, BenchOptions};
 use rcops_core::topology::Detail;
 
-use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
+use super::{cancel_on_signals, view_light, CmdResult, Failure};
 use crate::cli::{BenchArgs, GlobalOpts};
 use crate::output::{self, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
@@ -26,7 +26,7 @@ pub async fn run(g: &GlobalOpts, a: &BenchArgs) -> CmdResult {
         keep: a.keep,
         threads: a.threads.unwrap_or(0) as usize,
     };
-    let stop = stop_on_ctrl_c();
+    let stop = cancel_on_signals();
     let pb = match requests {
         Some(n) => output::progress(
             Some(n),

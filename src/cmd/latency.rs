@@ -3,7 +3,7 @@
 use rcops_core::ops::latency::latency;
 use rcops_core::topology::{line_addr, Detail};
 
-use super::{stop_on_ctrl_c, view_light, CmdResult, Failure};
+use super::{cancel_on_signals, view_light, CmdResult, Failure};
 use crate::cli::{GlobalOpts, LatencyArgs};
 use crate::output::{self, EXIT_FAILED, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK};
 
@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalOpts, a: &LatencyArgs) -> CmdResult {
     if targets.is_empty() {
         return Err(Failure::usage(format!("no node matches {:?}", a.nodes)));
     }
-    let stop = stop_on_ctrl_c();
+    let stop = cancel_on_signals();
     let pb = output::progress(
         None,
         g.json,

@@ -1,17 +1,16 @@
 //! `rcops migrate`: flags → [`rcops_core::ops::migrate`] options, the plan, per-shard
 //! progress bars, the report.
 
-use rcops_core::job::{CancellationToken, JobCtx, JobError};
+use rcops_core::job::JobError;
 use rcops_core::ops::migrate::{self, Ends, MigrateOptions, MigratePlan, MigrateReport, OnFlush};
 use rcops_core::ops::restore::OnConflict;
 use rcops_core::route::KeyFilter;
 use rcops_core::topology::{discover_endpoint, Detail};
 use rcops_core::{Addr, ConnectOptions, Executor, Secret};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::config::default_state_dir;
-use super::{connect_options, CmdResult, Failure};
+use super::{connect_options, job_ctx, CmdResult, Failure};
 use crate::cli::{EndsArgs, GlobalOpts, MigrateArgs};
 use crate::output;
 
@@ -219,31 +218,6 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         print_report(&report);
     }
     Ok(report.outcome.exit_code())
-}
-
-/// A job's context for the CLI: cancelled by Ctrl-C or SIGTERM, progress as bars per shard.
-pub fn job_ctx(json: bool) -> (JobCtx, Arc<output::ShardBars>) {
-    let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
-    let bars = Arc::new(output::ShardBars::new(json));
-    let ctx = JobCtx {
-        cancel,
-        progress: bars.clone(),
-    };
-    (ctx, bars)
-}
-
-/// Ctrl-C and SIGTERM stop the job cleanly (checkpointed, resumable).
-fn cancel_on_signals(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
-        }
-        cancel.cancel();
-    });
 }
 
 fn print_plan(p: &MigratePlan) {

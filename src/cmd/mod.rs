@@ -187,13 +187,35 @@ async fn view_by(
 }
 
 /// A flag that turns true on Ctrl-C, for long runs that stop early but still clean up.
-pub fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
+/// A job's context for the CLI: cancelled by Ctrl-C or SIGTERM, progress as bars per shard.
+pub fn job_ctx(
+    json: bool,
+) -> (
+    rcops_core::job::JobCtx,
+    std::sync::Arc<crate::output::ShardBars>,
+) {
+    let cancel = cancel_on_signals();
+    let bars = std::sync::Arc::new(crate::output::ShardBars::new(json));
+    let ctx = rcops_core::job::JobCtx {
+        cancel,
+        progress: bars.clone(),
+    };
+    (ctx, bars)
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM: the job stops cleanly (checkpointed, resumable,
+/// cleaned up).
+pub fn cancel_on_signals() -> rcops_core::job::CancellationToken {
+    let cancel = rcops_core::job::CancellationToken::new();
+    let token = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
         }
+        cancel.cancel();
     });
-    stop
+    token
 }

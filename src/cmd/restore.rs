@@ -5,7 +5,6 @@ use rcops_core::ops::backup;
 use rcops_core::ops::restore::{self, OnConflict, RestoreError, RestoreOptions, SourceFile};
 use rcops_core::topology::Detail;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::backup::backup_dir;
 use super::config::default_state_dir;
@@ -240,27 +239,19 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     if !g.json {
         print_preflight(&checked);
     }
-    let bar = output::progress(
-        checked.entries().or(plan.source_keys),
-        g.json,
-        "{bar:30} {pos}/{len} keys {per_sec} eta {eta}",
-    );
-    let b2 = bar.clone();
-    let progress = Arc::new(move |n: u64| b2.inc(n));
-    let stop = super::stop_on_ctrl_c();
+    let (ctx, bars) = super::job_ctx(g.json);
     let report = restore::restore(
+        &ctx,
         &exec,
         &view,
         &sources,
         &opts,
         target_rdb_version,
         &checked,
-        stop,
-        progress,
     )
     .await
     .map_err(failure)?;
-    bar.finish_and_clear();
+    bars.clear();
     if g.json {
         output::print_json(&report);
     } else {
@@ -461,9 +452,11 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
         batch: a.batch as usize,
         base_conflict: mode,
     };
-    let report = rcops_core::ops::aof::replay(&exec, &view, path, &opts, target_version)
+    let (ctx, bars) = super::job_ctx(g.json);
+    let report = rcops_core::ops::aof::replay(&ctx, &exec, &view, path, &opts, target_version)
         .await
         .map_err(Failure::failed)?;
+    bars.clear();
     if g.json {
         output::print_json(&report);
     } else {
@@ -483,12 +476,19 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
         if let Some(ts) = report.stopped_at_ts {
             crate::outln!("stopped at the first entry after --until (#TS:{ts})");
         }
+        if report.interrupted {
+            output::warn(
+                "interrupted: the target holds the commands sent so far, not the whole file",
+            );
+        }
         for e in &report.errors {
             output::error(e);
         }
     }
     Ok(if report.failed > 0 {
         EXIT_FAILED
+    } else if report.interrupted {
+        output::EXIT_INTERRUPTED
     } else if !report.keyless_skipped.is_empty()
         || report.transactions_split > 0
         || report.preamble_kept > 0

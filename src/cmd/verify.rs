@@ -7,7 +7,8 @@ use rcops_core::route::KeyFilter;
 use rcops_core::topology::Detail;
 use std::io::Write;
 
-use super::migrate::{failure, job_ctx, Sides};
+use super::job_ctx;
+use super::migrate::{failure, Sides};
 use super::{CmdResult, Failure};
 use crate::cli::{GlobalOpts, VerifyArgs, VerifyCommand};
 use crate::output;

@@ -5,6 +5,7 @@
 //! when all their keys share a slot; others are sent command by command and reported.
 //! `--until` stops at the first `#TS:` annotation past the given time.
 
+use crate::job::JobCtx;
 use rcops_formats::slot::key_slot;
 use rcops_rdb::aof::{parse_manifest, AofItem, AofReader};
 use rcops_rdb::{Item, Parser};
@@ -39,6 +40,8 @@ pub struct AofReport {
     pub other_db_skipped: u64,
     /// Set when `--until` stopped the replay: the first timestamp past it.
     pub stopped_at_ts: Option<u64>,
+    /// Stopped by cancellation (Ctrl-C) before the end: the target holds a prefix.
+    pub interrupted: bool,
     pub errors: Vec<String>,
     pub elapsed_ms: u128,
 }
@@ -69,7 +72,10 @@ pub struct AofOptions {
 }
 
 /// Replays `path` into the target.
+/// Replays the files into the target, progress (commands read) per file to `ctx.progress`;
+/// stops between batches when `ctx.cancel` fires.
 pub async fn replay(
+    ctx: &JobCtx,
     exec: &Executor,
     view: &ClusterView,
     path: &Path,
@@ -87,7 +93,8 @@ pub async fn replay(
     let mut units: Vec<Write> = Vec::new();
     let mut router = Router::new(&cmds, 0, Default::default());
     'files: for file in files(path)? {
-        report.files.push(file.display().to_string());
+        let label = file.display().to_string();
+        report.files.push(label.clone());
         let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         let mut br = BufReader::with_capacity(256 * 1024, f);
         let head = {
@@ -140,6 +147,12 @@ pub async fn replay(
                                 &mut report,
                             )
                             .await;
+                            ctx.progress
+                                .shard(&label, "base", report.preamble_keys, None);
+                            if ctx.cancel.is_cancelled() {
+                                report.interrupted = true;
+                                break 'files;
+                            }
                         }
                     }
                     Item::Entry(_) => report.other_db_skipped += 1,
@@ -184,6 +197,11 @@ pub async fn replay(
             }
             if units.len() >= opts.batch {
                 send(&mut lane, std::mem::take(&mut units), false, &mut report).await;
+                ctx.progress.shard(&label, "replay", report.commands, None);
+                if ctx.cancel.is_cancelled() {
+                    report.interrupted = true;
+                    break 'files;
+                }
             }
         }
     }

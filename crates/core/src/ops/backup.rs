@@ -4,6 +4,7 @@
 //! a backup set written under a temporary name and renamed when complete. Also `list`,
 //! `verify` and `prune`.
 
+use crate::job::JobCtx;
 use futures::StreamExt;
 use rcops_formats::slot::{format_ranges, key_slot, SlotRange, SlotSet};
 use rcops_rdb::{Item, Parser};
@@ -11,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::node::{Addr, ConnectOptions};
@@ -285,8 +284,6 @@ pub struct BackupOptions {
     pub idle_timeout: Duration,
     /// Most shards streamed at once.
     pub concurrency: usize,
-    /// Set to stop: the unfinished set is removed and [`BackupError::Interrupted`] returned.
-    pub stop: Arc<AtomicBool>,
 }
 
 /// The file in an unfinished set naming the process writing it, so `prune` can tell a
@@ -294,15 +291,16 @@ pub struct BackupOptions {
 const OWNER: &str = "owner.pid";
 
 /// Backs up every shard at once into `DIR/<id>/` (written as `DIR/.<id>.partial/`, renamed
-/// when done). `progress` is told the raw bytes received per shard. A shard whose first
-/// source fails before any of its payload arrived is read from the next one (another
-/// in-sync replica, then its master).
+/// when done). `ctx.progress` is told the raw bytes received per shard (phase `received`);
+/// when `ctx.cancel` fires the unfinished set is removed and [`BackupError::Interrupted`]
+/// returned. A shard whose first source fails before any of its payload arrived is read from
+/// the next one (another in-sync replica, then its master).
 pub async fn backup(
+    ctx: &JobCtx,
     opts_conn: &ConnectOptions,
     view: &ClusterView,
     cluster_nodes: String,
     opts: &BackupOptions,
-    progress: Arc<dyn Fn(usize, u64) + Send + Sync>,
 ) -> Result<(Manifest, PathBuf), BackupError> {
     let (srcs, warnings) = sources(view, opts.from_replicas);
     if srcs.is_empty() {
@@ -314,18 +312,13 @@ pub async fn backup(
     let tmp = opts.dir.join(format!(".{id}.partial"));
     std::fs::create_dir_all(&tmp).map_err(|e| io(tmp.display(), e))?;
     let _ = std::fs::write(tmp.join(OWNER), std::process::id().to_string());
-    let stopped = || async {
-        while !opts.stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
     let jobs = srcs.iter().enumerate().map(|(i, src)| {
         let file = format!(
             "shard-{i:03}-{}.rdb.zst",
             &src.master_id[..8.min(src.master_id.len())]
         );
         let path = tmp.join(&file);
-        let progress = progress.clone();
+        let label = format_ranges(&src.slots.ranges());
         async move {
             let mut m = ShardManifest {
                 master_id: src.master_id.clone(),
@@ -349,7 +342,7 @@ pub async fn backup(
                 let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
                 let writer_path = path.clone();
                 let writer = tokio::task::spawn_blocking(move || write_shard(&writer_path, rx));
-                let report = |n: u64| progress(i, n);
+                let report = |n: u64| ctx.progress.shard(&label, "received", n, None);
                 let mut out = Out {
                     tx,
                     total: 0,
@@ -357,7 +350,7 @@ pub async fn backup(
                 };
                 let streamed = tokio::select! {
                     r = stream_shard(opts_conn, addr, &mut out, opts.idle_timeout) => r,
-                    _ = stopped() => Err(INTERRUPTED.to_string()),
+                    () = ctx.cancel.cancelled() => Err(INTERRUPTED.to_string()),
                 };
                 let received = out.total;
                 drop(out);
@@ -407,7 +400,7 @@ pub async fn backup(
         .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
-    if opts.stop.load(Ordering::Relaxed) {
+    if ctx.cancel.is_cancelled() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(BackupError::Interrupted(id, tmp.display().to_string()));
     }

@@ -5,12 +5,13 @@
 //! generator waiting (coordinated omission). Keys live under [`KEY_PREFIX`] and are deleted
 //! afterwards unless kept.
 
+use crate::job::CancellationToken;
 use hdrhistogram::Histogram;
 use rcops_formats::resp;
 use rcops_formats::slot::key_slot;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -289,7 +290,7 @@ pub async fn bench(
     exec: &Executor,
     view: &ClusterView,
     opts: &BenchOptions,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<BenchReport, BenchError> {
     // Keys per master, by the slot table.
@@ -377,7 +378,7 @@ pub async fn bench(
             let mut seq: u64 = c as u64;
             let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1);
             loop {
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                if stop.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 let want = pipeline as u64;
@@ -408,14 +409,14 @@ pub async fn bench(
                             break;
                         }
                         // Long waits in slices, so Ctrl-C is not held up by one.
-                        while !stop.load(Ordering::Relaxed) {
+                        while !stop.is_cancelled() {
                             let slice = Instant::now() + Duration::from_millis(100);
                             pacer.wait_until(at.min(slice)).await;
                             if Instant::now() >= at {
                                 break;
                             }
                         }
-                        if stop.load(Ordering::Relaxed) {
+                        if stop.is_cancelled() {
                             break;
                         }
                         at
@@ -586,7 +587,7 @@ pub async fn bench(
         commands,
         per_node,
         keys_deleted,
-        stopped_early: stop.load(Ordering::Relaxed),
+        stopped_early: stop.is_cancelled(),
         error_samples,
         threads,
     })

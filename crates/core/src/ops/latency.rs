@@ -4,11 +4,11 @@
 //! `READONLY`). Probe keys sit under [`KEY_PREFIX`], carry a short TTL as a safety net, and
 //! are deleted at the end, also when the run is stopped early.
 
+use crate::job::CancellationToken;
 use hdrhistogram::Histogram;
 use rcops_formats::slot::key_slot;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{rtt_histogram, Percentiles};
@@ -92,7 +92,7 @@ pub async fn latency(
     view: &ClusterView,
     targets: &[Addr],
     duration: Duration,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> LatencyReport {
     let started = Instant::now();
     // Probe key per master, and what each target does.
@@ -158,7 +158,7 @@ pub async fn latency(
             let ping = redis::cmd("PING");
             let deadline = Instant::now() + duration;
             let mut turn = 0u64;
-            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            while Instant::now() < deadline && !stop.is_cancelled() {
                 // Masters alternate SET and GET; replicas GET; nodes without a key PING.
                 let cmd = match (*role, &set, &get) {
                     ("master", Some(s), Some(g)) => {
@@ -204,7 +204,7 @@ pub async fn latency(
     LatencyReport {
         nodes,
         duration_ms: started.elapsed().as_millis(),
-        stopped_early: stop.load(Ordering::Relaxed),
+        stopped_early: stop.is_cancelled(),
         keys_left: cleanup.failed.len(),
     }
 }

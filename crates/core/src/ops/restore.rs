@@ -30,11 +30,11 @@ use rcops_rdb::{dump_payload, min_version_for_type, type_name, Entry, Item, Valu
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::fanout::{query, Executor};
+use crate::job::JobCtx;
 use crate::node::{Addr, NodeError};
 use crate::topology::{line_addr, ClusterView};
 use crate::writer::{Done, Lane, Op, Outcome, Payload, Raw, SlotWriter, Write};
@@ -824,18 +824,17 @@ struct Shared<'a> {
     checkpoint_path: PathBuf,
 }
 
-/// Restores every source into the target. `progress(keys)` is called as keys complete; the
-/// checks of [`preflight`] must have passed (`checked` is what they found).
-#[allow(clippy::too_many_arguments)]
+/// Restores every source into the target: progress per file (keys written of its entries)
+/// to `ctx.progress`, stopped cleanly (checkpointed) when `ctx.cancel` fires. The checks of
+/// [`preflight`] must have passed (`checked` is what they found).
 pub async fn restore(
+    ctx: &JobCtx,
     exec: &Executor,
     view: &ClusterView,
     sources: &[SourceFile],
     opts: &RestoreOptions,
     target_version: u16,
     checked: &Preflight,
-    stop: Arc<AtomicBool>,
-    progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let earlier = if opts.resume {
@@ -866,9 +865,15 @@ pub async fn restore(
         checkpoint_path: opts.checkpoint.clone(),
     };
     let jobs = sources.iter().map(|src| {
-        let (shared, stop, progress) = (&shared, &stop, &progress);
+        let shared = &shared;
+        let total = checked
+            .files
+            .iter()
+            .find(|f| f.label == src.label)
+            .and_then(|f| f.entries)
+            .or(src.keys);
         async move {
-            let r = restore_file(shared, src, opts, target_version, stop, progress).await;
+            let r = restore_file(shared, src, opts, target_version, ctx, total).await;
             (src.label.clone(), r)
         }
     });
@@ -880,7 +885,7 @@ pub async fn restore(
         total.add(&c);
         per_source.insert(label, c);
     }
-    let interrupted = stop.load(Ordering::Relaxed);
+    let interrupted = ctx.cancel.is_cancelled();
     // Every entry of the source accounted for: none failed, none left unread.
     let complete =
         !interrupted && total.failed == 0 && checked.entries().is_none_or(|n| total.entries() >= n);
@@ -1005,8 +1010,8 @@ async fn restore_file(
     src: &SourceFile,
     opts: &RestoreOptions,
     target_version: u16,
-    stop: &AtomicBool,
-    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+    ctx: &JobCtx,
+    total: Option<u64>,
 ) -> Result<Counts, RestoreError> {
     let (earlier, earlier_batch, first_mode) = {
         let cp = shared.checkpoint.lock().map_err(|_| poisoned())?;
@@ -1047,6 +1052,7 @@ async fn restore_file(
     let mut failed: Vec<u64> = Vec::new();
     let mut since_save = 0u64;
     let mut last_index = None;
+    let mut written = 0u64;
     let mut lane = shared.writer.lane();
     // Entries this run wrote that no replica confirmed: re-sent by --resume.
     let mut unconfirmed: Vec<u64> = Vec::new();
@@ -1072,11 +1078,12 @@ async fn restore_file(
         run.skipped_filtered += c.skipped_filtered;
         run.skipped_expired += c.skipped_expired;
         let done = lane.send(batch).await;
-        progress(done.len() as u64);
+        written += done.len() as u64;
+        ctx.progress.shard(&src.label, "restore", written, total);
         count(shared, done, &mut run, &mut failed);
         last_index = Some(index);
         since_save += 1;
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = ctx.cancel.is_cancelled();
         if since_save >= CHECKPOINT_EVERY || stopping {
             save(index, &mut run, &mut failed, &mut unconfirmed, &mut lane).await;
             since_save = 0;
