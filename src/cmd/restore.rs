@@ -1,8 +1,7 @@
 //! `rcops restore`: render [`rcops_core::ops::restore`] (backup sets and RDB files) and
 //! [`rcops_core::ops::aof`] (`--aof`).
 
-use rcops_core::ops::backup;
-use rcops_core::ops::restore::{self, OnConflict, RestoreError, RestoreOptions, SourceFile};
+use rcops_core::ops::restore::{self, OnConflict, RestoreError, RestoreOptions};
 use rcops_core::topology::Detail;
 use std::path::Path;
 
@@ -25,70 +24,6 @@ fn on_conflict(a: &RestoreArgs) -> OnConflict {
         Some("replace") => OnConflict::Replace,
         _ => OnConflict::Fail,
     }
-}
-
-/// The files to restore: a backup set (id, prefix, `latest` or folder) or RDB files, the
-/// set's label, and the keys its manifest counts.
-fn sources(g: &GlobalOpts, a: &RestoreArgs) -> Result<(String, Vec<SourceFile>), Failure> {
-    let dir = backup_dir(g, &a.dir);
-    let source = a.source.clone().unwrap_or_default();
-    let src_path = Path::new(&source);
-    let (label, mut sources) = if src_path.is_file() {
-        let file = SourceFile {
-            label: source.clone(),
-            path: src_path.to_path_buf(),
-            sha256: None,
-            keys: None,
-        };
-        let name = src_path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (name, vec![file])
-    } else {
-        if src_path.is_dir() && !src_path.join(backup::MANIFEST).is_file() {
-            return Err(Failure::failed(format!(
-                "{}: not a backup set (no {} in it); pass RDB files by name",
-                src_path.display(),
-                backup::MANIFEST
-            )));
-        }
-        let (folder, m) = backup::find(&dir, &source).map_err(Failure::failed)?;
-        if m.status != "complete" {
-            return Err(Failure::failed(format!(
-                "backup {} is {}: some shards are missing; restore its files one by one if you must",
-                m.id, m.status
-            )));
-        }
-        let files = m
-            .shards
-            .iter()
-            .map(|s| SourceFile {
-                label: s.file.clone(),
-                path: folder.join(&s.file),
-                sha256: Some(s.sha256.clone()),
-                keys: Some(s.keys),
-            })
-            .collect();
-        (m.id.clone(), files)
-    };
-    for f in &a.files {
-        if !f.is_file() {
-            return Err(Failure::failed(format!("{}: no such file", f.display())));
-        }
-        sources.push(SourceFile {
-            label: f.display().to_string(),
-            path: f.clone(),
-            sha256: None,
-            keys: None,
-        });
-    }
-    // A plain file must at least open as an RDB (a backup shard is checked against its
-    // SHA-256 first, by the preflight).
-    for s in sources.iter().filter(|s| s.sha256.is_none()) {
-        rcops_core::ops::rdb::parser(&s.path).map_err(Failure::failed)?;
-    }
-    Ok((label, sources))
 }
 
 /// Prints the findings that make writing unsafe; an error unless `--force`.
@@ -120,23 +55,13 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     if let Some(aof) = &a.aof {
         return replay_aof(g, a, aof).await;
     }
-    let (label, sources) = sources(g, a)?;
+    let backups = backup_dir(g, &a.dir);
+    let (label, sources) =
+        restore::resolve_sources(&backups, a.source.as_deref().unwrap_or_default(), &a.files)
+            .map_err(failure)?;
     let (exec, view) = view(g, Detail::Health).await?;
     let mode = on_conflict(a);
-    let key = rcops_core::ops::config::cluster_key(&view);
-    let checkpoint = g
-        .state_dir
-        .clone()
-        .unwrap_or_else(default_state_dir)
-        .join("restore")
-        .join(format!("{}-into-{key}.json", sanitize(&label)));
-    if a.resume && !checkpoint.is_file() {
-        return Err(Failure::usage(format!(
-            "--resume: no checkpoint for {label} into this cluster ({}): nothing to resume; \
-             run without --resume",
-            checkpoint.display()
-        )));
-    }
+    let state = g.state_dir.clone().unwrap_or_else(default_state_dir);
     let opts = RestoreOptions {
         on_conflict: mode,
         pattern: a.pattern.clone(),
@@ -146,29 +71,19 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         verify: !a.no_verify,
         batch: a.batch as usize,
         big_key_bytes: a.big_key_bytes,
-        checkpoint,
+        checkpoint: restore::checkpoint_path(&state, &label, &view),
         resume: a.resume,
         rate: a.rate,
     };
+    // Before anything else is asked of an unhealthy target.
     let blockers = restore::write_blockers(&view);
     if !blockers.is_empty() && !a.force {
         refuse_unsafe(g, &blockers, false)?;
     }
-    let target_rdb_version = restore::target_rdb_version(&exec, &view)
+    let mut plan = restore::plan(&exec, &view, &label, &sources, &opts)
         .await
         .map_err(failure)?;
-    let mut plan = restore::RestorePlan {
-        source: label.clone(),
-        files: sources.iter().map(|s| s.label.clone()).collect(),
-        source_keys: sources.iter().map(|s| s.keys).sum(),
-        target_masters: view.masters().filter(|m| m.slot_count() > 0).count(),
-        target_keys: restore::target_keys(&exec, &view).await,
-        target_rdb_version,
-        on_conflict: mode,
-        resume: a.resume,
-        blockers,
-        preflight: None,
-    };
+    let target_rdb_version = plan.target_rdb_version;
     if !g.json {
         crate::outln!(
             "plan: restore {} file(s) of {label}{} into {} master(s) ({} keys there now), on conflict: {}{}",
@@ -179,7 +94,7 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
             plan.target_masters,
             plan.target_keys,
             mode.as_str(),
-            if a.resume {
+            if opts.resume {
                 ", resuming from the checkpoint"
             } else {
                 ""
@@ -497,16 +412,4 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
     } else {
         EXIT_OK
     })
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

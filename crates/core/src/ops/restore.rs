@@ -89,6 +89,125 @@ pub struct RestorePlan {
     pub preflight: Option<Preflight>,
 }
 
+/// The files to restore: a backup set in `backups` (id, prefix, `latest` or its folder) or an
+/// RDB file named by `source`, then `extra` RDB files; the set's label. A plain file must at
+/// least open as an RDB (a backup shard is checked against its SHA-256 by the preflight).
+pub fn resolve_sources(
+    backups: &Path,
+    source: &str,
+    extra: &[PathBuf],
+) -> Result<(String, Vec<SourceFile>), RestoreError> {
+    use crate::ops::backup;
+    let src_path = Path::new(source);
+    let (label, mut sources) = if src_path.is_file() {
+        let file = SourceFile {
+            label: source.to_string(),
+            path: src_path.to_path_buf(),
+            sha256: None,
+            keys: None,
+        };
+        let name = src_path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (name, vec![file])
+    } else {
+        if src_path.is_dir() && !src_path.join(backup::MANIFEST).is_file() {
+            return Err(RestoreError::Refused(format!(
+                "{}: not a backup set (no {} in it); pass RDB files by name",
+                src_path.display(),
+                backup::MANIFEST
+            )));
+        }
+        let (folder, m) =
+            backup::find(backups, source).map_err(|e| RestoreError::Refused(e.to_string()))?;
+        if m.status != "complete" {
+            return Err(RestoreError::Refused(format!(
+                "backup {} is {}: some shards are missing; restore its files one by one if you must",
+                m.id, m.status
+            )));
+        }
+        let files = m
+            .shards
+            .iter()
+            .map(|s| SourceFile {
+                label: s.file.clone(),
+                path: folder.join(&s.file),
+                sha256: Some(s.sha256.clone()),
+                keys: Some(s.keys),
+            })
+            .collect();
+        (m.id.clone(), files)
+    };
+    for f in extra {
+        if !f.is_file() {
+            return Err(RestoreError::Refused(format!(
+                "{}: no such file",
+                f.display()
+            )));
+        }
+        sources.push(SourceFile {
+            label: f.display().to_string(),
+            path: f.clone(),
+            sha256: None,
+            keys: None,
+        });
+    }
+    for s in sources.iter().filter(|s| s.sha256.is_none()) {
+        crate::ops::rdb::parser(&s.path)?;
+    }
+    Ok((label, sources))
+}
+
+/// Where the checkpoint of restoring `label` into the cluster of `view` lives under
+/// `state_dir`: one per source and target, so a resume finds it again.
+pub fn checkpoint_path(state_dir: &Path, label: &str, view: &ClusterView) -> PathBuf {
+    let clean: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let key = crate::ops::config::cluster_key(view);
+    state_dir
+        .join("restore")
+        .join(format!("{clean}-into-{key}.json"))
+}
+
+/// The plan: what is restored from where into what (the target's masters, keys, RDB
+/// version, the findings that make writing unsafe). The preflight runs separately.
+pub async fn plan(
+    exec: &Executor,
+    view: &ClusterView,
+    label: &str,
+    sources: &[SourceFile],
+    opts: &RestoreOptions,
+) -> Result<RestorePlan, RestoreError> {
+    if opts.resume && !opts.checkpoint.is_file() {
+        return Err(RestoreError::Usage(format!(
+            "--resume: no checkpoint for {label} into this cluster ({}): nothing to resume; \
+             run without --resume",
+            opts.checkpoint.display()
+        )));
+    }
+    Ok(RestorePlan {
+        source: label.to_string(),
+        files: sources.iter().map(|s| s.label.clone()).collect(),
+        source_keys: sources.iter().map(|s| s.keys).sum(),
+        target_masters: view.masters().filter(|m| m.slot_count() > 0).count(),
+        target_keys: target_keys(exec, view).await,
+        target_rdb_version: target_rdb_version(exec, view).await?,
+        on_conflict: opts.on_conflict,
+        resume: opts.resume,
+        blockers: write_blockers(view),
+        preflight: None,
+    })
+}
+
 /// `check`'s rules on the target, keeping the findings that make writing unsafe.
 pub fn write_blockers(view: &ClusterView) -> Vec<crate::ops::check::Finding> {
     use crate::ops::check;
