@@ -490,3 +490,43 @@ fn a_node_without_a_config_file_is_reported_not_failed() {
         assert_eq!(n["rewrite"]["status"], want, "{n}");
     }
 }
+
+#[test]
+fn ctrl_c_during_a_rolling_change_puts_back_what_changed() {
+    let c = ConfigLab::start(LabSpec::default());
+    let ports = c.ports();
+    let before = c.get(ports[0], "maxmemory-samples");
+    let mut cmd = c.lab.cmd(&[
+        "config",
+        "set",
+        "maxmemory-samples",
+        "9",
+        "--rolling",
+        "--settle",
+        "2s",
+        "--yes",
+        "--json",
+    ]);
+    cmd.env("RCOPS_STATE_DIR", c.state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Two nodes changed by now (one per batch, 2 s apart), four still to go.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 130, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert_eq!(v["result"]["interrupted"], true, "{v}");
+    assert_eq!(v["result"]["outcome"], "rolled_back", "{v}");
+    let statuses: Vec<&str> = ports.iter().map(|&p| status_of(&v, p)).collect();
+    assert!(statuses.contains(&"rolled_back"), "{statuses:?}");
+    assert!(statuses.contains(&"not_attempted"), "{statuses:?}");
+    for &p in &ports {
+        assert_eq!(c.get(p, "maxmemory-samples"), before, "port {p}");
+    }
+}

@@ -4,8 +4,8 @@
 
 use rcops_core::ops::config::history::{self, History, ParamDiff};
 use rcops_core::ops::config::{
-    self as cfg, apply, cluster_key, plan_live, shown, snapshot, targets, uniform, ApplyOptions,
-    ApplyReport, NodeConfig, NodeStatus, Outcome, Plan, PlanError, Rewrite, Selection, Target,
+    self as cfg, change, cluster_key, shown, snapshot, targets, uniform, ApplyReport, NodeConfig,
+    NodeStatus, Plan, Rewrite, Selection, Target,
 };
 use rcops_core::topology::Detail;
 use rcops_core::{Addr, ClusterView, Executor};
@@ -262,8 +262,8 @@ async fn record(
     Ok((rev, failed))
 }
 
-/// JSON of a change command: `{"plan": {...}, "dry_run"?, "result"?: ApplyReport,
-/// "history": {"before"?, "after"?}}`.
+/// JSON of a change command: `{"plan": {...}, "applied", "result"?: ApplyReport,
+/// "history_before"?, "history_after"?}`.
 #[derive(Serialize)]
 struct ChangeOutput<'a> {
     plan: &'a Plan,
@@ -276,9 +276,7 @@ struct ChangeOutput<'a> {
     history_after: Option<String>,
 }
 
-/// Plan, confirm, record, apply, record, report. One `CONFIG GET *` of every node serves
-/// the plan and the snapshot before; the snapshot after is that plus what each changed node
-/// reported when its values were verified (nodes in doubt are read again in full).
+/// Plan, confirm, then [`change::run`] (record, apply, record, rewrite), report.
 #[allow(clippy::too_many_arguments)]
 pub async fn change_flow(
     g: &GlobalOpts,
@@ -288,42 +286,28 @@ pub async fn change_flow(
     desired: BTreeMap<Addr, Params>,
     skipped: Vec<cfg::Skipped>,
     desc: &str,
-    change: &ChangeArgs,
+    args: &ChangeArgs,
 ) -> CmdResult {
-    let all = targets(view, &Selection::default());
-    let mut readings = cfg::read(exec, &all, &["*".to_string()]).await;
-    tracing::debug!(nodes = readings.nodes.len(), "configurations read");
-    if let Some(e) = t.iter().find_map(|x| readings.failed.get(&x.addr)) {
-        return Err(Failure::failed(format!("nothing changed: {e}")));
-    }
-    let mut plan = match cfg::plan(t, &readings.nodes, &desired) {
-        Ok(p) => p,
-        // Hidden parameters are missing from CONFIG GET *: ask for them by name.
-        Err(PlanError::Unknown { .. }) => {
-            plan_live(exec, t, &desired).await.map_err(|e| match e {
-                PlanError::NoTargets => Failure::usage(e),
-                other => Failure::failed(other),
-            })?
-        }
-        Err(e) => return Err(Failure::failed(e)),
-    };
-    plan.skipped = skipped;
+    let prepared = change::prepare(exec, view, t, desired, skipped)
+        .await
+        .map_err(Failure::from)?;
+    let plan = &prepared.plan;
     // JSON shows the plan and the result with secrets masked, like every other output.
-    let out = |result: Option<&ApplyReport>, before: Option<String>, after: Option<String>| {
-        let result = result.map(ApplyReport::masked);
+    let out = |r: Option<&change::ChangeReport>| {
+        let result = r.map(|r| r.result.masked());
         output::print_json(&ChangeOutput {
             plan: &plan.masked(),
             applied: result.is_some(),
             result: result.as_ref(),
-            history_before: before,
-            history_after: after,
+            history_before: r.and_then(|r| r.history_before.clone()),
+            history_after: r.and_then(|r| r.history_after.clone()),
         })
     };
     if plan.changes() == 0 {
         if g.json {
-            out(None, None, None);
+            out(None);
         } else {
-            render_skipped(&plan);
+            render_skipped(plan);
             crate::outln!(
                 "nothing to change: {} node(s) already have these values",
                 plan.nodes.len()
@@ -332,17 +316,17 @@ pub async fn change_flow(
         return Ok(EXIT_OK);
     }
     if !g.json {
-        render_plan(&plan);
+        render_plan(plan);
     }
-    if change.dry_run {
+    if args.dry_run {
         if g.json {
-            out(None, None, None);
+            out(None);
         }
         return Ok(EXIT_OK);
     }
-    if !change.yes {
+    if !args.yes {
         if g.json {
-            out(None, None, None);
+            out(None);
         }
         return Err(Failure::usage(format!(
             "would change {} value(s) on {} node(s); pass --yes to apply (or --dry-run)",
@@ -350,128 +334,38 @@ pub async fn change_flow(
             plan.nodes_changing()
         )));
     }
-    // Nothing changes before the history has recorded the state it changes from.
     let h = open_history(g, view)?;
-    let present: BTreeSet<String> = all.iter().map(|t| t.addr.to_string()).collect();
-    let user = history::current_user();
-    let before = h
-        .record(
-            &cfg::snaps(&all, &readings.nodes),
-            &present,
-            &format!("before: {desc}"),
-            &user,
-            false,
-        )
-        .map_err(Failure::failed)?;
-    tracing::info!("history recorded before the change");
-    let rolling = change.rolling || change.batch.is_some();
-    let opts = ApplyOptions {
-        // A rolling change persists each batch once it is known good; otherwise every node
-        // is rewritten at the end, while history records the result.
-        rewrite: !change.no_rewrite && rolling,
-        keep_going: change.keep_going,
-        batch: match (change.rolling, change.batch) {
-            (_, Some(b)) => Some(b as usize),
-            (true, None) => Some(1),
-            (false, None) => None,
-        },
-        settle: change.settle,
-        seeds: t.iter().map(|t| t.addr.clone()).collect(),
+    let path = h.path().to_path_buf();
+    let opts = change::ChangeOptions {
+        rolling: args.rolling,
+        batch: args.batch.map(|b| b as usize),
+        keep_going: args.keep_going,
+        settle: args.settle,
+        no_rewrite: args.no_rewrite,
     };
-    let mut report = apply(exec, &plan, &opts).await;
-    tracing::info!(elapsed_ms = report.elapsed_ms, "applied");
-    let (mut after, uncertain) = cfg::after_state(std::mem::take(&mut readings.nodes), &report);
-    if !uncertain.is_empty() {
-        let doubt: Vec<Target> = all
-            .iter()
-            .filter(|x| uncertain.contains(&x.addr))
-            .cloned()
-            .collect();
-        let again = cfg::read(exec, &doubt, &["*".to_string()]).await;
-        for a in &uncertain {
-            match again.nodes.get(a) {
-                Some(p) => {
-                    after.insert(a.clone(), p.clone());
-                }
-                // Still silent: history keeps its last known file for it.
-                None => {
-                    after.remove(a);
-                }
-            }
-        }
-    }
-    let message = format!("{desc}: {}\n\nby {user}", outcome_line(&report));
-    // Git work on a blocking thread while the nodes rewrite their config files. The values
-    // come back to be freed here: glibc frees another thread's allocations slowly (a quarter
-    // of that thread's time at 120 nodes).
-    let record_after = tokio::task::spawn_blocking(move || {
-        let rev = h.record(&cfg::snaps(&all, &after), &present, &message, &user, true);
-        (h, rev, after)
-    });
-    if !change.no_rewrite && !rolling {
-        let rewrites = cfg::rewrite_applied(exec, &report).await;
-        report.set_rewrites(rewrites);
-    }
-    let (h, after_rev, _after) = record_after
+    let (ctx, bars) = super::job_ctx(g.json);
+    let plan = prepared.plan.clone();
+    let r = change::run(&ctx, exec, prepared, h, desc, &opts)
         .await
-        .map_err(|e| Failure::failed(format!("recording history failed: {e}")))?;
-    let after_rev = after_rev.map_err(Failure::failed)?;
-    let summary = outcome_line(&report);
+        .map_err(Failure::from)?;
+    bars.clear();
     if g.json {
-        out(
-            Some(&report),
-            before.map(|r| r.short),
-            after_rev.map(|r| r.short),
-        );
+        let result = r.result.masked();
+        output::print_json(&ChangeOutput {
+            plan: &plan.masked(),
+            applied: true,
+            result: Some(&result),
+            history_before: r.history_before.clone(),
+            history_after: r.history_after.clone(),
+        });
     } else {
-        render_report(&report);
-        crate::outln!("{summary}");
-        if let Some(r) = after_rev {
-            crate::outln!("history: {} in {}", r.short, h.path().display());
+        render_report(&r.result);
+        crate::outln!("{}", r.summary);
+        if let Some(rev) = &r.history_after {
+            crate::outln!("history: {rev} in {}", path.display());
         }
     }
-    Ok(report.exit_code())
-}
-
-fn outcome_line(r: &ApplyReport) -> String {
-    let changing = r
-        .nodes
-        .iter()
-        .filter(|n| n.status != NodeStatus::Unchanged)
-        .count();
-    let mut s = match r.outcome {
-        Outcome::Applied => format!(
-            "applied on {}/{changing} node(s)",
-            r.count(NodeStatus::Applied)
-        ),
-        Outcome::RolledBack => format!(
-            "failed; {} changed node(s) rolled back, no node left changed",
-            r.count(NodeStatus::RolledBack)
-        ),
-        Outcome::Partial => format!(
-            "PARTIAL: {} node(s) changed, {} failed, {} could not be restored",
-            r.count(NodeStatus::Applied),
-            r.nodes
-                .iter()
-                .filter(|n| matches!(
-                    n.status,
-                    NodeStatus::Refused | NodeStatus::NotVerified | NodeStatus::Unreachable
-                ))
-                .count(),
-            r.count(NodeStatus::RollbackFailed)
-        ),
-    };
-    let no_file = r
-        .nodes
-        .iter()
-        .filter(|n| n.rewrite == Some(Rewrite::NoConfigFile))
-        .count();
-    if no_file > 0 {
-        s.push_str(&format!(
-            "; {no_file} node(s) have no config file (not persisted)"
-        ));
-    }
-    s
+    Ok(r.result.exit_code())
 }
 
 fn render_skipped(plan: &Plan) {

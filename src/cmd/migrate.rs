@@ -1,7 +1,6 @@
 //! `rcops migrate`: flags → [`rcops_core::ops::migrate`] options, the plan, per-shard
 //! progress bars, the report.
 
-use rcops_core::job::JobError;
 use rcops_core::ops::migrate::{self, Ends, MigrateOptions, MigratePlan, MigrateReport, OnFlush};
 use rcops_core::ops::restore::OnConflict;
 use rcops_core::route::KeyFilter;
@@ -13,13 +12,6 @@ use super::config::default_state_dir;
 use super::{connect_options, job_ctx, CmdResult, Failure};
 use crate::cli::{EndsArgs, GlobalOpts, MigrateArgs};
 use crate::output;
-
-pub fn failure(e: JobError) -> Failure {
-    Failure {
-        code: e.class.exit_code(),
-        message: e.message,
-    }
-}
 
 /// One side's connection options: its own user, password and TLS, else the global ones.
 fn side(
@@ -195,7 +187,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
         to,
         to_view,
     };
-    let plan = migrate::plan(&ends, &opts).await.map_err(failure)?;
+    let plan = migrate::plan(&ends, &opts).await.map_err(Failure::from)?;
     if g.json && (a.dry_run || !a.yes) {
         output::print_json(&serde_json::json!({ "plan": plan }));
     } else if !g.json {
@@ -210,7 +202,7 @@ pub async fn run(g: &GlobalOpts, a: &MigrateArgs) -> CmdResult {
     let (ctx, bars) = job_ctx(g.json);
     let report = migrate::migrate(&ctx, &ends, &opts, &plan)
         .await
-        .map_err(failure)?;
+        .map_err(Failure::from)?;
     bars.clear();
     if g.json {
         output::print_json(&report);

@@ -35,6 +35,16 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A library job's typed error: its class gives the exit code.
+impl From<rcops_core::job::JobError> for Failure {
+    fn from(e: rcops_core::job::JobError) -> Self {
+        Failure {
+            code: e.class.exit_code(),
+            message: e.message,
+        }
+    }
+}
+
 impl Failure {
     pub fn failed(message: impl std::fmt::Display) -> Self {
         Failure {

@@ -8,7 +8,7 @@ use rcops_core::topology::Detail;
 use std::io::Write;
 
 use super::job_ctx;
-use super::migrate::{failure, Sides};
+use super::migrate::Sides;
 use super::{CmdResult, Failure};
 use crate::cli::{GlobalOpts, VerifyArgs, VerifyCommand};
 use crate::output;
@@ -63,7 +63,7 @@ pub async fn run(g: &GlobalOpts, a: &VerifyArgs) -> CmdResult {
     };
     let report = verify::verify(&ctx, &ends, &opts, &mut sink)
         .await
-        .map_err(failure)?;
+        .map_err(Failure::from)?;
     bars.clear();
     if let Some(mut w) = out {
         if let Err(e) = w.flush() {

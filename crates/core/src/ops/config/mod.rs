@@ -4,6 +4,7 @@
 //! drift rules. History (git) lives in [`history`], the tuning advisor in [`advise`].
 
 pub mod advise;
+pub mod change;
 pub mod history;
 
 use rcops_formats::conf::{self, Params};
@@ -395,10 +396,58 @@ pub struct ApplyReport {
     /// New critical findings that stopped a rolling change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regression: Vec<String>,
+    /// Cancelled between batches: what changed was handled as after a failure (put back,
+    /// or kept under `keep_going`), the nodes not reached are `not_attempted`.
+    pub interrupted: bool,
     pub elapsed_ms: u128,
 }
 
 impl ApplyReport {
+    /// One line: applied, rolled back or partial, and what was not persisted.
+    pub fn summary(&self) -> String {
+        let changing = self
+            .nodes
+            .iter()
+            .filter(|n| n.status != NodeStatus::Unchanged)
+            .count();
+        let mut s = match self.outcome {
+            Outcome::Applied => format!(
+                "applied on {}/{changing} node(s)",
+                self.count(NodeStatus::Applied)
+            ),
+            Outcome::RolledBack => format!(
+                "failed; {} changed node(s) rolled back, no node left changed",
+                self.count(NodeStatus::RolledBack)
+            ),
+            Outcome::Partial => format!(
+                "PARTIAL: {} node(s) changed, {} failed, {} could not be restored",
+                self.count(NodeStatus::Applied),
+                self.nodes
+                    .iter()
+                    .filter(|n| matches!(
+                        n.status,
+                        NodeStatus::Refused | NodeStatus::NotVerified | NodeStatus::Unreachable
+                    ))
+                    .count(),
+                self.count(NodeStatus::RollbackFailed)
+            ),
+        };
+        if self.interrupted {
+            s.push_str(" (interrupted)");
+        }
+        let no_file = self
+            .nodes
+            .iter()
+            .filter(|n| n.rewrite == Some(Rewrite::NoConfigFile))
+            .count();
+        if no_file > 0 {
+            s.push_str(&format!(
+                "; {no_file} node(s) have no config file (not persisted)"
+            ));
+        }
+        s
+    }
+
     /// A copy fit for output: secret values masked.
     pub fn masked(&self) -> ApplyReport {
         let mut r = self.clone();
@@ -423,6 +472,9 @@ impl ApplyReport {
 
     /// 0 applied cleanly; 1 applied but a rewrite did not persist everywhere; 2 otherwise.
     pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            return 130;
+        }
         match self.outcome {
             Outcome::Applied
                 if self
@@ -556,7 +608,14 @@ async fn criticals(exec: &Executor, seeds: &[Addr]) -> Result<BTreeSet<String>, 
 /// Applies a plan: every node at once (or in rolling batches), each node's parameters in one
 /// atomic `CONFIG SET`, read back; on any failure the nodes already changed are restored
 /// (unless `keep_going`). `CONFIG REWRITE` only runs once a batch is known good.
-pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyReport {
+/// Applies `plan` (see [`ApplyOptions`]); `ctx.cancel` stops it between batches, handled
+/// like a failed batch, and `ctx.progress` hears nodes done of nodes changing.
+pub async fn apply(
+    ctx: &crate::job::JobCtx,
+    exec: &Executor,
+    plan: &Plan,
+    opts: &ApplyOptions,
+) -> ApplyReport {
     let started = Instant::now();
     let mut results: Vec<NodeResult> = plan
         .nodes
@@ -589,14 +648,24 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
     // Nodes whose values may have changed, in order; rewritten ones are marked.
     let mut touched: Vec<usize> = Vec::new();
     let mut rewritten: BTreeSet<usize> = BTreeSet::new();
+    let mut interrupted = false;
+    let mut done = 0u64;
 
     for chunk in work.chunks(batch) {
+        if ctx.cancel.is_cancelled() {
+            interrupted = true;
+            failed = true;
+            break;
+        }
         let outcomes = futures::future::join_all(chunk.iter().map(|&i| {
             let n = &plan.nodes[i];
             async move { (i, set_node(exec, &n.target.addr, &n.changes, true).await) }
         }))
         .await;
         let mut chunk_failed = false;
+        done += outcomes.len() as u64;
+        ctx.progress
+            .shard("config", "apply", done, Some(work.len() as u64));
         for (i, r) in outcomes {
             match r {
                 Ok(got) => {
@@ -706,6 +775,7 @@ pub async fn apply(exec: &Executor, plan: &Plan, opts: &ApplyOptions) -> ApplyRe
         outcome,
         nodes: results,
         regression,
+        interrupted,
         elapsed_ms: started.elapsed().as_millis(),
     }
 }
@@ -1062,6 +1132,7 @@ mod tests {
             outcome: Outcome::Applied,
             nodes: vec![],
             regression: vec![],
+            interrupted: false,
             elapsed_ms: 0,
         };
         assert_eq!(r.exit_code(), 0);
@@ -1078,5 +1149,8 @@ mod tests {
         assert_eq!(r.exit_code(), 1);
         r.outcome = Outcome::RolledBack;
         assert_eq!(r.exit_code(), 2);
+        r.interrupted = true;
+        assert_eq!(r.exit_code(), 130);
+        assert!(r.summary().contains("(interrupted)"), "{}", r.summary());
     }
 }
