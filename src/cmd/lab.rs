@@ -1,8 +1,8 @@
-//! `rcops lab up|down|status|load`: local lab clusters (see [`rcops_core::lab`]).
+//! `rcops lab up|down|status|load`: local lab clusters (see [`rcops_lab`]).
 
 use rand::distr::{Alphanumeric, SampleString};
-use rcops_core::lab::{self, LabOptions, LabState};
 use rcops_core::{Executor, Secret};
+use rcops_lab::{self as lab, LabOptions, LabState};
 use std::time::Instant;
 
 use super::{connect_options, seeds, CmdResult, Failure};

@@ -1,30 +1,14 @@
-//! rcops-core: the library behind the `rcops` binary and its server.
-//!
-//! # Layout
-//! - [`node`]: addresses, credentials, TLS, connecting, and [`node::NodeError`].
-//! - [`fanout`]: the executor that runs one job per node concurrently with timeouts.
-//! - [`transport`]: the raw bulk connection (pre-encoded RESP out, framed replies in).
-//! - [`writer`]: the slot writer, the one place that writes into a cluster.
-//! - [`route`]: commands of a stream or an AOF turned into slot writes.
-//! - [`scan`]: the scan stream (one node's keys by `SCAN`, paced, resumable).
-//! - [`repl`]: the replication client (`PSYNC`, snapshot, command stream, ACKs).
-//! - [`topology`]: discovery and the [`topology::ClusterView`] model.
-//! - [`job`]: the job contract (cancellation, progress, outcome, checkpoint files).
-//! - [`ops`]: one module per capability (`check`, `nodes`, `slots`, `info`), each a plain
-//!   async function over an executor and a view, returning a serialisable report.
-//! - [`lab`]: starts and stops local clusters of real `redis-server` processes.
+//! rcops-core: rcops's capabilities — [`ops`], one module per capability (check, metrics,
+//! config, backup, restore, migrate, verify, …), each a library function taking options and
+//! a job context and returning a serialisable report — over the cluster access of
+//! rcops-cluster (re-exported here). The CLI and the server call the same functions; the lab
+//! (rcops-lab) is not linked by the server.
 
-pub mod fanout;
-pub mod job;
-pub mod lab;
-pub mod node;
 pub mod ops;
-pub mod repl;
-pub mod route;
-pub mod scan;
-pub mod topology;
-pub mod transport;
-pub mod writer;
+
+// Cluster access lives in rcops-cluster; its modules are re-exported so `rcops_core::node`
+// and the like keep naming them.
+pub use rcops_cluster::{fanout, job, node, repl, route, scan, topology, transport, writer};
 
 pub use fanout::{Executor, FanOut};
 pub use node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};

@@ -726,15 +726,16 @@ impl From<&NodeLine> for NodeRef {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
-    //! Synthetic snapshots for testing the model and the rules that read it.
+#[doc(hidden)]
+pub mod testing {
+    //! Synthetic snapshots for testing the model and the rules that read it (here and in
+    //! the ops crate's tests; not an API).
     use super::*;
     use rcops_formats::info::Info;
 
-    pub(crate) const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    pub(crate) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    pub(crate) const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+    pub const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    pub const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    pub const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
 
     /// The same cluster text, as seen by `me`.
     fn nodes_as(me: &str, text: &str) -> String {
@@ -754,8 +755,8 @@ pub(crate) mod testing {
             .join("\n")
     }
 
-    pub(crate) fn snap(id: &str, port: u16, nodes: &str, info: &str) -> (String, NodeSnapshot) {
-        let lines = cluster_nodes::parse(&nodes_as(id, nodes)).unwrap();
+    pub fn snap(id: &str, port: u16, nodes: &str, info: &str) -> (String, NodeSnapshot) {
+        let lines = cluster_nodes::parse(&nodes_as(id, nodes)).expect("test CLUSTER NODES");
         (
             id.to_string(),
             NodeSnapshot {

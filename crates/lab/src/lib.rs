@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fanout::{query, Executor};
-use crate::node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
-use crate::topology::{discover, Detail};
 pub use certs::LabTls;
+use rcops_cluster::fanout::{query, Executor};
+use rcops_cluster::node::{Addr, ConnectOptions, NodeError, Secret, TlsOptions};
+use rcops_cluster::topology::{discover, Detail};
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -591,7 +591,7 @@ async fn create_cluster(
 
 /// What keeps a fresh lab from being ready, if anything: nodes not answering, not
 /// `cluster_state:ok`, disagreeing, or replicas not in sync.
-fn unsettled(view: &crate::topology::ClusterView, n: usize) -> Option<String> {
+fn unsettled(view: &rcops_cluster::topology::ClusterView, n: usize) -> Option<String> {
     if view.snapshots.len() < n {
         return Some(format!("{} of {n} nodes answered", view.snapshots.len()));
     }

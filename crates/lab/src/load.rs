@@ -9,9 +9,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::fanout::Executor;
-use crate::node::{Addr, NodeError};
-use crate::topology::{discover_light, line_addr, Detail, DiscoverError};
+use rcops_cluster::fanout::Executor;
+use rcops_cluster::node::{Addr, NodeError};
+use rcops_cluster::topology::{discover_light, line_addr, Detail, DiscoverError};
 
 const TYPES: [&str; 6] = ["string", "hash", "list", "set", "zset", "stream"];
 /// Commands per pipeline: large enough to amortise round trips, small enough to stay far
