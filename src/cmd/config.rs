@@ -276,6 +276,18 @@ struct ChangeOutput<'a> {
     history_after: Option<String>,
 }
 
+/// Prints a change as JSON, secrets masked like every other output.
+fn print_change(plan: &Plan, r: Option<&change::ChangeReport>) {
+    let result = r.map(|r| r.result.masked());
+    output::print_json(&ChangeOutput {
+        plan: &plan.masked(),
+        applied: result.is_some(),
+        result: result.as_ref(),
+        history_before: r.and_then(|r| r.history_before.clone()),
+        history_after: r.and_then(|r| r.history_after.clone()),
+    })
+}
+
 /// Plan, confirm, then [`change::run`] (record, apply, record, rewrite), report.
 #[allow(clippy::too_many_arguments)]
 pub async fn change_flow(
@@ -292,20 +304,9 @@ pub async fn change_flow(
         .await
         .map_err(Failure::from)?;
     let plan = &prepared.plan;
-    // JSON shows the plan and the result with secrets masked, like every other output.
-    let out = |r: Option<&change::ChangeReport>| {
-        let result = r.map(|r| r.result.masked());
-        output::print_json(&ChangeOutput {
-            plan: &plan.masked(),
-            applied: result.is_some(),
-            result: result.as_ref(),
-            history_before: r.and_then(|r| r.history_before.clone()),
-            history_after: r.and_then(|r| r.history_after.clone()),
-        })
-    };
     if plan.changes() == 0 {
         if g.json {
-            out(None);
+            print_change(plan, None);
         } else {
             render_skipped(plan);
             crate::outln!(
@@ -320,13 +321,13 @@ pub async fn change_flow(
     }
     if args.dry_run {
         if g.json {
-            out(None);
+            print_change(plan, None);
         }
         return Ok(EXIT_OK);
     }
     if !args.yes {
         if g.json {
-            out(None);
+            print_change(plan, None);
         }
         return Err(Failure::usage(format!(
             "would change {} value(s) on {} node(s); pass --yes to apply (or --dry-run)",
@@ -350,14 +351,7 @@ pub async fn change_flow(
         .map_err(Failure::from)?;
     bars.clear();
     if g.json {
-        let result = r.result.masked();
-        output::print_json(&ChangeOutput {
-            plan: &plan.masked(),
-            applied: true,
-            result: Some(&result),
-            history_before: r.history_before.clone(),
-            history_after: r.history_after.clone(),
-        });
+        print_change(&plan, Some(&r));
     } else {
         render_report(&r.result);
         crate::outln!("{}", r.summary);
