@@ -900,7 +900,17 @@ fn valkey_9_backs_up_restores_and_migrates_into_redis_7() {
         dst.redis_cli(p, &["FLUSHALL"]);
     }
     let aof = aofdir.display().to_string();
-    let r = dst.run(&["restore", "--aof", &aof, "--yes", "--json"]);
+    // Every base value rebuilt piece by piece (--big-key-bytes 1): the master's keys, all of
+    // them, the same.
+    let r = dst.run(&[
+        "restore",
+        "--aof",
+        &aof,
+        "--big-key-bytes",
+        "1",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     assert_eq!(r.json()["preamble_keys"], base_keys);
     let restored: u64 = [dst.port, dst.port + 1]
@@ -908,6 +918,10 @@ fn valkey_9_backs_up_restores_and_migrates_into_redis_7() {
         .map(|&p| dst.redis_cli(p, &["DBSIZE"]).parse::<u64>().unwrap())
         .sum();
     assert_eq!(restored, base_keys);
+    assert_same(
+        &snapshot_with(&[port], true),
+        &snapshot_with(&[dst.port, dst.port + 1], true),
+    );
 
     // A hash with a field expiration, which only Valkey 9 has: before rcops announced a
     // version, Valkey's sync child died on it ("Can't store key in RDB version 11") and the

@@ -366,6 +366,7 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
         until_unix: until,
         batch: a.batch as usize,
         base_conflict: mode,
+        big_key_bytes: a.big_key_bytes,
     };
     let (ctx, bars) = super::job_ctx(g.json);
     let report = rcops_core::ops::aof::replay(&ctx, &exec, &view, path, &opts, target_version)

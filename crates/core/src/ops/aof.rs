@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::fanout::Executor;
-use crate::ops::restore::payload_for;
+use crate::ops::restore::prepare_op;
 use crate::route::{Routed, Router};
 use crate::topology::ClusterView;
-use crate::writer::{Lane, Op, Outcome, Payload, SlotWriter, Write};
+use crate::writer::{Lane, Op, Outcome, SlotWriter, Write};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AofReport {
@@ -69,6 +69,8 @@ pub struct AofOptions {
     /// What a base key the target already holds gets: replaced, kept, or (`fail`, for an
     /// empty target) reported as failed.
     pub base_conflict: crate::ops::restore::OnConflict,
+    /// Base values serialized larger than this are rebuilt piece by piece.
+    pub big_key_bytes: u64,
 }
 
 /// Replays `path` into the target.
@@ -116,9 +118,17 @@ pub async fn replay(
                         }
                         // The same payload rules as a backup restore: restamped, re-encoded
                         // (a 7.2 stream for 7.0) or refused for the key (a Valkey hash with
-                        // field expirations for Redis).
-                        let payload = match payload_for(&mut e, version, target_version) {
-                            Ok(p) => p,
+                        // field expirations for Redis); a big value rebuilt piece by piece.
+                        let replace =
+                            opts.base_conflict == crate::ops::restore::OnConflict::Replace;
+                        let op = match prepare_op(
+                            &mut e,
+                            version,
+                            target_version,
+                            opts.big_key_bytes,
+                            replace,
+                        ) {
+                            Ok(op) => op,
                             Err(why) => {
                                 report.failed += 1;
                                 let key = String::from_utf8_lossy(&e.key).into_owned();
@@ -131,12 +141,7 @@ pub async fn replay(
                             slot: key_slot(&e.key),
                             kind: "base",
                             index: 0,
-                            op: Op::Restore {
-                                payload: Payload::Mem(payload),
-                                abs_ttl: e.expire_ms.unwrap_or(0),
-                                replace: opts.base_conflict
-                                    == crate::ops::restore::OnConflict::Replace,
-                            },
+                            op,
                             key: e.key,
                         });
                         if batch.len() >= opts.batch {

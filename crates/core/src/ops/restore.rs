@@ -511,11 +511,7 @@ fn reencode_possible(v: &Value) -> bool {
 }
 
 /// The DUMP payload for `e` on a target of `target_version`, re-encoded when needed.
-pub(crate) fn payload_for(
-    e: &mut Entry,
-    file_version: u16,
-    target_version: u16,
-) -> Result<Vec<u8>, String> {
+fn payload_for(e: &mut Entry, file_version: u16, target_version: u16) -> Result<Vec<u8>, String> {
     if e.spilled.is_some() {
         e.raw = read_spilled(e).map_err(|err| format!("reading the spilled value: {err}"))?;
     }
