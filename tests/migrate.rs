@@ -362,6 +362,25 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         replicas: 0,
         ..Default::default()
     });
+    // The plan says when the source will wait before its snapshot (5 s by default).
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "repl-diskless-sync-delay", "5"])
+        .query(&mut c)
+        .unwrap();
+    let r = migrate(
+        state.path(),
+        &["--from", &server.addr(), "--to", &cluster.seed()],
+    );
+    assert_eq!(r.code, 64, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("repl-diskless-sync-delay is 5 s"),
+        "{}",
+        r.stderr
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "repl-diskless-sync-delay", "0"])
+        .query(&mut c)
+        .unwrap();
     // Slowed down (--rate) and killed in the middle of its snapshot; the resume copies the
     // shard again, with replace semantics for its own keys.
     let mut child = spawn_migrate(

@@ -233,6 +233,30 @@ pub struct MigratePlan {
     pub warnings: Vec<String>,
 }
 
+/// Sources that wait before they send a snapshot (`repl-diskless-sync-delay`, 5 s by default:
+/// the server waits for more replicas to share the transfer): each wait said in the plan.
+async fn sync_delays(exec: &crate::fanout::Executor, shards: &[PlanShard]) -> Vec<String> {
+    let nodes: Vec<Addr> = shards
+        .iter()
+        .filter_map(|s| s.node.as_ref()?.parse().ok())
+        .collect();
+    let asked = nodes.iter().map(|a| async move {
+        let mut conn = exec.conn(a).await.ok()?;
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("repl-diskless-sync*");
+        let got: std::collections::HashMap<String, String> =
+            crate::fanout::query(a, &mut conn, &get).await.ok()?;
+        let delay: u64 = got.get("repl-diskless-sync-delay")?.parse().ok()?;
+        (got.get("repl-diskless-sync").map(String::as_str) == Some("yes") && delay > 0)
+            .then(|| format!("{a}: repl-diskless-sync-delay is {delay} s: its snapshot starts {delay} s after rcops asks (CONFIG SET repl-diskless-sync-delay 0 to start at once)"))
+    });
+    futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Reads both ends and decides whether the migration may start: every refusal here comes
 /// before anything is written.
 pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan, JobError> {
@@ -342,6 +366,9 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
              afterwards to see which)"
                 .into(),
         );
+    }
+    if opts.method == Method::Sync {
+        warnings.extend(sync_delays(ends.from, &shards).await);
     }
     if !opts.filter.types.is_empty() && opts.method == Method::Sync {
         warnings.push(
