@@ -197,6 +197,8 @@ pub struct Parser<R: Read> {
     db: u64,
     done: bool,
     decode: bool,
+    /// With `decode`: only values of the types this accepts are decoded.
+    decode_if: Option<Box<dyn Fn(u8) -> bool + Send>>,
     keep_raw: bool,
 }
 
@@ -221,6 +223,7 @@ pub fn decode_raw(
         db: 0,
         done: true,
         decode: true,
+        decode_if: None,
         keep_raw: false,
     };
     p.value(t, entry_offset)
@@ -261,6 +264,7 @@ impl<R: Read> Parser<R> {
             db: 0,
             done: false,
             decode: true,
+            decode_if: None,
             keep_raw: true,
         })
     }
@@ -269,6 +273,14 @@ impl<R: Read> Parser<R> {
     /// counting, backups and restores need, several times faster.
     pub fn decode_values(mut self, decode: bool) -> Self {
         self.decode = decode;
+        self
+    }
+
+    /// Decodes only the values whose type byte `which` accepts (the others are walked): a
+    /// check that needs some values decoded does not hold every big one in memory.
+    pub fn decode_only(mut self, which: impl Fn(u8) -> bool + Send + 'static) -> Self {
+        self.decode = true;
+        self.decode_if = Some(Box::new(which));
         self
     }
 
@@ -384,7 +396,8 @@ impl<R: Read> Parser<R> {
                     if self.keep_raw {
                         self.r.start_capture(&[t]);
                     }
-                    let value = if self.decode {
+                    let decode = self.decode && self.decode_if.as_ref().is_none_or(|f| f(t));
+                    let value = if decode {
                         self.value(t, at)
                     } else {
                         self.skip_value(t, at)
@@ -972,6 +985,28 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn decode_only_decodes_the_types_asked_for_and_walks_the_rest() {
+        let all = entries();
+        let some: Vec<Entry> = Parser::new(ALL_TYPES)
+            .unwrap()
+            .decode_only(|t| t == 0)
+            .filter_map(|i| match i.unwrap() {
+                Item::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(all.len(), some.len());
+        for (a, s) in all.iter().zip(&some) {
+            if a.type_byte == 0 {
+                assert_eq!(a.value, s.value);
+            } else {
+                assert_eq!(s.value, Value::NotDecoded, "{:?}", s.key);
+            }
+            assert_eq!(a.raw, s.raw);
+        }
     }
 
     #[test]

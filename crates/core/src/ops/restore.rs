@@ -727,8 +727,13 @@ fn check_file(
     if !walk && file_version <= target_version {
         return Ok((check, collisions, examples));
     }
+    // Only values that need re-encoding for the target are decoded (to see whether they
+    // can be); a stream 7.2 → 7.0 converts without it.
     let mut p = p
-        .decode_values(file_version > target_version)
+        .decode_only(move |t| {
+            min_version_for_type(t, file_version) > target_version
+                && !(t == 21 && target_version >= 10)
+        })
         .keep_raw(false);
     let mut seen: HashSet<u64> = HashSet::new();
     let hasher =
