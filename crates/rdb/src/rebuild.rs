@@ -54,6 +54,7 @@ pub fn rebuild<R: Read>(
         after: Vec::new(),
         bytes: 0,
         open: None,
+        open_bytes: 0,
         elements: 0,
         emit,
     };
@@ -89,8 +90,10 @@ struct Out<F> {
     /// Commands that must follow the batch's others (field expiries after their `HSET`).
     after: Vec<Command>,
     bytes: usize,
-    /// The variadic command last in `batch` that more elements may join, by name.
+    /// The variadic command last in `batch` that more elements may join, by name, and the
+    /// bytes of its elements so far.
     open: Option<&'static [u8]>,
+    open_bytes: usize,
     elements: u64,
     emit: F,
 }
@@ -100,16 +103,19 @@ impl<F: FnMut(Vec<Command>) -> bool> Out<F> {
     fn add(&mut self, name: &'static [u8], args: &[&[u8]]) -> Step {
         let size: usize = args.iter().map(|a| a.len() + 16).sum();
         let joins = self.open == Some(name)
-            && self.batch.last().is_some_and(|c| {
-                c.len() < COMMAND_ELEMENTS && c.iter().map(Vec::len).sum::<usize>() < COMMAND_BYTES
-            });
+            && self.open_bytes < COMMAND_BYTES
+            && self.batch.last().is_some_and(|c| c.len() < COMMAND_ELEMENTS);
         match self.batch.last_mut() {
-            Some(c) if joins => c.extend(args.iter().map(|a| a.to_vec())),
+            Some(c) if joins => {
+                c.extend(args.iter().map(|a| a.to_vec()));
+                self.open_bytes += size;
+            }
             _ => {
                 let mut c = vec![name.to_vec(), self.key.clone()];
                 c.extend(args.iter().map(|a| a.to_vec()));
                 self.batch.push(c);
                 self.open = Some(name);
+                self.open_bytes = size;
             }
         }
         self.elements += 1;
