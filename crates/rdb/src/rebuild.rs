@@ -104,7 +104,10 @@ impl<F: FnMut(Vec<Command>) -> bool> Out<F> {
         let size: usize = args.iter().map(|a| a.len() + 16).sum();
         let joins = self.open == Some(name)
             && self.open_bytes < COMMAND_BYTES
-            && self.batch.last().is_some_and(|c| c.len() < COMMAND_ELEMENTS);
+            && self
+                .batch
+                .last()
+                .is_some_and(|c| c.len() < COMMAND_ELEMENTS);
         match self.batch.last_mut() {
             Some(c) if joins => {
                 c.extend(args.iter().map(|a| a.to_vec()));
