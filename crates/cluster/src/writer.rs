@@ -52,6 +52,9 @@ const ATTEMPTS: usize = 8;
 /// Least time between two refreshes of the slot table.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
+/// How a write that ran out of attempts (never answered, not refused) is reported.
+const GAVE_UP: &str = "gave up";
+
 /// Tries at a big value before it counts as failed.
 const REBUILD_ATTEMPTS: usize = 3;
 
@@ -473,7 +476,7 @@ impl Lane<'_, '_> {
         }
         for t in todo {
             let why = format!(
-                "gave up after {ATTEMPTS} attempts: {}",
+                "{GAVE_UP} after {ATTEMPTS} attempts: {}",
                 t.last.as_deref().unwrap_or("no answer")
             );
             finish(t, Outcome::Failed(why), &mut done);
@@ -541,24 +544,26 @@ impl Lane<'_, '_> {
                 match sent.into_iter().next().map(|d| d.outcome) {
                     Some(Outcome::Written { twice: false }) => {}
                     Some(Outcome::Failed(why)) => {
-                        broke = Some(why);
+                        let again = why.starts_with(GAVE_UP);
+                        broke = Some((why, again));
                         break;
                     }
                     _ => {
-                        broke = Some("a piece's reply was lost".into());
+                        broke = Some(("a piece's reply was lost".into(), true));
                         break;
                     }
                 }
             }
             drop(rx);
             let walked = producer.await;
-            let why = match (broke, walked) {
-                (_, Err(e)) => format!("rebuilding: {e}"),
+            // Whether another try may do better: not after an error the server gave.
+            let (why, again) = match (broke, walked) {
+                (_, Err(e)) => (format!("rebuilding: {e}"), false),
                 (_, Ok(Err(e))) => {
                     last = format!("the value cannot be read: {e}");
                     break;
                 }
-                (Some(why), _) => why,
+                (Some(broke), _) => broke,
                 (None, Ok(Ok(_))) => {
                     let ttl = abs_ttl.max(0).to_string();
                     let mode: &[u8] = if replace {
@@ -583,14 +588,14 @@ impl Lane<'_, '_> {
                             return done(Outcome::Written { twice: false })
                         }
                         Some(Outcome::Exists) => return done(Outcome::Exists),
-                        Some(Outcome::Failed(why)) => why,
-                        None => "no reply to the rename".into(),
+                        Some(Outcome::Failed(why)) => {
+                            let again = why.starts_with(GAVE_UP);
+                            (why, again)
+                        }
+                        None => ("no reply to the rename".into(), true),
                     }
                 }
             };
-            // An error the server gave (not a lost reply or a node out of reach) will not
-            // change on another try.
-            let again = why.starts_with("gave up") || why.contains("was lost");
             last = why;
             if !again {
                 break;
