@@ -3,6 +3,7 @@
 #   1. `rcops migrate` with the default --big-key-bytes (32 MiB: rebuilt piece by piece into a
 #      temporary key, renamed) and with --big-key-bytes 4GiB (one RESTORE per key, what
 #      RedisShake and a DUMP/RESTORE script send), and a redis-py DUMP + RESTORE script.
+#      And `--method scan`: each DUMP reply streams into a temporary file, then the same pieces.
 #   2. `rcops verify --mode full` on the copy.
 # Each: time, peak RSS (/usr/bin/time), and the longest command the target ran (its SLOWLOG,
 # threshold 5 ms): how long the target could not serve anyone else. The floor: the same data
@@ -42,10 +43,11 @@ flush
 redis-cli -p "$(port_of 7700 bigstr)" -x SET bigstr < "$dir/big.bin" >/dev/null
 redis-cli -p "$(port_of 7700 bighash)" --pipe < "$dir/hash.resp" >/dev/null
 rm -f "$dir/big.bin" "$dir/hash.resp"
-slow_reset() { for p in 7800 7801; do redis-cli -p "$p" CONFIG SET slowlog-log-slower-than 5000 >/dev/null; redis-cli -p "$p" SLOWLOG RESET >/dev/null; done; }
-# The longest command on the target since slow_reset, in ms, and its name.
+slow_reset() { for p in 7700 7701 7702 7800 7801; do redis-cli -p "$p" CONFIG SET slowlog-log-slower-than 5000 >/dev/null; redis-cli -p "$p" SLOWLOG RESET >/dev/null; done; }
+# The longest command on the target (or on the ports given) since slow_reset, in ms, and
+# its name.
 slowest() {
-  for p in 7800 7801; do redis-cli -p "$p" --json SLOWLOG GET 128 2>/dev/null || echo '[]'; done |
+  for p in ${@:-7800 7801}; do redis-cli -p "$p" --json SLOWLOG GET 128 2>/dev/null || echo '[]'; done |
     python3 -c "
 import json, sys
 best = (0, '-')
@@ -67,6 +69,9 @@ verdict=$(tail -1 "$dir/last.out")
 flush
 restore=$(timed "$rcops" migrate --from 127.0.0.1:7700 --to 127.0.0.1:7800 --big-key-bytes 4GiB --yes)
 flush
+scan=$(timed "$rcops" migrate --method scan --from 127.0.0.1:7700 --to 127.0.0.1:7800 --yes)
+scan_source=$(slowest 7700 7701 7702)
+flush
 script=$(timed python3 -c "
 import redis
 c = redis.RedisCluster(host='127.0.0.1', port=7700)
@@ -79,6 +84,7 @@ echo "| 300 MB string + 2M-field hash (129 MB), 3 → 2 masters | time | peak RS
 echo "|---|---:|---:|---:|"
 for row in "rcops migrate (default: pieces of 4 MiB, renamed)|$chunked" \
            "rcops migrate --big-key-bytes 4GiB (one RESTORE per key)|$restore" \
+           "rcops migrate --method scan (DUMP streamed to a file, then pieces; source: $scan_source ms)|$scan" \
            "redis-py DUMP + RESTORE per key|$script"; do
   name=${row%%|*}; set -- ${row#*|}
   echo "| $name | $1 s | $2 MB | $3 ms ($4) |"

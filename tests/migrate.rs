@@ -486,6 +486,57 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 
+    // --method scan with values bigger than a DUMP reply kept in memory (16 MiB): a 17 MB
+    // string and a 20 MB list stream from the source into temporary files, then go as
+    // pieces (--big-key-bytes 1) or as one RESTORE streamed from the file (the default).
+    let big = vec![b'x'; 17 << 20];
+    let mut bc = conn(owner(cluster.port, 3, b"big:s"));
+    let _: () = redis::cmd("SET")
+        .arg("big:s")
+        .arg(&big)
+        .query(&mut bc)
+        .unwrap();
+    let mut lc = conn(owner(cluster.port, 3, b"big:l"));
+    let _: () = redis::cmd("EVAL")
+        .arg("for i = 1, 200000 do redis.call('RPUSH', KEYS[1], string.rep('v', 90) .. i) end")
+        .arg(1)
+        .arg("big:l")
+        .query(&mut lc)
+        .unwrap();
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("big:l")
+        .arg(3_600_000)
+        .query(&mut lc)
+        .unwrap();
+    for (how, extra) in [
+        ("in pieces", &["--big-key-bytes", "1"][..]),
+        ("whole", &[][..]),
+    ] {
+        let scanned = Standalone::start();
+        let r = migrate(
+            state.path(),
+            &[
+                &["--from", &cluster.seed(), "--to", &scanned.addr()][..],
+                &["--method", "scan", "--yes", "--json"],
+                extra,
+            ]
+            .concat(),
+        );
+        assert_eq!(r.code, 0, "{how}: {}\n{}", r.stdout, r.stderr);
+        assert_same(
+            &snapshot_with(&masters(&cluster, 3), true),
+            &snapshot_with(&[scanned.port], true),
+        );
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("*rcops:rebuild*")
+            .query(&mut conn(scanned.port))
+            .unwrap();
+        assert!(left.is_empty(), "{how}: {left:?}");
+    }
+    for (k, c) in [("big:s", &mut bc), ("big:l", &mut lc)] {
+        let _: () = redis::cmd("DEL").arg(k).query(c).unwrap();
+    }
+
     // Bad input: each a one-line error, nothing written.
     let dead = format!("127.0.0.1:{}", free_port_block());
     let r = migrate(

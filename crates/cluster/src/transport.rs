@@ -116,6 +116,110 @@ impl Transport {
             .await
     }
 
+    /// Sends `n` commands and returns their replies, like [`Self::frames_within`], except
+    /// that a top-level bulk string longer than `above` bytes goes to a file from `spill` as
+    /// it arrives (a `DUMP` of a big value): memory stays at one read whatever its size.
+    /// `idle` bounds each wait for bytes, not the whole round trip, since such a reply may
+    /// take long to arrive but never stays silent that long.
+    pub async fn frames_spilling(
+        &mut self,
+        addr: &Addr,
+        n: usize,
+        idle: Duration,
+        above: u64,
+        spill: &(dyn Fn() -> std::io::Result<std::fs::File> + Sync),
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Frame>, NodeError> {
+        use rcops_formats::resp;
+        use std::io::Write as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Transport {
+            stream,
+            out,
+            buf,
+            timer,
+            ..
+        } = self;
+        let io = |e: std::io::Error| NodeError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let malformed = |e: resp::Malformed| NodeError::Command {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let timed_out = || NodeError::Timeout {
+            addr: addr.clone(),
+            after: idle,
+        };
+        out.clear();
+        encode(out);
+        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        tokio::select! {
+            biased;
+            r = async {
+                stream.write_all(out).await?;
+                stream.flush().await
+            } => r.map_err(io)?,
+            () = timer.as_mut() => return Err(timed_out()),
+        }
+        let mut frames = Vec::with_capacity(n);
+        // Bytes of a spilled body still to come, and its file.
+        let mut body: Option<(std::fs::File, u64, u64)> = None;
+        loop {
+            if let Some((file, _, left)) = &mut body {
+                let take = (*left).min(buf.len() as u64) as usize;
+                // Writes to a fresh temporary file land in the page cache: short enough
+                // for the runtime thread.
+                file.write_all(&buf[..take]).map_err(io)?;
+                buf.drain(..take);
+                *left -= take as u64;
+                if *left == 0 && buf.len() >= 2 {
+                    if &buf[..2] != b"\r\n" {
+                        return Err(malformed(resp::Malformed(0)));
+                    }
+                    buf.drain(..2);
+                    let Some((file, len, _)) = body.take() else {
+                        unreachable!("a body is open")
+                    };
+                    frames.push(Frame::Spilled(rcops_rdb::Spilled {
+                        file: std::sync::Arc::new(file),
+                        len,
+                    }));
+                    continue;
+                }
+            } else if frames.len() == n {
+                return Ok(frames);
+            } else if let Some((len, head)) = resp::bulk_header(buf).map_err(malformed)? {
+                if len > 0 && len as u64 > above {
+                    buf.drain(..head);
+                    body = Some((spill().map_err(io)?, len as u64, len as u64));
+                    continue;
+                }
+            }
+            if body.is_none() {
+                if let Some(r) = resp::scan_replies(buf, 1).map_err(malformed)?.first() {
+                    frames.push(Frame::Whole(buf[..r.end].to_vec()));
+                    buf.drain(..r.end);
+                    continue;
+                }
+            }
+            buf.reserve(1 << 20);
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            let got = tokio::select! {
+                biased;
+                r = stream.read_buf(buf) => r.map_err(io)?,
+                () = timer.as_mut() => return Err(timed_out()),
+            };
+            if got == 0 {
+                return Err(NodeError::Unreachable {
+                    addr: addr.clone(),
+                    reason: "connection closed by the server".into(),
+                });
+            }
+        }
+    }
+
     async fn round_trip<T>(
         &mut self,
         addr: &Addr,
@@ -188,6 +292,14 @@ impl Transport {
             }),
         }
     }
+}
+
+/// One reply of [`Transport::frames_spilling`].
+pub enum Frame {
+    /// The whole RESP frame.
+    Whole(Vec<u8>),
+    /// The body of a bulk string too long for memory, in its file.
+    Spilled(rcops_rdb::Spilled),
 }
 
 /// A reply's error text, `None` for success.

@@ -146,6 +146,52 @@ pub fn error_text(buf: &[u8], r: &Reply) -> String {
     .into_owned()
 }
 
+/// A bulk string's header at the start of `buf`: the body's length (`-1` for nil) and the
+/// header's own length, `None` until the whole line is in or when `buf` holds another kind of
+/// reply — for a reader that streams a long body instead of waiting for all of it.
+pub fn bulk_header(buf: &[u8]) -> Result<Option<(i64, usize)>, Malformed> {
+    if buf.first() != Some(&b'$') {
+        return Ok(None);
+    }
+    let Some(end) = line_end(buf, 1) else {
+        return Ok(None);
+    };
+    Ok(Some((int(buf, 1, end)?, end + 2)))
+}
+
+/// A top-level reply that is not an array, read from its whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar<'a> {
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Int(i64),
+    /// `None` for nil.
+    Bulk(Option<&'a [u8]>),
+}
+
+/// Reads one framed reply (as [`scan_replies`] delimits it); `None` for an array or a frame
+/// that is not well formed.
+pub fn scalar(frame: &[u8]) -> Option<Scalar<'_>> {
+    let end = line_end(frame, 1)?;
+    let line = &frame[1..end];
+    match frame.first()? {
+        b'+' => Some(Scalar::Simple(line)),
+        b'-' => Some(Scalar::Error(line)),
+        b':' => int(frame, 1, end).ok().map(Scalar::Int),
+        b'$' => {
+            let n = int(frame, 1, end).ok()?;
+            if n < 0 {
+                return Some(Scalar::Bulk(None));
+            }
+            let from = end + 2;
+            frame
+                .get(from..from + usize::try_from(n).ok()?)
+                .map(|b| Scalar::Bulk(Some(b)))
+        }
+        _ => None,
+    }
+}
+
 /// A command's arguments and the bytes it took.
 pub type Command = (Vec<Vec<u8>>, usize);
 
@@ -200,6 +246,24 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<Command>, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_scalars_and_bulk_headers() {
+        assert_eq!(scalar(b"+string\r\n"), Some(Scalar::Simple(b"string")));
+        assert_eq!(scalar(b"-ERR no\r\n"), Some(Scalar::Error(b"ERR no")));
+        assert_eq!(scalar(b":-2\r\n"), Some(Scalar::Int(-2)));
+        assert_eq!(scalar(b"$-1\r\n"), Some(Scalar::Bulk(None)));
+        assert_eq!(
+            scalar(b"$3\r\na\r\n\r\n"),
+            Some(Scalar::Bulk(Some(b"a\r\n")))
+        );
+        assert_eq!(scalar(b"$5\r\nab\r\n"), None);
+        assert_eq!(scalar(b"*0\r\n"), None);
+        assert_eq!(bulk_header(b"$1048576\r\nxx"), Ok(Some((1_048_576, 11))));
+        assert_eq!(bulk_header(b"$10"), Ok(None));
+        assert_eq!(bulk_header(b":1\r\n"), Ok(None));
+        assert_eq!(bulk_header(b"$x\r\n"), Err(Malformed(1)));
+    }
 
     #[test]
     fn encodes_commands_as_redis_expects() {

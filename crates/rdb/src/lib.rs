@@ -110,6 +110,13 @@ pub fn into_dump_payload(mut raw: Vec<u8>, rdb_version: u16) -> Vec<u8> {
     raw
 }
 
+/// The RDB version a `DUMP` payload was written with (from its trailer), `None` for bytes too
+/// short to be one.
+pub fn dump_payload_version(payload: &[u8]) -> Option<u16> {
+    let at = payload.len().checked_sub(10)?;
+    Some(u16::from_le_bytes([payload[at], payload[at + 1]]))
+}
+
 /// A `DUMP`/`RESTORE` payload: the serialized value, the RDB version (2 bytes LE) and the
 /// CRC64 of both (8 bytes LE).
 pub fn dump_payload(raw: &[u8], rdb_version: u16) -> Vec<u8> {

@@ -1134,6 +1134,21 @@ async fn scan_shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
         )
         .await
         .map_err(|e| e.to_string())?;
+        // Values are read on a bulk connection, where a big payload streams to a file.
+        let mut bulk = crate::transport::Transport::open(sh.ends.from.options(), &addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        if role == "replica" {
+            let said = bulk
+                .raw(&addr, 1, |out| {
+                    rcops_formats::resp::encode_command(&[b"READONLY"], out)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(Some(e)) = said.first() {
+                return Err(format!("{addr}: READONLY refused: {e}"));
+            }
+        }
         // Reading (SCAN, DUMP) and writing overlap: the reader runs up to two batches ahead,
         // each batch carrying the cursor after it, saved once its keys are written.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Write>, Counts, u64)>(2);
@@ -1150,7 +1165,7 @@ async fn scan_shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                     .filter(|k| sh.opts.filter.name_ok(k))
                     .collect();
                 let mut c = Counts::default();
-                let writes = dump_keys(sh, &addr, scan.conn(), keys, replace, &mut c).await?;
+                let writes = dump_keys(sh, &addr, &mut bulk, keys, replace, &mut c).await?;
                 if tx.send((writes, c, scan.cursor())).await.is_err() {
                     return Ok(());
                 }
@@ -1206,68 +1221,189 @@ async fn scan_shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
     rep
 }
 
-/// One batch of keys read for `RESTORE`: payload, absolute expiry, type (under `--type`).
+/// One batch of keys read for writing: `DUMP` + `PEXPIRETIME` (+ `TYPE` under `--type`) in
+/// one pipeline on a bulk connection. A payload above [`SPILL_ABOVE`] streams into a
+/// temporary file as it arrives; one above `--big-key-bytes`, or from a newer server than the
+/// target, goes the way restore writes a value from a file ([`prepare_op`]: rebuilt piece by
+/// piece, or re-encoded).
+///
+/// [`SPILL_ABOVE`]: crate::ops::restore::SPILL_ABOVE
+/// [`prepare_op`]: crate::ops::restore::prepare_op
 async fn dump_keys(
     sh: &Shared<'_>,
     addr: &Addr,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut crate::transport::Transport,
     keys: Vec<Vec<u8>>,
     replace: bool,
     counts: &mut Counts,
 ) -> Result<Vec<Write>, String> {
+    use crate::transport::Frame;
+    use rcops_formats::resp::{encode_command, scalar, Scalar};
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let typed = !sh.opts.filter.types.is_empty();
-    let mut p = redis::pipe();
-    for k in &keys {
-        p.cmd("DUMP").arg(k);
-        p.cmd("PEXPIRETIME").arg(k);
-        if typed {
-            p.cmd("TYPE").arg(k);
-        }
-    }
-    let got: Vec<redis::Value> = p
-        .query_async(conn)
-        .await
-        .map_err(|e| NodeError::from_redis(addr, &e).to_string())?;
     let per = if typed { 3 } else { 2 };
+    let got = conn
+        .frames_spilling(
+            addr,
+            keys.len() * per,
+            sh.opts.idle_timeout,
+            crate::ops::restore::SPILL_ABOVE as u64,
+            &tempfile::tempfile,
+            |out| {
+                for k in &keys {
+                    encode_command(&[b"DUMP", k], out);
+                    encode_command(&[b"PEXPIRETIME", k], out);
+                    if typed {
+                        encode_command(&[b"TYPE", k], out);
+                    }
+                }
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = |f: &Frame, cmd: &str| match f {
+        Frame::Whole(f) => match scalar(f) {
+            Some(Scalar::Error(e)) => Err(format!(
+                "{addr}: {cmd} refused: {}",
+                String::from_utf8_lossy(e)
+            )),
+            _ => Ok(()),
+        },
+        Frame::Spilled(_) => Ok(()),
+    };
     let mut out = Vec::with_capacity(keys.len());
-    for (k, v) in keys.into_iter().zip(got.chunks(per)) {
-        let redis::Value::BulkString(payload) = &v[0] else {
-            counts.skipped_expired += 1; // gone since the SCAN
-            continue;
+    let mut got = got.into_iter();
+    for k in keys {
+        let (dump, expire) = (got.next(), got.next());
+        let kind = if typed { got.next() } else { None };
+        let (Some(dump), Some(expire)) = (dump, expire) else {
+            return Err(format!("{addr}: fewer replies than commands"));
         };
-        let kind = match v.get(2) {
-            Some(redis::Value::SimpleString(t)) => t.clone(),
-            _ => String::new(),
+        answer(&dump, "DUMP")?;
+        answer(&expire, "PEXPIRETIME")?;
+        let expire = match &expire {
+            Frame::Whole(f) => match scalar(f) {
+                Some(Scalar::Int(i)) => i,
+                _ => -1,
+            },
+            Frame::Spilled(_) => -1,
         };
-        if typed && !sh.opts.filter.types.contains(&kind) {
-            counts.skipped_filtered += 1;
-            continue;
+        if let Some(Frame::Whole(f)) = &kind {
+            let ok = match scalar(f) {
+                Some(Scalar::Simple(t)) => sh.opts.filter.types.iter().any(|x| x.as_bytes() == t),
+                _ => false,
+            };
+            if !ok {
+                counts.skipped_filtered += 1;
+                continue;
+            }
         }
-        let expire = match &v[1] {
-            redis::Value::Int(i) => *i,
-            _ => -1,
+        let (type_byte, op) = match dump {
+            Frame::Whole(f) => match scalar(&f) {
+                Some(Scalar::Bulk(Some(p))) if p.len() > 10 => {
+                    let version = rcops_rdb::dump_payload_version(p).unwrap_or(u16::MAX);
+                    let op = if p.len() as u64 <= sh.opts.big_key_bytes
+                        && version <= sh.target_version
+                    {
+                        Op::Restore {
+                            payload: crate::writer::Payload::Mem(p.to_vec()),
+                            abs_ttl: expire.max(0),
+                            replace,
+                        }
+                    } else {
+                        let raw = p[..p.len() - 10].to_vec();
+                        prepare(
+                            sh,
+                            dump_entry(&k, p[0], raw, None, expire),
+                            version,
+                            replace,
+                        )?
+                    };
+                    (p[0], op)
+                }
+                Some(Scalar::Bulk(Some(_))) => {
+                    return Err(format!("{addr}: DUMP gave a payload too short to be one"))
+                }
+                _ => {
+                    counts.skipped_expired += 1; // gone since the SCAN
+                    continue;
+                }
+            },
+            Frame::Spilled(s) => {
+                let (type_byte, version) = spilled_dump_head(&s)
+                    .map_err(|e| format!("reading a spilled DUMP payload: {e}"))?;
+                let spilled = rcops_rdb::Spilled {
+                    file: s.file,
+                    len: s.len - 10,
+                };
+                let e = dump_entry(&k, type_byte, Vec::new(), Some(spilled), expire);
+                (type_byte, prepare(sh, e, version, replace)?)
+            }
         };
+        let kind = type_name(type_byte);
         out.push(Write {
             slot: key_slot(&k),
-            kind: dump_kind(payload),
+            kind,
             key: k,
             index: 0,
-            op: Op::Restore {
-                payload: crate::writer::Payload::Mem(payload.clone()),
-                abs_ttl: expire.max(0),
-                replace,
-            },
+            op,
         });
     }
     Ok(out)
 }
 
-/// A DUMP payload's value type, from its first byte (the RDB type).
-fn dump_kind(payload: &[u8]) -> &'static str {
-    payload.first().map_or("unknown", |&t| type_name(t))
+/// A key read by `DUMP`, as the RDB parser would have given it (`raw`: the payload without
+/// its version and checksum), for [`crate::ops::restore::prepare_op`].
+fn dump_entry(
+    key: &[u8],
+    type_byte: u8,
+    raw: Vec<u8>,
+    spilled: Option<rcops_rdb::Spilled>,
+    expire: i64,
+) -> rcops_rdb::Entry {
+    let raw_len = spilled.as_ref().map_or(raw.len() as u64, |s| s.len);
+    rcops_rdb::Entry {
+        db: 0,
+        key: key.to_vec(),
+        expire_ms: (expire > 0).then_some(expire),
+        idle: None,
+        freq: None,
+        type_byte,
+        value: rcops_rdb::Value::NotDecoded,
+        raw,
+        spilled,
+        raw_len,
+        offset: 0,
+        value_offset: 1,
+    }
+}
+
+/// [`crate::ops::restore::prepare_op`] for a key read by `DUMP`.
+fn prepare(
+    sh: &Shared<'_>,
+    mut e: rcops_rdb::Entry,
+    version: u16,
+    replace: bool,
+) -> Result<Op, String> {
+    crate::ops::restore::prepare_op(
+        &mut e,
+        version,
+        sh.target_version,
+        sh.opts.big_key_bytes,
+        replace,
+    )
+    .map_err(|why| format!("key {}: {why}", rcops_formats::show_key(&e.key)))
+}
+
+/// A spilled `DUMP` payload's type byte and RDB version (from its trailer).
+fn spilled_dump_head(s: &rcops_rdb::Spilled) -> std::io::Result<(u8, u16)> {
+    use std::os::unix::fs::FileExt;
+    let (mut t, mut v) = ([0u8; 1], [0u8; 2]);
+    s.file.read_exact_at(&mut t, 0)?;
+    s.file.read_exact_at(&mut v, s.len.saturating_sub(10))?;
+    Ok((t[0], u16::from_le_bytes(v)))
 }
 
 /// A source that will not replicate to rcops: the message says what to do.
