@@ -347,6 +347,16 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         .arg(&["CREATECONSUMER", "st", "g", "bob"])
         .query(&mut c)
         .unwrap();
+    // A pending entry whose message is gone (XCLAIM alone cannot bring it back).
+    let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&["st", "-", "+", "COUNT", "3"])
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("XDEL")
+        .arg("st")
+        .arg(&first[2].0)
+        .query(&mut c)
+        .unwrap();
     // Another database: not copied (db 0 only by default).
     let _: () = redis::cmd("SELECT").arg(1).query(&mut c).unwrap();
     let _: () = redis::cmd("SET")

@@ -137,6 +137,7 @@ pub enum Op {
 }
 
 /// A value's serialization (type byte, then the value): in memory or in its spill file.
+#[derive(Clone)]
 pub enum Raw {
     Mem(std::sync::Arc<Vec<u8>>),
     File(rcops_rdb::Spilled),
@@ -526,9 +527,10 @@ impl Lane<'_, '_> {
         for _ in 0..REBUILD_ATTEMPTS {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<Vec<u8>>>>(2);
             let producer = {
-                let (reader, tmp) = (raw.reader(), tmp.clone());
+                let (raw, tmp) = (raw.clone(), tmp.clone());
                 tokio::task::spawn_blocking(move || {
-                    rcops_rdb::rebuild::rebuild(reader, version, &tmp, REBUILD_BATCH, |b| {
+                    let open = || raw.reader();
+                    rcops_rdb::rebuild::rebuild(open, version, &tmp, REBUILD_BATCH, |b| {
                         tx.blocking_send(b).is_ok()
                     })
                 })

@@ -6,8 +6,7 @@
 //! the value (a compressed string is decompressed as a stream).
 //!
 //! What commands cannot carry: a stream consumer's seen and active times (they become the
-//! time of the rebuild) and pending entries whose message was deleted from the stream
-//! (`XCLAIM` skips them).
+//! time of the rebuild).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -36,12 +35,14 @@ pub fn rebuildable(type_byte: u8, version: u16) -> bool {
     }
 }
 
-/// Walks `raw` and hands `emit` the commands that write the value under `key`, in batches
-/// of about `batch_bytes`; `emit` returns `false` to stop early. `version` is the RDB version
-/// the value was written with (Valkey numbers some types differently). Returns whether it
-/// ran to the end (not stopped) and how many elements (bytes for a string) it wrote.
+/// Walks the value `open` reads and hands `emit` the commands that write it under `key`, in
+/// batches of about `batch_bytes`; `emit` returns `false` to stop early. `version` is the RDB
+/// version the value was written with (Valkey numbers some types differently). A stream is
+/// read twice (`open` called again): first for the IDs its groups have pending. Returns
+/// whether it ran to the end (not stopped) and how many elements (bytes for a string) it
+/// wrote.
 pub fn rebuild<R: Read>(
-    raw: R,
+    open: impl Fn() -> R,
     version: u16,
     key: &[u8],
     batch_bytes: usize,
@@ -58,8 +59,8 @@ pub fn rebuild<R: Read>(
         elements: 0,
         emit,
     };
-    let mut r = Reader::new(raw);
-    match value(&mut r, version, &mut out) {
+    let mut r = Reader::new(open());
+    match value(&mut r, version, &open, &mut out) {
         Ok(()) => {}
         Err(Halt::Stopped) => return Ok((false, out.elements)),
         Err(Halt::Rdb(e)) => return Err(e),
@@ -183,6 +184,7 @@ impl<F: FnMut(Vec<Command>) -> bool> Out<F> {
 fn value<R: Read, F: FnMut(Vec<Command>) -> bool>(
     r: &mut Reader<R>,
     version: u16,
+    open: &dyn Fn() -> R,
     out: &mut Out<F>,
 ) -> Step {
     let at = r.offset();
@@ -288,7 +290,12 @@ fn value<R: Read, F: FnMut(Vec<Command>) -> bool>(
                 out.add(b"SADD", &[&e])?;
             }
         }
-        15 | 19 | 21 => stream(r, t, out)?,
+        15 | 19 | 21 => {
+            let mut first = Reader::new(open());
+            first.u8()?;
+            let pending = pending_ids(&mut first, t)?;
+            stream(r, t, &pending, out)?
+        }
         22 if version >= VALKEY_RDB_MIN => {
             for _ in 0..r.count()? {
                 let (f, v) = (r.string()?, r.string()?);
@@ -457,15 +464,75 @@ fn id(ms: u64, seq: u64) -> Vec<u8> {
     format!("{ms}-{seq}").into_bytes()
 }
 
+/// The IDs some group of a stream has pending, sorted, from a first walk of the value.
+fn pending_ids<R: Read>(r: &mut Reader<R>, t: u8) -> Result<Vec<(u64, u64)>, RdbError> {
+    for _ in 0..r.count()? {
+        r.skip_string()?;
+        r.skip_string()?;
+    }
+    r.length()?;
+    r.length()?;
+    r.length()?;
+    if t >= 19 {
+        for _ in 0..5 {
+            r.length()?;
+        }
+    }
+    let mut ids = Vec::new();
+    for _ in 0..r.count()? {
+        r.skip_string()?;
+        r.length()?;
+        r.length()?;
+        if t >= 19 {
+            r.length()?;
+        }
+        for _ in 0..r.count()? {
+            ids.push(id_parts(&r.array()?));
+            r.skip(8)?;
+            r.length()?;
+        }
+        for _ in 0..r.count()? {
+            r.skip_string()?;
+            r.skip(if t >= 21 { 16 } else { 8 })?;
+            let n = r.count()?;
+            r.skip(16 * n)?;
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// A stream: its entries (`XADD` with their IDs), its last ID and counters (`XSETID`), its
 /// groups (`XGROUP CREATE … ENTRIESREAD`), their consumers and pending entries with delivery
-/// time and count (`XGROUP CREATECONSUMER`, `XCLAIM … FORCE JUSTID`).
+/// time and count (`XGROUP CREATECONSUMER`, `XCLAIM … FORCE JUSTID`). `XCLAIM` only takes an
+/// ID the stream holds, so a pending entry whose message was deleted gets a placeholder
+/// message in its place (`XADD` in ID order), claimed, then deleted (`XDEL`); a last `XSETID`
+/// puts back the counters the deletions moved.
 fn stream<R: Read, F: FnMut(Vec<Command>) -> bool>(
     r: &mut Reader<R>,
     t: u8,
+    pending: &[(u64, u64)],
     out: &mut Out<F>,
 ) -> Step {
     let mut entries = 0u64;
+    // Pending IDs not yet passed, and the placeholders written.
+    let mut next_pending = pending.iter().copied().peekable();
+    let mut placeholders: Vec<Vec<u8>> = Vec::new();
+    let mut placeholder = |out: &mut Out<F>, upto: Option<(u64, u64)>| -> Step {
+        while let Some(&p) = next_pending.peek() {
+            if upto.is_some_and(|u| p > u) {
+                break;
+            }
+            next_pending.next();
+            if Some(p) != upto {
+                let pid = id(p.0, p.1);
+                out.single(b"XADD", &[&pid, b"rcops", b"placeholder"])?;
+                placeholders.push(pid);
+            }
+        }
+        Ok(())
+    };
     for _ in 0..r.count()? {
         let master: [u8; 16] = r.string()?[..]
             .try_into()
@@ -477,20 +544,21 @@ fn stream<R: Read, F: FnMut(Vec<Command>) -> bool>(
             offset: at,
             reason: format!("stream listpack: {reason}"),
         })?;
-        let mut cmds: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut cmds: Vec<((u64, u64), Vec<Vec<u8>>)> = Vec::new();
         crate::parser::stream_node_entries(&lp, base_ms, base_seq, |ms, seq, fields| {
             let mut c = vec![id(ms, seq)];
             for (f, v) in fields {
                 c.push(element_bytes(*f));
                 c.push(element_bytes(*v));
             }
-            cmds.push(c);
+            cmds.push(((ms, seq), c));
         })
         .map_err(|reason| RdbError::Corrupt {
             offset: at,
             reason: format!("stream listpack: {reason}"),
         })?;
-        for c in cmds {
+        for (at, c) in cmds {
+            placeholder(out, Some(at))?;
             let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
             out.single(b"XADD", &args)?;
             out.elements += 1;
@@ -499,27 +567,28 @@ fn stream<R: Read, F: FnMut(Vec<Command>) -> bool>(
     }
     let _length = r.length()?;
     let last = id(r.length()?, r.length()?);
-    if entries == 0 {
+    placeholder(out, None)?;
+    if entries == 0 && placeholders.is_empty() {
         // XSETID needs the key: an entry trimmed away at once leaves an empty stream.
         out.single(b"XADD", &[b"MAXLEN", b"0", b"0-1", b"f", b"v"])?;
     }
-    if t >= 19 {
+    let setid = if t >= 19 {
         let _first = (r.length()?, r.length()?);
         let max_deleted = id(r.length()?, r.length()?);
         let added = r.length()?.to_string();
-        out.single(
+        args(&[
             b"XSETID",
-            &[
-                &last,
-                b"ENTRIESADDED",
-                added.as_bytes(),
-                b"MAXDELETEDID",
-                &max_deleted,
-            ],
-        )?;
+            &out.key,
+            &last,
+            b"ENTRIESADDED",
+            added.as_bytes(),
+            b"MAXDELETEDID",
+            &max_deleted,
+        ])
     } else {
-        out.single(b"XSETID", &[&last])?;
-    }
+        args(&[b"XSETID", &out.key, &last])
+    };
+    out.command(setid.clone())?;
     let key = out.key.clone();
     for _ in 0..r.count()? {
         let group = r.string()?;
@@ -568,6 +637,14 @@ fn stream<R: Read, F: FnMut(Vec<Command>) -> bool>(
                 ]))?;
             }
         }
+    }
+    if !placeholders.is_empty() {
+        for ids in placeholders.chunks(COMMAND_ELEMENTS) {
+            let mut del = args(&[b"XDEL", &out.key]);
+            del.extend(ids.iter().cloned());
+            out.command(del)?;
+        }
+        out.command(setid)?;
     }
     Ok(())
 }
@@ -665,6 +742,9 @@ mod tests {
                     g.consumers.push(text(&c[4]));
                 }
                 "XCLAIM" => stream.groups.last_mut().unwrap().pending += 1,
+                "XDEL" => stream
+                    .entries
+                    .retain(|(id, _)| !rest.iter().any(|d| text(d) == *id)),
                 other => panic!("unexpected command {other}"),
             }
         }
@@ -717,17 +797,23 @@ mod tests {
                     continue;
                 };
                 if !rebuildable(e.type_byte, version) {
-                    assert!(rebuild(&e.raw[..], version, b"k", 64, |_| true).is_err());
+                    assert!(rebuild(|| &e.raw[..], version, b"k", 64, |_| true).is_err());
                     continue;
                 }
                 let mut cmds = Vec::new();
                 let mut batches = 0;
-                let (done, _) = rebuild(&e.raw[..], version, b"k", 64, |b| {
-                    assert!(b.iter().all(|c| c[1] == b"k" || c[0] == b"XGROUP"));
-                    batches += 1;
-                    cmds.extend(b);
-                    true
-                })
+                let (done, _) = rebuild(
+                    || &e.raw[..],
+                    version,
+                    b"k",
+                    64,
+                    |b| {
+                        assert!(b.iter().all(|c| c[1] == b"k" || c[0] == b"XGROUP"));
+                        batches += 1;
+                        cmds.extend(b);
+                        true
+                    },
+                )
                 .unwrap();
                 assert!(done);
                 let want = canonical(e.value.clone());
@@ -765,10 +851,16 @@ mod tests {
             .next()
             .unwrap();
         let mut calls = 0;
-        let (done, _) = rebuild(&e.raw[..], 10, b"k", 16, |_| {
-            calls += 1;
-            calls < 2
-        })
+        let (done, _) = rebuild(
+            || &e.raw[..],
+            10,
+            b"k",
+            16,
+            |_| {
+                calls += 1;
+                calls < 2
+            },
+        )
         .unwrap();
         assert!(!done);
         assert_eq!(calls, 2);
@@ -784,7 +876,7 @@ mod tests {
                 };
                 for cut in [1, e.raw.len() / 2, e.raw.len().saturating_sub(1)] {
                     if cut < e.raw.len() {
-                        let _ = rebuild(&e.raw[..cut], version, b"k", 64, |_| true);
+                        let _ = rebuild(|| &e.raw[..cut], version, b"k", 64, |_| true);
                     }
                 }
             }
@@ -807,15 +899,21 @@ mod tests {
         raw.extend_from_slice(&data);
         let mut got = Vec::new();
         let mut pieces = 0;
-        let (done, n) = rebuild(&raw[..], 10, b"k", 1, |b| {
-            for c in b {
-                assert_eq!(c[0], b"APPEND");
-                assert!(c[2].len() <= COMMAND_BYTES + 300);
-                got.extend_from_slice(&c[2]);
-                pieces += 1;
-            }
-            true
-        })
+        let (done, n) = rebuild(
+            || &raw[..],
+            10,
+            b"k",
+            1,
+            |b| {
+                for c in b {
+                    assert_eq!(c[0], b"APPEND");
+                    assert!(c[2].len() <= COMMAND_BYTES + 300);
+                    got.extend_from_slice(&c[2]);
+                    pieces += 1;
+                }
+                true
+            },
+        )
         .unwrap();
         assert!(done);
         assert_eq!(n, len as u64);
@@ -823,9 +921,9 @@ mod tests {
         assert!(got == whole);
         // Declared longer than it decompresses to, or a reference before the start: errors.
         raw[8] ^= 1;
-        assert!(rebuild(&raw[..], 10, b"k", 1, |_| true).is_err());
+        assert!(rebuild(|| &raw[..], 10, b"k", 1, |_| true).is_err());
         let bad = [0u8, 0xC3, 2, 4, 0x20, 0x05];
-        assert!(rebuild(&bad[..], 10, b"k", 1, |_| true).is_err());
+        assert!(rebuild(|| &bad[..], 10, b"k", 1, |_| true).is_err());
     }
 
     #[test]
