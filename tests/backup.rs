@@ -671,9 +671,19 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
         ..Default::default()
     });
     let mut c = conn(src.port);
-    enable_aof(&mut c, &[("aof-timestamp-enabled", "yes")]);
     let t = tag_on_first_master(3);
     let k = |s: &str| format!("{{{t}}}:{s}");
+    // In the base (the rewrite's RDB preamble): a value above 16 MiB, spilled to a file
+    // while the preamble is read, then streamed into one RESTORE.
+    let big: String = (0..17u32 << 20)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let _: () = redis::cmd("SET")
+        .arg(k("big"))
+        .arg(&big)
+        .query(&mut c)
+        .unwrap();
+    enable_aof(&mut c, &[("aof-timestamp-enabled", "yes")]);
     let q = |c: &mut redis::Connection, args: &[&str]| {
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
@@ -733,6 +743,10 @@ fn aof_directories_replay_with_transactions_and_point_in_time() {
     assert!(v["stopped_at_ts"].as_u64().unwrap() > cut);
     assert_eq!(get(dst.port, &k("late")), None);
     assert_eq!(get(dst.port, &k("n")).as_deref(), Some("3"));
+    assert!(
+        get(dst.port, &k("big")) == Some(big),
+        "the big base value differs"
+    );
     // Into a cluster that holds keys: refused (replay is not idempotent), nothing written.
     let r = dst.run(&["restore", "--aof", &dir, "--yes"]);
     assert_eq!(r.code, 2, "{}\n{}", r.stderr, r.stdout);

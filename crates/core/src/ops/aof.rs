@@ -107,9 +107,14 @@ pub async fn replay(
         };
         let (rest, offset): (Box<dyn std::io::BufRead>, u64) = if head {
             // RDB preamble (or an RDB base file): restore its keys first.
-            let mut p = Parser::new(br).map_err(|e| format!("{}: {e}", file.display()))?;
+            let p = Parser::new(br).map_err(|e| format!("{}: {e}", file.display()))?;
             let version = p.version();
-            let mut batch = Vec::new();
+            // As restore reads a backup: values decoded only to re-encode, big ones spilled.
+            let mut p = p.decode_values(false).spill_raw_above(
+                crate::ops::restore::SPILL_ABOVE,
+                crate::ops::restore::spill_file(),
+            );
+            let (mut batch, mut bytes) = (Vec::new(), 0usize);
             for item in &mut p {
                 match item.map_err(|e| format!("{}: {e}", file.display()))? {
                     Item::Entry(mut e) if e.db == 0 => {
@@ -137,6 +142,7 @@ pub async fn replay(
                             }
                         };
                         report.preamble_keys += 1;
+                        bytes += crate::ops::restore::batch_cost(&op);
                         batch.push(Write {
                             slot: key_slot(&e.key),
                             kind: "base",
@@ -144,7 +150,8 @@ pub async fn replay(
                             op,
                             key: e.key,
                         });
-                        if batch.len() >= opts.batch {
+                        if batch.len() >= opts.batch || bytes >= crate::ops::restore::BATCH_BYTES {
+                            bytes = 0;
                             send(
                                 &mut lane,
                                 std::mem::take(&mut batch),
