@@ -1144,3 +1144,77 @@ fn migrate_into_a_redis_cli_cluster_moves_off_a_frozen_source_replica() {
     .env("RCOPS_STATE_DIR", state.path()));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn a_big_value_rebuilt_while_its_target_master_fails_over_arrives_whole() {
+    // One hash of 600k fields, rebuilt in pieces (--big-key-bytes 1); the master of its slot
+    // on the target fails over to its replica as soon as the temporary key appears there.
+    let source = Standalone::start();
+    let mut c = conn(source.port);
+    let _: () = redis::cmd("EVAL")
+        .arg("for i = 1, 600000 do redis.call('HSET', KEYS[1], 'field:' .. i, 'value-' .. i) end")
+        .arg(1)
+        .arg("bighash")
+        .query(&mut c)
+        .unwrap();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("s:{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    let target = Lab::start(LabSpec {
+        node_timeout_ms: 2000,
+        ..Default::default()
+    });
+    let master = owner(target.port, 3, b"bighash");
+    let (_, replica) = crate::backup::pairs(&target)
+        .into_iter()
+        .find(|&(m, _)| m == master)
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let child = spawn_migrate(
+        state.path(),
+        &[
+            "--from",
+            &source.addr(),
+            "--to",
+            &target.seed(),
+            "--big-key-bytes",
+            "1",
+            "--yes",
+            "--json",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut m = conn(master);
+    loop {
+        let tmp: Vec<String> = redis::cmd("KEYS")
+            .arg("*rcops:rebuild*")
+            .query(&mut m)
+            .unwrap();
+        if !tmp.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rebuild seen on {master}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = target.redis_cli(replica, &["CLUSTER", "FAILOVER"]);
+    wait_role(&target, replica, "master");
+    let r = output(child);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["keys"]["failed"], 0, "{}", r.stdout);
+    let masters: Vec<u16> = (target.port..target.port + 6)
+        .filter(|&p| target.redis_cli(p, &["ROLE"]).starts_with("master"))
+        .collect();
+    assert!(masters.contains(&replica), "{masters:?}");
+    assert_same(&snapshot(&[source.port]), &snapshot(&masters));
+    for p in masters {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("*rcops:rebuild*")
+            .query(&mut conn(p))
+            .unwrap();
+        assert!(left.is_empty(), "{p}: {left:?}");
+    }
+}

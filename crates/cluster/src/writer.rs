@@ -697,24 +697,40 @@ impl Lane<'_, '_> {
 
 /// Whether a replica of `addr` holds what this lane wrote there: `WAIT 1` on the connection
 /// that wrote (WAIT covers its own connection's writes), within the node timeout. A master
-/// without an online replica confirms at once: nothing else could hold the keys.
+/// without an online replica confirms at once: nothing else could hold the keys. A master
+/// demoted since (a failover) confirms once it continues from its new master by a partial
+/// resync, which proves its writes are in the new master's history.
 async fn replicated(w: &SlotWriter<'_>, conns: &Conns, addr: &Addr) -> Result<(), String> {
     let Some((mut t, true)) = conns.idle(addr) else {
         return Err("the connection that wrote them was lost".into());
     };
     let base = w.exec.timeout();
-    let info = t
-        .frames_within(addr, 1, base, |out| {
-            rcops_formats::resp::encode_command(&[b"INFO", b"replication"], out)
-        })
-        .await
-        .map_err(|e| e.reason())?;
-    let info = rcops_formats::info::Info::parse(&String::from_utf8_lossy(
-        info.first().map_or(&[][..], |f| f),
-    ));
-    // A master demoted by a failover dropped what its new master never had.
+    let mut info = replication_info(&mut t, addr, base).await?;
     if info.get("role").is_some_and(|r| r != "master") {
-        return Err("it is a replica now (failed over)".into());
+        // Demoted by a failover. What it held is in its new master's history when it
+        // continued from that master by a partial resync: it then keeps its old replication
+        // id as its second one (after a full resync the second id is cleared, and what the
+        // new master never had is gone). Waits for the link within the node timeout.
+        let deadline = Instant::now() + base;
+        loop {
+            let up = info.get("master_link_status") == Some("up");
+            let kept = info
+                .get("master_replid2")
+                .is_some_and(|id| !id.is_empty() && id.bytes().any(|b| b != b'0'));
+            if up && kept {
+                conns.put(addr, t, true);
+                return Ok(());
+            }
+            if up || Instant::now() >= deadline {
+                return Err(if up {
+                    "it is a replica now and resynced in full (failed over)".into()
+                } else {
+                    "it is a replica now (failed over) without a link to its new master".into()
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            info = replication_info(&mut t, addr, base).await?;
+        }
     }
     let online = info
         .replicas()
@@ -739,6 +755,22 @@ async fn replicated(w: &SlotWriter<'_>, conns: &Conns, addr: &Addr) -> Result<()
     }
     conns.put(addr, t, true);
     Ok(())
+}
+
+async fn replication_info(
+    t: &mut Transport,
+    addr: &Addr,
+    timeout: Duration,
+) -> Result<rcops_formats::info::Info, String> {
+    let info = t
+        .frames_within(addr, 1, timeout, |out| {
+            rcops_formats::resp::encode_command(&[b"INFO", b"replication"], out)
+        })
+        .await
+        .map_err(|e| e.reason())?;
+    Ok(rcops_formats::info::Info::parse(&String::from_utf8_lossy(
+        info.first().map_or(&[][..], |f| f),
+    )))
 }
 
 /// Whether each key exists, asked on a fresh connection within `timeout` (the server may
