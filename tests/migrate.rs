@@ -668,6 +668,63 @@ fn migrate_between_standalone_servers_and_clusters_and_refuses_bad_input() {
         ],
     );
     assert_eq!(r.code, 64, "{}", r.stderr);
+
+    // --type hash: the snapshot's hashes, then of the stream the commands on hashes and the
+    // generic ones (EXPIRE, DEL); a SET and an RPUSH are left out.
+    let hashes = Standalone::start();
+    let child = spawn_migrate(
+        state.path(),
+        &[
+            "--from",
+            &server.addr(),
+            "--to",
+            &hashes.addr(),
+            "--type",
+            "hash",
+            "--follow",
+            "--yes",
+            "--json",
+        ],
+    );
+    let mut hc = conn(hashes.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis::cmd("EXISTS")
+        .arg("h:0")
+        .query::<u64>(&mut hc)
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the snapshot never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut p = redis::pipe();
+    p.cmd("SET").arg("s:new").arg(1).ignore();
+    p.cmd("RPUSH").arg("l:new").arg(1).ignore();
+    p.cmd("EXPIRE").arg("h:0").arg(1000).ignore();
+    p.cmd("DEL").arg("h:1").ignore();
+    p.cmd("HSET").arg("h:new").arg("f").arg("v").ignore();
+    let _: () = p.query(&mut c).unwrap();
+    while redis::cmd("EXISTS")
+        .arg("h:new")
+        .query::<u64>(&mut hc)
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the stream never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = output(child);
+    assert_eq!(r.code, 130, "{}\n{}", r.stdout, r.stderr);
+    let only_hashes: crate::backup::Snapshot = snapshot(&[server.port])
+        .into_iter()
+        .filter(|(_, (v, _))| v.starts_with(b"hash:"))
+        .collect();
+    assert_same(&only_hashes, &snapshot(&[hashes.port]));
+    assert!(only_hashes.contains_key(&b"h:new"[..]) && !only_hashes.contains_key(&b"h:1"[..]));
+    assert!(only_hashes[&b"h:0"[..]].1 > 0, "EXPIRE reached the target");
 }
 
 /// Runs the writer for `d`.

@@ -24,6 +24,23 @@ struct KeySpec {
     last: i64,
     step: i64,
     movable: bool,
+    /// The value type the command works on, from its ACL categories (`@hash` → `hash`);
+    /// `None` for generic commands (`DEL`, `EXPIRE`, `RENAME`, scripts).
+    kind: Option<&'static str>,
+}
+
+/// The value type an ACL category stands for (HyperLogLogs and bitmaps are strings, geo
+/// indexes sorted sets).
+fn category_kind(c: &str) -> Option<&'static str> {
+    Some(match c.trim_start_matches('@') {
+        "string" | "bitmap" | "hyperloglog" => "string",
+        "list" => "list",
+        "set" => "set",
+        "sortedset" | "geo" => "zset",
+        "hash" => "hash",
+        "stream" => "stream",
+        _ => return None,
+    })
 }
 
 /// The target's command table: name (and `name|sub`) → key positions.
@@ -65,6 +82,12 @@ fn collect(entries: &[redis::Value], out: &mut HashMap<String, KeySpec>) {
                 last: as_i64(&f[4]),
                 step: as_i64(&f[5]),
                 movable: flags.iter().any(|x| x == "movablekeys"),
+                kind: match f.get(6) {
+                    Some(redis::Value::Array(c) | redis::Value::Set(c)) => {
+                        c.iter().find_map(|x| category_kind(&as_text(x)))
+                    }
+                    _ => None,
+                },
             },
         );
         // Redis 7: subcommands (element 10) carry their own key positions.
@@ -93,9 +116,8 @@ impl Commands {
         Ok(Commands { specs, probe })
     }
 
-    /// The command's keys; `None` when it has none.
-    pub async fn keys(&self, exec: &Executor, args: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
-        let name = String::from_utf8_lossy(&args[0]).to_lowercase();
+    fn spec(&self, args: &[Vec<u8>]) -> Option<KeySpec> {
+        let name = String::from_utf8_lossy(args.first()?).to_lowercase();
         let mut spec = self.specs.get(&name).copied();
         if let (Some(s), Some(sub)) = (spec, args.get(1)) {
             if s.first == 0 && !s.movable {
@@ -103,7 +125,18 @@ impl Commands {
                 spec = self.specs.get(&full).copied().or(spec);
             }
         }
-        let Some(s) = spec else {
+        spec
+    }
+
+    /// The value type the command works on (`None` for a generic or unknown command).
+    pub fn kind(&self, args: &[Vec<u8>]) -> Option<&'static str> {
+        self.spec(args).and_then(|s| s.kind)
+    }
+
+    /// The command's keys; `None` when it has none.
+    pub async fn keys(&self, exec: &Executor, args: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
+        let Some(s) = self.spec(args) else {
+            let name = String::from_utf8_lossy(&args[0]).to_lowercase();
             return Err(format!("unknown command {name:?} on the target"));
         };
         if s.movable {
@@ -251,6 +284,16 @@ impl<'c> Router<'c> {
         self.tx.is_some()
     }
 
+    /// Whether `--type` lets the command through: it works on one of the chosen types, or is
+    /// generic (`DEL`, `EXPIRE`, `RENAME`, scripts: they act on whatever the key holds).
+    fn type_ok(&self, args: &[Vec<u8>]) -> bool {
+        self.filter.types.is_empty()
+            || self
+                .cmds
+                .kind(args)
+                .is_none_or(|k| self.filter.types.iter().any(|t| t == k))
+    }
+
     fn note(&mut self, e: String) {
         self.stats.unroutable += 1;
         if self.errors.len() < 20 {
@@ -341,7 +384,7 @@ impl<'c> Router<'c> {
                 }
             }
             ok
-        };
+        } && t.iter().all(|c| self.type_ok(c));
         if slots.len() == 1 && all_in {
             out.push(Write {
                 slot: slots[0],
@@ -390,7 +433,7 @@ impl<'c> Router<'c> {
             *self.stats.keyless_skipped.entry(name).or_default() += 1;
             return Routed::Queued;
         }
-        if !keys.iter().all(|k| self.filter.name_ok(k)) {
+        if !keys.iter().all(|k| self.filter.name_ok(k)) || !self.type_ok(&args) {
             self.stats.filtered += 1;
             return Routed::Queued;
         }

@@ -372,7 +372,8 @@ pub async fn plan(ends: &Ends<'_>, opts: &MigrateOptions) -> Result<MigratePlan,
     }
     if !opts.filter.types.is_empty() && opts.method == Method::Sync {
         warnings.push(
-            "--type filters the snapshot; the stream's commands are filtered by key name only"
+            "--type: the stream's commands pass by the type they work on (their ACL category); \
+             generic ones (DEL, EXPIRE, RENAME, scripts) pass whatever the key holds"
                 .into(),
         );
     }
