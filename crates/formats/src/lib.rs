@@ -8,6 +8,7 @@
 //! - [`conf`]: redis.conf syntax, CONFIG value comparison (units, spellings), secrets and
 //!   per-node parameter lists.
 //! - [`resp`]: RESP2 command encoding and reply framing for the load generator.
+//! - [`segment`]: the records of a replication-stream archive segment (commands and stamps).
 //!
 //! Nothing here does I/O: every function takes text or bytes and returns values or a
 //! [`ParseError`] naming what was wrong. All parsers are total — no input makes them panic.
@@ -16,6 +17,7 @@ pub mod cluster_nodes;
 pub mod conf;
 pub mod info;
 pub mod resp;
+pub mod segment;
 pub mod slot;
 
 /// Redis-cli style rendering of a key: printable ASCII as is, other bytes `\xNN`.

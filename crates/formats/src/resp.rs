@@ -259,7 +259,7 @@ mod tests {
         );
         assert_eq!(scalar(b"$5\r\nab\r\n"), None);
         assert_eq!(scalar(b"*0\r\n"), None);
-        assert_eq!(bulk_header(b"$1048576\r\nxx"), Ok(Some((1_048_576, 11))));
+        assert_eq!(bulk_header(b"$1048576\r\nxx"), Ok(Some((1_048_576, 10))));
         assert_eq!(bulk_header(b"$10"), Ok(None));
         assert_eq!(bulk_header(b":1\r\n"), Ok(None));
         assert_eq!(bulk_header(b"$x\r\n"), Err(Malformed(1)));
