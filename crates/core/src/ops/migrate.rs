@@ -30,6 +30,7 @@ use crate::fanout::Executor;
 use crate::job::{JobCtx, JobError, Outcome};
 use crate::node::{Addr, NodeError};
 use crate::ops::backup::Source;
+use crate::ops::link::{Closed, ShardLink};
 use crate::ops::restore::{Counts, OnConflict};
 use crate::repl::{ChunkReader, Psync, ReplError, ReplStream, Start, StreamCommand};
 use crate::route::{Commands, KeyFilter, RouteStats, Routed, Router};
@@ -848,10 +849,6 @@ enum Stop {
     Fatal(String),
 }
 
-/// Most reconnects in a row before a shard gives up (about a minute: a failover takes
-/// `cluster-node-timeout` plus an election).
-const RECONNECTS: u32 = 60;
-
 /// One source shard, start to end: connect, snapshot if needed, stream; reconnect when the
 /// link breaks.
 async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
@@ -890,8 +887,8 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
             });
         }
     }
-    let mut candidates = src.candidates.clone();
-    let mut failures = 0u32;
+    let mut link = ShardLink::new(sh.ends.from, sh.ends.from_seeds, src, !sh.opts.from_masters)
+        .explain_with(refused);
     let mut router = Router::new(&sh.cmds, sh.opts.db, sh.opts.filter.clone());
     let mut lane = sh.writer.lane();
     loop {
@@ -902,36 +899,16 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
             from: (state.phase == Phase::Stream).then(|| (state.replid.clone(), state.offset)),
             rdb_only: false,
         };
-        let mut opened = None;
-        let mut last = String::from("no usable source node");
-        for (addr, role) in &candidates {
-            match ReplStream::open(sh.ends.from.options(), addr, &psync).await {
-                Ok(s) => {
-                    rep.node = addr.to_string();
-                    rep.role = role.to_string();
-                    opened = Some(s);
-                    break;
-                }
-                Err(e) => last = refused(&e),
-            }
-        }
-        let Some((mut stream, start)) = opened else {
-            failures += 1;
-            // Before anything was read a failure is the answer; later it is a failover.
-            if rep.node.is_empty() || failures > RECONNECTS {
-                rep.error = Some(last);
+        let (mut stream, start) = match link.open(sh.ctx, &slots, &psync).await {
+            Ok(s) => s,
+            Err(Closed::Cancelled) => break,
+            Err(Closed::Failed(why)) => {
+                rep.error = Some(why);
                 break;
             }
-            sh.ctx
-                .progress
-                .message(&format!("{slots}: {last}; retrying"));
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = sh.ctx.cancel.cancelled() => break,
-            }
-            candidates = rediscover(sh, src).await.unwrap_or(candidates);
-            continue;
         };
+        rep.node = link.node.clone();
+        rep.role = link.role.clone();
         match start {
             Start::Full { replid, offset } => {
                 if state.phase == Phase::Stream {
@@ -970,8 +947,7 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
                             break;
                         }
                         rep.reconnects += 1;
-                        failures += 1;
-                        if failures > RECONNECTS {
+                        if !link.retry() {
                             rep.error = Some(format!("snapshot: {e}"));
                             break;
                         }
@@ -1039,12 +1015,11 @@ async fn shard(sh: &Shared<'_>, src: &Source) -> ShardReport {
             }
             Stop::Broken(e) => {
                 rep.reconnects += 1;
-                failures = 1;
                 sh.ctx.progress.message(&format!(
                     "{slots}: stream from {}: {e}; reconnecting",
                     rep.node
                 ));
-                candidates = rediscover(sh, src).await.unwrap_or(candidates);
+                link.broke().await;
             }
         }
     }
@@ -1417,21 +1392,6 @@ fn refused(e: &NodeError) -> String {
     }
 }
 
-/// The shard's nodes now (after a failover): the node owning its first slot and that
-/// node's replicas, by the same source rule as the first time.
-async fn rediscover(sh: &Shared<'_>, src: &Source) -> Option<Vec<(Addr, &'static str)>> {
-    let view = crate::topology::discover_endpoint(sh.ends.from, sh.ends.from_seeds, Detail::Health)
-        .await
-        .ok()?;
-    let first = src.slots.ranges().first()?.start;
-    let (sources, _) = crate::ops::backup::sources(&view, !sh.opts.from_masters);
-    sources
-        .into_iter()
-        .find(|s| s.slots.contains(first))
-        .map(|s| s.candidates)
-        .filter(|c| !c.is_empty())
-}
-
 /// After a resync: removes the target's keys in this shard's slots (that the filter
 /// selects) which the source node no longer has — deleted on the source while no stream
 /// carried the deletion. A key created on the source since is kept (the stream brings it).
@@ -1744,7 +1704,7 @@ async fn follow(
         let ncmds = cmds.as_ref().map(|c| c.len()).unwrap_or(0);
         // A master PINGs its replicas every 10 s (repl-ping-replica-period): a link silent
         // for longer than the idle timeout (30 s at least) is dead even if TCP never said so.
-        let silence = sh.opts.idle_timeout.max(Duration::from_secs(30));
+        let silence = crate::ops::link::silence_limit(sh.opts.idle_timeout);
         if ncmds > 0 {
             heard = t1;
         } else if t1 - heard > silence && !sh.ctx.cancel.is_cancelled() {

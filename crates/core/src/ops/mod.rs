@@ -11,6 +11,7 @@ pub mod exporter;
 pub mod info;
 pub mod keyspace;
 pub mod latency;
+pub mod link;
 pub mod metrics;
 pub mod migrate;
 pub mod nodes;
