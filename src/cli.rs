@@ -151,6 +151,16 @@ pub enum BackupCommand {
         /// Backup id, unique id prefix, `latest`, or a backup folder
         id: String,
     },
+    /// Archive every shard's replication stream continuously (a base snapshot, then
+    /// segments), until Ctrl-C or SIGTERM; continues the open chain in --dir
+    Follow {
+        /// Close a segment once it holds this much (bytes before compression; K/M/G)
+        #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+        segment_size: u64,
+        /// Close a segment once it is this old
+        #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+        segment_age: Duration,
+    },
     /// Delete old backup sets (plan; --yes to delete)
     Prune {
         /// Keep sets younger than this many days

@@ -153,6 +153,20 @@ pub fn warn(msg: impl std::fmt::Display) {
     eprintln!("rcops: warning: {msg}");
 }
 
+/// A line of news on stderr (not a warning): what a long-running command is doing.
+pub fn note(msg: impl std::fmt::Display) {
+    eprintln!("rcops: {msg}");
+}
+
+/// A Unix time in ms as RFC 3339 UTC with milliseconds; `-` for 0 (none).
+pub fn unix_ms_text(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// A progress bar on stderr, hidden when stderr is not a terminal or output is JSON.
 pub fn progress(total: Option<u64>, json: bool, template: &str) -> ProgressBar {
     let pb = match total {

@@ -9,6 +9,7 @@ mod backup;
 mod breakage;
 mod config;
 mod errors;
+mod follow;
 mod migrate;
 mod observability;
 mod readonly;

@@ -1,6 +1,7 @@
 //! `rcops backup [list|verify|prune]`: render [`rcops_core::ops::backup`].
 
 use rcops_core::ops::backup::{self, BackupError, BackupOptions, Listed};
+use rcops_core::ops::follow;
 use rcops_core::topology::Detail;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,10 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
     let dir = backup_dir(g, &a.dir);
     match &a.command {
         None => create(g, a, &dir).await,
+        Some(BackupCommand::Follow {
+            segment_size,
+            segment_age,
+        }) => follow(g, a, &dir, *segment_size, *segment_age).await,
         Some(BackupCommand::List) => {
             let all = backup::list(&dir).map_err(Failure::failed)?;
             if g.json {
@@ -235,4 +240,78 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
     } else {
         EXIT_FAILED
     })
+}
+
+async fn follow(
+    g: &GlobalOpts,
+    a: &BackupArgs,
+    dir: &Path,
+    segment_bytes: u64,
+    segment_age: std::time::Duration,
+) -> CmdResult {
+    let (exec, seeds) = super::executor(g)?;
+    let (_, view) = view(g, Detail::Health).await?;
+    let cluster_nodes = backup::cluster_nodes_text(&exec, &view)
+        .await
+        .map_err(Failure::failed)?;
+    let opts = follow::FollowOptions {
+        dir: dir.to_path_buf(),
+        from_replicas: !a.from_masters,
+        idle_timeout: a.idle_timeout,
+        segment_bytes: segment_bytes.max(1),
+        segment_age,
+    };
+    let (ctx, bars) = super::job_ctx(g.json);
+    if !g.json {
+        output::note(format!(
+            "archiving into {} (Ctrl-C or SIGTERM stops cleanly)",
+            dir.join("chains").display()
+        ));
+    }
+    let r = follow::follow(&ctx, &exec, &seeds, &view, cluster_nodes, &opts).await;
+    bars.clear();
+    let r = r?;
+    if g.json {
+        output::print_json(&r);
+    } else {
+        let mut t = output::table(&[
+            "SLOTS",
+            "NODE",
+            "BASE KEYS",
+            "SEGMENTS",
+            "COMMANDS",
+            "ZSTD",
+            "OFFSET",
+            "COVERED UNTIL",
+            "RESULT",
+        ]);
+        for s in &r.shards {
+            t.add_row(vec![
+                s.slots.clone(),
+                s.node.clone(),
+                s.base_keys.map_or("-".into(), |k| k.to_string()),
+                s.segments.to_string(),
+                s.commands.to_string(),
+                bytes(s.bytes),
+                s.offset.to_string(),
+                output::unix_ms_text(s.covered_until_unix_ms),
+                s.error.clone().unwrap_or_else(|| "ok".into()),
+            ]);
+        }
+        output::align_right(&mut t, &[2, 3, 4, 5, 6]);
+        output::print_table(&t);
+        for s in r.shards.iter().filter(|s| s.recovered_commands > 0) {
+            output::note(format!(
+                "{}: {} command(s) recovered from the segment a stopped follower left open",
+                s.slots, s.recovered_commands
+            ));
+        }
+        crate::outln!(
+            "chain {} ({}): {}",
+            r.chain,
+            if r.continued { "continued" } else { "new" },
+            r.path.display()
+        );
+    }
+    Ok(r.outcome.exit_code())
 }

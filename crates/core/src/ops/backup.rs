@@ -23,7 +23,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// zstd level 1: RDBs (already LZF-compressed strings, packed encodings) shrink to ~13% of
 /// their size at 1 and ~11% at 3, and level 3 cost twice the CPU on a box whose cores the
 /// snapshotting servers need.
-const ZSTD_LEVEL: i32 = 1;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// One shard of a backup set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,20 +143,20 @@ pub fn sources(view: &ClusterView, from_replicas: bool) -> (Vec<Source>, Vec<Str
 }
 
 /// What the disk side of one shard produced.
-struct Written {
-    raw_bytes: u64,
-    compressed_bytes: u64,
-    sha256: String,
-    rdb_version: u16,
-    server_version: String,
-    keys: u64,
+pub(crate) struct Written {
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    pub sha256: String,
+    pub rdb_version: u16,
+    pub server_version: String,
+    pub keys: u64,
 }
 
 /// Counts and hashes what reaches the file.
-struct Hashing<W: Write> {
-    inner: W,
-    sha: Sha256,
-    bytes: u64,
+pub(crate) struct Hashing<W: Write> {
+    pub inner: W,
+    pub sha: Sha256,
+    pub bytes: u64,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -172,7 +172,10 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// The disk side: compress, hash, parse. Runs on a blocking thread.
-fn write_shard(path: &Path, rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Result<Written, String> {
+pub(crate) fn write_shard(
+    path: &Path,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<Written, String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let hashing = Hashing {
         inner: std::io::BufWriter::with_capacity(1 << 20, file),
@@ -666,7 +669,7 @@ fn verify_shard(folder: &Path, s: &ShardManifest) -> ShardCheck {
     c
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod check;
 pub mod config;
 pub mod exporter;
+pub mod follow;
 pub mod info;
 pub mod keyspace;
 pub mod latency;
