@@ -187,8 +187,11 @@ pub struct RestoreArgs {
     /// for the base keys
     #[arg(long, requires = "aof")]
     pub into_non_empty: bool,
-    /// With --aof: stop at the first #TS annotation after this time (RFC 3339 or Unix seconds)
-    #[arg(long, requires = "aof", value_name = "TIME")]
+    /// With a chain of `backup follow`: restore the cluster as it was at this time (its
+    /// base, then its archived stream up to the last stamp at or before it). With --aof:
+    /// stop at the first #TS annotation after it. RFC 3339 (2026-12-02T09:59:30Z, offsets
+    /// such as +01:00 and fractions allowed) or Unix seconds
+    #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// More RDB files
     pub files: Vec<PathBuf>,

@@ -55,10 +55,23 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     if let Some(aof) = &a.aof {
         return replay_aof(g, a, aof).await;
     }
+    if a.until.is_some() {
+        return point_in_time(g, a).await;
+    }
+    let source = a.source.as_deref().unwrap_or_default();
+    restore_set(g, a, source, true).await.map(|(code, _)| code)
+}
+
+/// A backup set (or RDB files) into the target: plan, checks, restore. Prints the report
+/// unless `emit_json` is off in JSON mode (the caller prints it inside its own).
+async fn restore_set(
+    g: &GlobalOpts,
+    a: &RestoreArgs,
+    source: &str,
+    emit_json: bool,
+) -> Result<(u8, Option<restore::RestoreReport>), Failure> {
     let backups = backup_dir(g, &a.dir);
-    let (label, sources) =
-        restore::resolve_sources(&backups, a.source.as_deref().unwrap_or_default(), &a.files)
-            .map_err(failure)?;
+    let (label, sources) = restore::resolve_sources(&backups, source, &a.files).map_err(failure)?;
     let (exec, view) = view(g, Detail::Health).await?;
     let mode = on_conflict(a);
     let state = g.state_dir.clone().unwrap_or_else(default_state_dir);
@@ -147,7 +160,7 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
                 None => crate::outln!("dry run: the checks passed; nothing was written"),
             }
         }
-        return Ok(code);
+        return Ok((code, None));
     }
     blocked?;
     let checked = checked.map_err(failure)?;
@@ -167,12 +180,153 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     .await
     .map_err(failure)?;
     bars.clear();
-    if g.json {
-        output::print_json(&report);
-    } else {
+    if !g.json {
         print_report(&report);
+    } else if emit_json {
+        output::print_json(&report);
     }
-    Ok(report.exit_code())
+    Ok((report.exit_code(), Some(report)))
+}
+
+/// A time for `--until`: Unix seconds, or RFC 3339 with `Z` or an offset (`+01:00`) and an
+/// optional fraction; in Unix milliseconds.
+fn parse_time_ms(s: &str) -> Result<u64, Failure> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n.saturating_mul(1000));
+    }
+    let bad = || {
+        Failure::usage(format!(
+            "--until {s:?}: expected RFC 3339 (2026-12-02T09:59:30Z, or with an offset such as \
+             +01:00) or Unix seconds"
+        ))
+    };
+    // humantime reads UTC only: an offset is taken off and applied by hand.
+    let (utc, shift_s): (String, i64) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((head, off))
+            if (off.starts_with('+') || off.starts_with('-')) && off.as_bytes()[3] == b':' =>
+        {
+            let h: i64 = off[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = off[4..6].parse().map_err(|_| bad())?;
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            (format!("{head}Z"), sign * (h * 3600 + m * 60))
+        }
+        _ if s.ends_with('Z') || s.ends_with('z') => (s.to_string(), 0),
+        _ => return Err(bad()),
+    };
+    if !utc.contains('T') && !utc.contains('t') {
+        return Err(bad());
+    }
+    let t = humantime::parse_rfc3339(&utc).map_err(|_| bad())?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad())?
+        .as_millis() as i64;
+    u64::try_from(ms - shift_s * 1000).map_err(|_| bad())
+}
+
+/// `restore CHAIN --until TIME`: the plan (per shard, the stamp and offset the archive is
+/// cut at), then the chain's base through [`restore_set`], then each shard's stream up to
+/// its cut.
+async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
+    use rcops_core::ops::pitr;
+    let until = parse_time_ms(a.until.as_deref().unwrap_or_default())?;
+    let dir = backup_dir(g, &a.dir);
+    let source = a.source.as_deref().unwrap_or("latest");
+    let (path, chain) = pitr::find(&dir, source)?;
+    let plan = pitr::plan(&path, &chain, until)?;
+    if !g.json {
+        crate::outln!(
+            "plan: chain {} as of {}: per shard its base, then its stream up to the last stamp \
+             at or before that time",
+            plan.chain,
+            output::unix_ms_text(until)
+        );
+        let mut t = output::table(&[
+            "SLOTS",
+            "BASE",
+            "BASE KEYS",
+            "SEGMENTS",
+            "COMMANDS",
+            "STOP OFFSET",
+            "STOP STAMP",
+        ]);
+        for c in &plan.shards {
+            t.add_row(vec![
+                c.slots.clone(),
+                output::unix_ms_text(c.base_unix_ms),
+                c.base_keys.to_string(),
+                c.segments.to_string(),
+                c.commands.to_string(),
+                c.stop_offset.to_string(),
+                output::unix_ms_text(c.stop_unix_ms),
+            ]);
+        }
+        output::align_right(&mut t, &[2, 3, 4, 5]);
+        output::print_table(&t);
+        crate::outln!(
+            "shards are cut at their own stamps, {} ms apart at most (Redis Cluster has no \
+             cross-shard transactions)",
+            plan.skew_ms
+        );
+    }
+    if !a.yes || a.dry_run {
+        if g.json {
+            output::print_json(&serde_json::json!({ "plan": plan }));
+        }
+        if a.dry_run {
+            return Ok(EXIT_OK);
+        }
+        return Err(Failure::usage("pass --yes to restore (or --dry-run)"));
+    }
+    let base = path.join("base").display().to_string();
+    let (code, base_report) = restore_set(g, a, &base, false).await?;
+    if code != EXIT_OK {
+        if g.json {
+            output::print_json(&serde_json::json!({ "plan": plan, "base": base_report }));
+        }
+        output::error("the base was not restored completely: the stream is not replayed");
+        return Ok(code);
+    }
+    let (exec, view) = view(g, Detail::Health).await?;
+    let (ctx, bars) = super::job_ctx(g.json);
+    let shards = pitr::replay(&ctx, &exec, &view, &chain, &plan, a.batch as usize).await?;
+    bars.clear();
+    let failed = shards.iter().any(|s| s.report.failed > 0);
+    let interrupted = shards.iter().any(|s| s.report.interrupted);
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "plan": plan, "base": base_report, "replay": shards,
+        }));
+    } else {
+        let mut t = output::table(&["SLOTS", "COMMANDS", "SENT", "FAILED", "STOPPED AT", "STAMP"]);
+        for s in &shards {
+            t.add_row(vec![
+                s.slots.clone(),
+                s.report.commands.to_string(),
+                s.report.sent.to_string(),
+                s.report.failed.to_string(),
+                s.stop_offset.to_string(),
+                output::unix_ms_text(s.stop_unix_ms),
+            ]);
+            for e in &s.report.errors {
+                output::error(format!("{}: {e}", s.slots));
+            }
+        }
+        output::align_right(&mut t, &[1, 2, 3, 4]);
+        output::print_table(&t);
+        crate::outln!(
+            "restored chain {} as of {}",
+            plan.chain,
+            output::unix_ms_text(until)
+        );
+    }
+    Ok(if interrupted {
+        crate::output::EXIT_INTERRUPTED
+    } else if failed {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 fn print_preflight(c: &restore::Preflight) {
@@ -413,4 +567,29 @@ async fn replay_aof(g: &GlobalOpts, a: &RestoreArgs, path: &Path) -> CmdResult {
     } else {
         EXIT_OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time_ms;
+
+    #[test]
+    fn until_takes_rfc_3339_with_offsets_and_fractions_and_refuses_the_rest() {
+        let z = parse_time_ms("2026-12-02T09:59:30Z").unwrap();
+        assert_eq!(z, 1_796_205_570_000);
+        assert_eq!(parse_time_ms("2026-12-02T10:59:30+01:00").unwrap(), z);
+        assert_eq!(parse_time_ms("2026-12-02T04:29:30-05:30").unwrap(), z);
+        assert_eq!(parse_time_ms("2026-12-02T09:59:30.250Z").unwrap(), z + 250);
+        assert_eq!(parse_time_ms("1796205570").unwrap(), z);
+        for bad in [
+            "2026-12-02 09:59:30",
+            "2026-12-02T09:59:30",
+            "02/12/2026 09:59",
+            "yesterday",
+            "2026-12-02T09:59:30+1:00",
+            "",
+        ] {
+            assert!(parse_time_ms(bad).is_err(), "{bad:?}");
+        }
+    }
 }

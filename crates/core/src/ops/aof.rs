@@ -91,9 +91,11 @@ pub async fn replay(
     let mut report = AofReport::default();
     let skip_busy = opts.base_conflict == crate::ops::restore::OnConflict::Skip;
     let writer = SlotWriter::new(exec, view, None, skip_busy);
-    let mut lane = writer.lane();
-    let mut units: Vec<Write> = Vec::new();
-    let mut router = Router::new(&cmds, 0, Default::default());
+    let mut replayer = Replayer::new(
+        Router::new(&cmds, 0, Default::default()),
+        writer.lane(),
+        opts.batch,
+    );
     'files: for file in files(path)? {
         let label = file.display().to_string();
         report.files.push(label.clone());
@@ -153,7 +155,7 @@ pub async fn replay(
                         if batch.len() >= opts.batch || bytes >= crate::ops::restore::BATCH_BYTES {
                             bytes = 0;
                             send(
-                                &mut lane,
+                                replayer.lane(),
                                 std::mem::take(&mut batch),
                                 skip_busy,
                                 &mut report,
@@ -171,7 +173,7 @@ pub async fn replay(
                     _ => {}
                 }
             }
-            send(&mut lane, batch, skip_busy, &mut report).await;
+            send(replayer.lane(), batch, skip_busy, &mut report).await;
             let offset = p.offset();
             let (left, inner) = p.into_rest();
             (
@@ -198,17 +200,7 @@ pub async fn replay(
                 AofItem::Command(a) if !a.is_empty() => a,
                 AofItem::Command(_) => continue,
             };
-            report.commands += 1;
-            match router.push(exec, args, 0, &mut units).await {
-                Routed::Queued => {}
-                // Not replayed from a file: reported by name.
-                Routed::Broadcast(a) | Routed::Flush(a) => {
-                    let name = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
-                    *report.keyless_skipped.entry(name).or_default() += 1;
-                }
-            }
-            if units.len() >= opts.batch {
-                send(&mut lane, std::mem::take(&mut units), false, &mut report).await;
+            if replayer.push(exec, args, &mut report).await {
                 ctx.progress.shard(&label, "replay", report.commands, None);
                 if ctx.cancel.is_cancelled() {
                     report.interrupted = true;
@@ -217,33 +209,100 @@ pub async fn replay(
             }
         }
     }
-    send(&mut lane, units, false, &mut report).await;
-    let st = &router.stats;
-    report.transactions = st.transactions;
-    report.transactions_split = st.transactions_split;
-    report.other_db_skipped += st.other_db_skipped;
-    report.failed += st.unroutable;
-    for (name, n) in &st.keyless_skipped {
-        *report.keyless_skipped.entry(name.clone()).or_default() += n;
-    }
-    for e in std::mem::take(&mut router.errors) {
-        note(&mut report, e);
-    }
-    // The replication fence: what no replica of its master confirmed is reported.
-    for u in lane.confirm().await {
-        let n = u.writes.len() as u64;
-        report.sent = report.sent.saturating_sub(n);
-        report.failed += n;
-        note(
-            &mut report,
-            format!(
-                "{}: {n} write(s) not confirmed by a replica ({})",
-                u.addr, u.why
-            ),
-        );
-    }
+    replayer.finish(&mut report).await;
     report.elapsed_ms = started.elapsed().as_millis();
     Ok(report)
+}
+
+/// Commands of a file or an archived stream, routed by slot ([`Router`]) and written in
+/// batches through one lane of the slot writer, counted in an [`AofReport`]. AOF replay and
+/// point-in-time restore share it.
+pub struct Replayer<'c, 'w, 'a> {
+    router: Router<'c>,
+    lane: Lane<'w, 'a>,
+    units: Vec<Write>,
+    batch: usize,
+}
+
+impl<'c, 'w, 'a> Replayer<'c, 'w, 'a> {
+    pub fn new(router: Router<'c>, lane: Lane<'w, 'a>, batch: usize) -> Self {
+        Replayer {
+            router,
+            lane,
+            units: Vec::new(),
+            batch: batch.max(1),
+        }
+    }
+
+    /// The lane, for writes of other kinds (an AOF's base keys).
+    pub fn lane(&mut self) -> &mut Lane<'w, 'a> {
+        &mut self.lane
+    }
+
+    /// Routes one command; sends a batch when one is full (then returns `true`: a point to
+    /// report progress and look at the cancellation).
+    pub async fn push(
+        &mut self,
+        exec: &Executor,
+        args: Vec<Vec<u8>>,
+        report: &mut AofReport,
+    ) -> bool {
+        report.commands += 1;
+        match self.router.push(exec, args, 0, &mut self.units).await {
+            Routed::Queued => {}
+            // Not replayed from a file: reported by name.
+            Routed::Broadcast(a) | Routed::Flush(a) => {
+                let name = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+                *report.keyless_skipped.entry(name).or_default() += 1;
+            }
+        }
+        if self.units.len() < self.batch {
+            return false;
+        }
+        send(
+            &mut self.lane,
+            std::mem::take(&mut self.units),
+            false,
+            report,
+        )
+        .await;
+        true
+    }
+
+    /// Sends what is left, adds the router's counts, and reports what no replica of its
+    /// master confirmed (the replication fence).
+    pub async fn finish(mut self, report: &mut AofReport) {
+        send(
+            &mut self.lane,
+            std::mem::take(&mut self.units),
+            false,
+            report,
+        )
+        .await;
+        let st = &self.router.stats;
+        report.transactions += st.transactions;
+        report.transactions_split += st.transactions_split;
+        report.other_db_skipped += st.other_db_skipped;
+        report.failed += st.unroutable;
+        for (name, n) in &st.keyless_skipped {
+            *report.keyless_skipped.entry(name.clone()).or_default() += n;
+        }
+        for e in std::mem::take(&mut self.router.errors) {
+            note(report, e);
+        }
+        for u in self.lane.confirm().await {
+            let n = u.writes.len() as u64;
+            report.sent = report.sent.saturating_sub(n);
+            report.failed += n;
+            note(
+                report,
+                format!(
+                    "{}: {n} write(s) not confirmed by a replica ({})",
+                    u.addr, u.why
+                ),
+            );
+        }
+    }
 }
 
 fn note(report: &mut AofReport, e: String) {

@@ -483,6 +483,24 @@ async fn base(
         s.base_unix_ms = unix_ms();
     })
     .map_err(ReplError::Sink)?;
+    // Once every shard has its base, `base/` is a backup set like any other.
+    let set = sh.chain.lock().ok().and_then(|c| {
+        let shards: Option<Vec<ShardManifest>> = c.shards.iter().map(|s| s.base.clone()).collect();
+        shards.map(|shards| crate::ops::backup::Manifest {
+            id: format!("{}-base", c.id),
+            status: "complete".into(),
+            started_unix_ms: c.started_unix_ms,
+            finished_unix_ms: unix_ms(),
+            rcops_version: c.rcops_version.clone(),
+            cluster_nodes: c.cluster_nodes.clone(),
+            shards,
+            warnings: Vec::new(),
+        })
+    });
+    if let Some(set) = set {
+        crate::job::save_json(&dir.join(crate::ops::backup::MANIFEST), &set)
+            .map_err(ReplError::Sink)?;
+    }
     Ok(keys)
 }
 

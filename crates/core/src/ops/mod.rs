@@ -16,6 +16,7 @@ pub mod link;
 pub mod metrics;
 pub mod migrate;
 pub mod nodes;
+pub mod pitr;
 pub mod rdb;
 pub mod restore;
 pub mod slots;
