@@ -163,3 +163,166 @@ fn follow_archives_every_write_once_across_a_kill_9() {
     assert_eq!(seen, want, "writes missing from the archive");
     assert!(c["gaps"].as_array().unwrap().is_empty(), "{c:#}");
 }
+
+/// Mixed writes (strings, counters, hashes, lists, deletions, expiries, a transaction in
+/// one slot) into the lab, tagged `round`.
+fn mixed(lab: &Lab, round: u32, n: u32) {
+    let split = even_split(3);
+    let mut conns: Vec<redis::Connection> = (0..3).map(|i| conn(lab.port + i)).collect();
+    let on = |k: &str| {
+        let s = key_slot(k.as_bytes());
+        split
+            .iter()
+            .position(|r| r.start <= s && s <= r.end)
+            .unwrap()
+    };
+    for i in 0..n {
+        let k = format!("s:{}", i % 50);
+        let _: () = redis::cmd("SET")
+            .arg(&k)
+            .arg(format!("{round}-{i}"))
+            .query(&mut conns[on(&k)])
+            .unwrap();
+        let c = format!("n:{}", i % 7);
+        let _: i64 = redis::cmd("INCR")
+            .arg(&c)
+            .query(&mut conns[on(&c)])
+            .unwrap();
+        let h = format!("h:{}", i % 5);
+        let _: i64 = redis::cmd("HSET")
+            .arg(&h)
+            .arg(format!("f{i}"))
+            .arg(round)
+            .query(&mut conns[on(&h)])
+            .unwrap();
+        let l = format!("l:{}", i % 3);
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(&l)
+            .arg(i)
+            .query(&mut conns[on(&l)])
+            .unwrap();
+        if i % 10 == 0 {
+            let d = format!("s:{}", (i + 25) % 50);
+            let _: i64 = redis::cmd("DEL").arg(&d).query(&mut conns[on(&d)]).unwrap();
+            let _: i64 = redis::cmd("EXPIRE")
+                .arg(&h)
+                .arg(3600 + round)
+                .query(&mut conns[on(&h)])
+                .unwrap();
+        }
+        if i % 25 == 0 {
+            let (a, b) = ("{t}:a", "{t}:b");
+            let mut p = redis::pipe();
+            p.atomic().cmd("INCR").arg(a).cmd("SET").arg(b).arg(round);
+            let _: redis::Value = p.query(&mut conns[on(a)]).unwrap();
+        }
+    }
+}
+
+fn masters(lab: &Lab, n: u16) -> Vec<u16> {
+    (lab.port..lab.port + n).collect()
+}
+
+fn at(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
+    let src = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    assert_eq!(src.load(300).code, 0);
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let child = spawn_follow(&src, state.path(), "1s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chain(state.path()).is_some_and(|c| {
+        c["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["base"].is_null())
+    }) {
+        assert!(Instant::now() < deadline, "no base snapshots");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Instants with the writes paused around them (the archive stamps every 100 ms): the
+    // state each had, read from the source.
+    let mut instants = Vec::new();
+    for round in 0..3 {
+        mixed(&src, round, 400);
+        std::thread::sleep(Duration::from_millis(400));
+        instants.push((now_ms(), crate::backup::snapshot(&masters(&src, 3))));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    mixed(&src, 9, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    // Into two masters: each instant, key by key.
+    let dst = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let restore = |until: &str, yes: bool| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--until",
+            until,
+            "--state-dir",
+            &st,
+            "--json",
+        ];
+        if yes {
+            args.push("--yes");
+        }
+        dst.run(&args)
+    };
+    for (i, (t, want)) in instants.iter().enumerate() {
+        for p in masters(&dst, 2) {
+            dst.redis_cli(p, &["FLUSHALL"]);
+        }
+        let r = restore(&at(*t), false);
+        assert_eq!(r.code, 64, "{}\n{}", r.stdout, r.stderr);
+        let r = restore(&at(*t), true);
+        assert_eq!(r.code, 0, "instant {i}: {}\n{}", r.stdout, r.stderr);
+        let v = r.json();
+        assert!(v["plan"]["skew_ms"].as_u64().unwrap() < 1000, "{v:#}");
+        crate::backup::assert_same(want, &crate::backup::snapshot(&masters(&dst, 2)));
+    }
+    // Times the chain does not cover, and times that are no times: refused, nothing written.
+    for p in masters(&dst, 2) {
+        dst.redis_cli(p, &["FLUSHALL"]);
+    }
+    let first = instants[0].0;
+    for (until, says) in [
+        (at(first - 60_000), "before shard"),
+        (at(now_ms() + 60_000), "after the last stamp"),
+        ("2026-12-02 09:59:30".to_string(), "expected RFC 3339"),
+    ] {
+        let r = restore(&until, true);
+        assert_eq!(r.code, 64, "{until}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(says), "{until}: {}", r.stderr);
+    }
+    let keys: u64 = masters(&dst, 2)
+        .iter()
+        .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
+        .sum();
+    assert_eq!(keys, 0);
+}

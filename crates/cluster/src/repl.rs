@@ -69,6 +69,8 @@ pub struct ReplStream {
     /// What the caller has applied: the offset `REPLCONF ACK` reports.
     applied: u64,
     acked: Instant,
+    /// Whether a byte of the command stream has come yet.
+    flowing: bool,
 }
 
 impl ReplStream {
@@ -132,6 +134,7 @@ impl ReplStream {
             offset: 0,
             applied: 0,
             acked: Instant::now(),
+            flowing: false,
         };
         let (id, from) = match &psync.from {
             Some((id, off)) => (id.clone(), (off + 1).to_string()),
@@ -356,7 +359,16 @@ impl ReplStream {
                 });
             }
             self.buf.drain(..used);
-            if getack || self.acked.elapsed() >= ACK_EVERY {
+            self.flowing |= used > 0;
+            // After a diskless snapshot a master starts the stream on an ACK that comes after
+            // it noticed its child finished (up to 100 ms later, at its `hz`); an ACK before
+            // that is ignored. Until the stream flows it is asked for more often.
+            let every = if self.flowing {
+                ACK_EVERY
+            } else {
+                Duration::from_millis(100)
+            };
+            if getack || self.acked.elapsed() >= every {
                 self.ack().await?;
             }
             if !out.is_empty() {
