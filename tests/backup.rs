@@ -271,7 +271,7 @@ fn backup_restores_into_a_cluster_of_another_shape_and_resumes() {
     let r = run(&mut rcops(&["backup", "verify", &id, "--state-dir", &st]));
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, r.stdout);
     let r = list(&st);
-    assert_eq!(r.json()[0]["verified"]["ok"], true);
+    assert_eq!(r.json()["sets"][0]["verified"]["ok"], true);
 
     // Into two masters: every key at its new owner, identical.
     let dst = Lab::start(LabSpec {
@@ -437,7 +437,7 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("File too large"), "{}", r.stderr);
     let r = run(&mut rcops(&["backup", "list", "--json", "--dir", &fd]));
-    let sets = r.json();
+    let sets = r.json()["sets"].clone();
     assert_eq!(sets.as_array().unwrap().len(), 1, "{sets}");
     assert_ne!(sets[0]["status"], "complete", "{sets}");
     let unfinished = sets[0]["id"].as_str().unwrap();
@@ -610,7 +610,7 @@ fn partial_backups_and_corrupt_files_are_refused_loudly() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!std::path::Path::new(folder).exists());
     let r = list(&st);
-    assert_eq!(r.json().as_array().unwrap().len(), 0);
+    assert_eq!(r.json()["sets"].as_array().unwrap().len(), 0);
     // Not an RDB at all.
     let r = run(&mut rcops(&["rdb", "info", "Cargo.toml"]));
     assert_eq!(r.code, 2);
@@ -1201,7 +1201,7 @@ fn backups_skip_frozen_replicas_and_failed_masters_and_stop_cleanly() {
     assert!(partial_dirs(&dir).is_empty(), "{}", r.stdout);
     let r = list(&st);
     assert_eq!(
-        r.json().as_array().unwrap().len(),
+        r.json()["sets"].as_array().unwrap().len(),
         2,
         "both complete sets kept"
     );

@@ -325,4 +325,43 @@ fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
         .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
         .sum();
     assert_eq!(keys, 0);
+
+    // The chain verifies; then one flipped byte in a segment: verify names it, and a
+    // restore stops that shard before it (exit 2), never past it.
+    let c = chain(state.path()).unwrap();
+    let id = c["id"].as_str().unwrap();
+    let r = run(&mut rcops(&[
+        "backup",
+        "verify",
+        id,
+        "--state-dir",
+        &st,
+        "--json",
+    ]));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let seg = c["shards"][0]["segments"][1]["file"].as_str().unwrap();
+    let dir = state.path().join("backups/chains").join(id);
+    let mut bytes = std::fs::read(dir.join(seg)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(dir.join(seg), bytes).unwrap();
+    let r = run(&mut rcops(&["backup", "verify", id, "--state-dir", &st]));
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(seg) && r.stdout.contains("checksum"),
+        "{}",
+        r.stdout
+    );
+    let r = restore(&at(instants[2].0), true);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(seg) && r.stderr.contains("damaged"),
+        "{}",
+        r.stderr
+    );
+    let keys: u64 = masters(&dst, 2)
+        .iter()
+        .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
+        .sum();
+    assert_eq!(keys, 0, "refused before writing");
 }

@@ -29,10 +29,17 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
         }) => follow(g, a, &dir, *segment_size, *segment_age).await,
         Some(BackupCommand::List) => {
             let all = backup::list(&dir).map_err(Failure::failed)?;
+            let chains: Vec<follow::ChainSummary> = follow::chains(&dir)
+                .map_err(Failure::failed)?
+                .iter()
+                .rev()
+                .map(|(p, c)| follow::ChainSummary::of(p, c))
+                .collect();
             if g.json {
-                output::print_json(&all);
+                output::print_json(&serde_json::json!({ "sets": all, "chains": chains }));
                 return Ok(EXIT_OK);
             }
+            print_chains(&chains);
             let mut t =
                 output::table(&["ID", "AGE", "SHARDS", "KEYS", "SIZE", "STATUS", "VERIFIED"]);
             let now = backup::unix_ms();
@@ -84,6 +91,45 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
             output::print_table(&t);
             crate::outln!("{} backup set(s) in {}", all.len(), dir.display());
             Ok(EXIT_OK)
+        }
+        Some(BackupCommand::Verify { id })
+            if id.starts_with("c-") || Path::new(id).join(follow::CHAIN).is_file() =>
+        {
+            let (path, chain) = rcops_core::ops::pitr::find(&dir, id)?;
+            let v = tokio::task::spawn_blocking(move || follow::verify_chain(&path, &chain))
+                .await
+                .map_err(Failure::failed)?;
+            if g.json {
+                output::print_json(&v);
+            } else {
+                let mut t = output::table(&[
+                    "SLOTS", "BASE", "SEGMENTS", "COMMANDS", "RESULT", "PROBLEMS",
+                ]);
+                for s in &v.shards {
+                    let mut problems = s.problems.clone();
+                    if let Some(b) = &s.base {
+                        problems.extend(b.problems.iter().map(|p| format!("base: {p}")));
+                    }
+                    t.add_row(vec![
+                        s.slots.clone(),
+                        s.base
+                            .as_ref()
+                            .map_or("-".into(), |b| format!("{} keys", b.keys)),
+                        s.segments.to_string(),
+                        s.commands.to_string(),
+                        paint(if s.ok { "ok" } else { "critical" }).replace("critical", "FAILED"),
+                        problems.join("; "),
+                    ]);
+                }
+                output::align_right(&mut t, &[2, 3]);
+                output::print_table(&t);
+                crate::outln!(
+                    "chain {}: {}",
+                    v.chain,
+                    if v.ok { "verified" } else { "NOT VERIFIED" }
+                );
+            }
+            Ok(if v.ok { EXIT_OK } else { EXIT_FAILED })
         }
         Some(BackupCommand::Verify { id }) => {
             let (folder, m) = backup::find(&dir, id).map_err(Failure::failed)?;
@@ -314,4 +360,45 @@ async fn follow(
         );
     }
     Ok(r.outcome.exit_code())
+}
+
+/// The chains of `backup follow`, newest first, with the window each covers and its gaps.
+fn print_chains(chains: &[follow::ChainSummary]) {
+    if chains.is_empty() {
+        return;
+    }
+    let mut t = output::table(&[
+        "CHAIN", "STATUS", "SHARDS", "FROM", "UNTIL", "SEGMENTS", "SIZE", "GAPS",
+    ]);
+    for c in chains {
+        t.add_row(vec![
+            c.id.clone(),
+            c.status.clone(),
+            c.shards.len().to_string(),
+            output::unix_ms_text(c.from_unix_ms),
+            output::unix_ms_text(c.until_unix_ms),
+            c.segments.to_string(),
+            bytes(c.bytes),
+            if c.gaps.is_empty() {
+                "none".into()
+            } else {
+                paint("critical").replace("critical", &c.gaps.len().to_string())
+            },
+        ]);
+    }
+    output::align_right(&mut t, &[2, 5, 6]);
+    output::print_table(&t);
+    for c in chains {
+        for g in &c.gaps {
+            output::warn(format!(
+                "chain {}: shard {} has no archive from {} to {}: {}",
+                c.id,
+                g.slots,
+                output::unix_ms_text(g.from_unix_ms),
+                output::unix_ms_text(g.to_unix_ms),
+                g.why
+            ));
+        }
+    }
+    crate::outln!("");
 }

@@ -608,7 +608,7 @@ pub fn verify(folder: &Path, m: &Manifest) -> Verification {
     v
 }
 
-fn verify_shard(folder: &Path, s: &ShardManifest) -> ShardCheck {
+pub(crate) fn verify_shard(folder: &Path, s: &ShardManifest) -> ShardCheck {
     let mut c = ShardCheck {
         file: s.file.clone(),
         ok: false,

@@ -165,6 +165,23 @@ pub fn plan(path: &Path, chain: &Chain, until: u64) -> Result<PitrPlan, JobError
             }
             break;
         }
+        // A damaged segment in the range is refused before anything is written.
+        for (k, seg) in s.segments.iter().take(cut.segments).enumerate() {
+            let sha = crate::ops::backup::sha256_file(&path.join(&seg.file));
+            if sha.as_deref() != Ok(seg.sha256.as_str()) {
+                let before = k
+                    .checked_sub(1)
+                    .map_or(s.base_unix_ms, |p| s.segments[p].last_unix_ms);
+                return Err(JobError::precondition(format!(
+                    "segment {} of shard {} is damaged ({}): the chain restores only up to {}                      for these slots (rcops backup verify {} shows what is wrong)",
+                    seg.file,
+                    s.slots,
+                    sha.err().unwrap_or_else(|| "checksum differs from the chain's".into()),
+                    show(before),
+                    chain.id
+                )));
+            }
+        }
         shards.push(cut);
     }
     let stops = shards.iter().map(|c| c.stop_unix_ms);
