@@ -48,8 +48,13 @@ fn records(path: &std::path::Path) -> Vec<Record> {
 
 /// Writes `SET w:<i> <i>` for `range`, each on its master.
 fn write(lab: &Lab, range: std::ops::Range<u32>) {
+    write_to(&[lab.port, lab.port + 1, lab.port + 2], range);
+}
+
+/// The same, to the masters on `ports` (one per shard, in slot order).
+fn write_to(ports: &[u16], range: std::ops::Range<u32>) {
     let split = even_split(3);
-    let mut conns: Vec<redis::Connection> = (0..3).map(|i| conn(lab.port + i)).collect();
+    let mut conns: Vec<redis::Connection> = ports.iter().map(|&p| conn(p)).collect();
     for i in range {
         let k = format!("w:{i}");
         let s = key_slot(k.as_bytes());
@@ -114,54 +119,63 @@ fn follow_archives_every_write_once_across_a_kill_9() {
         .sum();
     assert!(recovered >= 300, "{report:#}");
 
-    // Per shard: the base, then segments end to end (each starts where the one before it
-    // ended); every write exactly once, in order, none missing.
-    let c = chain(state.path()).unwrap();
-    let dir = std::fs::read_dir(state.path().join("backups/chains"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
-    let mut seen = Vec::new();
-    for s in c["shards"].as_array().unwrap() {
-        let mut at = s["base"]["offset"].as_u64().unwrap();
-        let mut last_stamp = 0;
-        let mut mine = Vec::new();
-        for seg in s["segments"].as_array().unwrap() {
-            assert_eq!(seg["start_offset"].as_u64().unwrap(), at, "{seg}");
-            let mut end = at;
-            for r in records(&dir.join(seg["file"].as_str().unwrap())) {
-                match r {
-                    Record::Command { end: e, args } => {
-                        assert!(e > end, "offsets go forward: {e} after {end}");
-                        end = e;
-                        if args[0].eq_ignore_ascii_case(b"SET") && args[1].starts_with(b"w:") {
-                            let i: u32 = String::from_utf8_lossy(&args[2]).parse().unwrap();
-                            mine.push(i);
-                        }
-                    }
-                    Record::Stamp { offset, unix_ms } => {
-                        assert!(offset >= end && unix_ms >= last_stamp);
-                        end = offset;
-                        last_stamp = unix_ms;
-                    }
-                }
-            }
-            assert_eq!(seg["end_offset"].as_u64().unwrap(), end, "{seg}");
-            at = end;
-        }
-        let mut sorted = mine.clone();
-        sorted.sort_unstable();
-        assert_eq!(mine, sorted, "{}: writes out of order", s["slots"]);
-        seen.extend(mine);
+    assert_eq!(
+        archived_writes(state.path()),
+        (0..900).collect::<Vec<u32>>()
+    );
+}
+
+#[test]
+fn follow_continues_through_a_source_failover_without_a_gap() {
+    let lab = Lab::start(LabSpec {
+        node_timeout_ms: 2000,
+        ..Default::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    // From the replicas (the default): the one of the first shard is promoted mid-run.
+    let child = spawn_follow(&lab, state.path(), "1s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chain(state.path()).is_some_and(|c| {
+        c["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["base"].is_null())
+    }) {
+        assert!(Instant::now() < deadline, "no base snapshots");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    seen.sort_unstable();
-    let want: Vec<u32> = (0..900).collect();
-    let dups = seen.windows(2).filter(|w| w[0] == w[1]).count();
-    assert_eq!(dups, 0, "writes archived twice");
-    assert_eq!(seen, want, "writes missing from the archive");
-    assert!(c["gaps"].as_array().unwrap().is_empty(), "{c:#}");
+    write(&lab, 0..300);
+    let (master, replica) = crate::backup::pairs(&lab)
+        .into_iter()
+        .find(|&(m, _)| m == lab.port)
+        .unwrap();
+    let _ = lab.redis_cli(replica, &["CLUSTER", "FAILOVER"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lab.redis_cli(replica, &["ROLE"]).starts_with("master") {
+        assert!(Instant::now() < deadline, "no failover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    write_to(&[replica, master + 1, master + 2], 300..600);
+    std::thread::sleep(Duration::from_millis(3000));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let reconnects: u64 = report["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reconnects"].as_u64().unwrap())
+        .sum();
+    assert!(reconnects >= 1, "the failover went unnoticed: {report:#}");
+    assert_eq!(
+        archived_writes(state.path()),
+        (0..600).collect::<Vec<u32>>()
+    );
 }
 
 /// Mixed writes (strings, counters, hashes, lists, deletions, expiries, a transaction in
@@ -364,4 +378,55 @@ fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
         .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
         .sum();
     assert_eq!(keys, 0, "refused before writing");
+}
+
+/// The `w:<i>` values the archive holds, checked on the way: per shard the base, then
+/// segments end to end (each starting where the one before ended), offsets going forward,
+/// every write once and in order; no gap recorded.
+fn archived_writes(state: &std::path::Path) -> Vec<u32> {
+    let c = chain(state).unwrap();
+    let dir = std::fs::read_dir(state.join("backups/chains"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut seen = Vec::new();
+    for s in c["shards"].as_array().unwrap() {
+        let mut at = s["base"]["offset"].as_u64().unwrap();
+        let mut last_stamp = 0;
+        let mut mine = Vec::new();
+        for seg in s["segments"].as_array().unwrap() {
+            assert_eq!(seg["start_offset"].as_u64().unwrap(), at, "{seg}");
+            let mut end = at;
+            for r in records(&dir.join(seg["file"].as_str().unwrap())) {
+                match r {
+                    Record::Command { end: e, args } => {
+                        assert!(e > end, "offsets go forward: {e} after {end}");
+                        end = e;
+                        if args[0].eq_ignore_ascii_case(b"SET") && args[1].starts_with(b"w:") {
+                            let i: u32 = String::from_utf8_lossy(&args[2]).parse().unwrap();
+                            mine.push(i);
+                        }
+                    }
+                    Record::Stamp { offset, unix_ms } => {
+                        assert!(offset >= end && unix_ms >= last_stamp);
+                        end = offset;
+                        last_stamp = unix_ms;
+                    }
+                }
+            }
+            assert_eq!(seg["end_offset"].as_u64().unwrap(), end, "{seg}");
+            at = end;
+        }
+        let mut sorted = mine.clone();
+        sorted.sort_unstable();
+        assert_eq!(mine, sorted, "{}: writes out of order", s["slots"]);
+        seen.extend(mine);
+    }
+    seen.sort_unstable();
+    let dups = seen.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(dups, 0, "writes archived twice");
+    assert!(c["gaps"].as_array().unwrap().is_empty(), "{c:#}");
+    seen
 }
