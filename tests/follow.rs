@@ -430,3 +430,138 @@ fn archived_writes(state: &std::path::Path) -> Vec<u32> {
     assert!(c["gaps"].as_array().unwrap().is_empty(), "{c:#}");
     seen
 }
+
+#[test]
+fn a_backlog_that_moved_on_starts_a_new_chain_and_the_gap_is_refused() {
+    let src = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    for p in masters(&src, 3) {
+        src.redis_cli(p, &["CONFIG", "SET", "repl-backlog-size", "16384"]);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let based = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all: Vec<serde_json::Value> =
+                std::fs::read_dir(state.path().join("backups/chains"))
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| std::fs::read(e.path().join("chain.json")).ok())
+                            .filter_map(|t| serde_json::from_slice(&t).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            let done = all
+                .iter()
+                .filter(|c: &&serde_json::Value| {
+                    c["shards"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|s| !s["base"].is_null())
+                })
+                .count();
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} chain(s) with bases never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let child = spawn_follow(&src, state.path(), "1s");
+    based(1);
+    write(&src, 0..100);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stop = |child: Child| {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        finish(child.wait_with_output().unwrap())
+    };
+    let r = stop(child);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // While no follower runs, far more than the backlog holds.
+    std::thread::sleep(Duration::from_millis(500));
+    let inside = now_ms();
+    let big = "x".repeat(200);
+    let split = even_split(3);
+    let mut conns: Vec<redis::Connection> = masters(&src, 3).iter().map(|&p| conn(p)).collect();
+    for i in 0..1500u32 {
+        let k = format!("g:{i}");
+        let s = key_slot(k.as_bytes());
+        let m = split
+            .iter()
+            .position(|r| r.start <= s && s <= r.end)
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(&k)
+            .arg(&big)
+            .query(&mut conns[m])
+            .unwrap();
+    }
+    let child = spawn_follow(&src, state.path(), "1s");
+    based(2);
+    write(&src, 100..200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = now_ms();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = stop(child);
+    // Exit 1: something to read (a closed chain, a gap).
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    assert_eq!(report["closed"].as_array().unwrap().len(), 1, "{report:#}");
+    let listed = run(&mut rcops(&[
+        "backup",
+        "list",
+        "--json",
+        "--state-dir",
+        &st,
+    ]));
+    let chains = listed.json()["chains"].clone();
+    assert_eq!(chains.as_array().unwrap().len(), 2, "{chains:#}");
+    assert_eq!(chains[1]["status"], "closed", "{chains:#}");
+    let gaps = chains[0]["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 3, "every shard has the gap: {chains:#}");
+    assert!(gaps
+        .iter()
+        .all(|g| g["to_unix_ms"].as_u64().unwrap() > inside));
+
+    // A time inside the gap is refused, naming it; one after it restores the state then.
+    let dst = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let r = dst.run(&[
+        "restore",
+        "latest",
+        "--until",
+        &at(inside),
+        "--state-dir",
+        &st,
+        "--yes",
+    ]);
+    assert_eq!(r.code, 64, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("gap"), "{}", r.stderr);
+    let r = dst.run(&[
+        "restore",
+        "latest",
+        "--until",
+        &at(after),
+        "--state-dir",
+        &st,
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    crate::backup::assert_same(
+        &crate::backup::snapshot(&masters(&src, 3)),
+        &crate::backup::snapshot(&masters(&dst, 2)),
+    );
+}

@@ -352,6 +352,12 @@ async fn follow(
                 s.slots, s.recovered_commands
             ));
         }
+        for c in &r.closed {
+            output::warn(format!(
+                "chain {c} was closed: a shard's source no longer held its offset; the gap is \
+                 recorded in the new chain (rcops backup list)"
+            ));
+        }
         crate::outln!(
             "chain {} ({}): {}",
             r.chain,

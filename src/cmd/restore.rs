@@ -232,8 +232,37 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     let until = parse_time_ms(a.until.as_deref().unwrap_or_default())?;
     let dir = backup_dir(g, &a.dir);
     let source = a.source.as_deref().unwrap_or("latest");
-    let (path, chain) = pitr::find(&dir, source)?;
-    let plan = pitr::plan(&path, &chain, until)?;
+    // `latest`: the newest chain that covers the time (an older one may, after a gap).
+    let (path, chain, plan) = if source == "latest" {
+        let all = rcops_core::ops::follow::chains(&dir).map_err(Failure::failed)?;
+        let mut first_error = None;
+        let mut found = None;
+        for (path, chain) in all.into_iter().rev() {
+            match pitr::plan(&path, &chain, until) {
+                Ok(plan) => {
+                    found = Some((path, chain, plan));
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (found, first_error) {
+            (Some(f), _) => f,
+            (None, Some(e)) => return Err(e.into()),
+            (None, None) => {
+                return Err(Failure::usage(format!(
+                    "no chain in {}: `rcops backup follow` makes them",
+                    dir.join("chains").display()
+                )))
+            }
+        }
+    } else {
+        let (path, chain) = pitr::find(&dir, source)?;
+        let plan = pitr::plan(&path, &chain, until)?;
+        (path, chain, plan)
+    };
     if !g.json {
         crate::outln!(
             "plan: chain {} as of {}: per shard its base, then its stream up to the last stamp \

@@ -141,17 +141,23 @@ pub struct ShardFollow {
     pub offset: u64,
     pub covered_until_unix_ms: u64,
     pub reconnects: u64,
+    /// Its source no longer held its offset: the chain was closed and a new one begun.
+    pub resynced: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// JSON: `{"chain", "path", "continued", "shards": [...], "outcome"}`.
+/// JSON: `{"chain", "path", "continued", "closed", "shards": [...], "outcome"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FollowReport {
     pub chain: String,
     pub path: PathBuf,
     /// Whether this run continued an open chain.
     pub continued: bool,
+    /// Chains this run closed because a shard could not continue them (each followed by a
+    /// new one; the gaps are in the new chain).
+    pub closed: Vec<String>,
+    /// The shards of the last chain.
     pub shards: Vec<ShardFollow>,
     pub outcome: Outcome,
 }
@@ -301,58 +307,113 @@ pub async fn follow(
             (path, c, true)
         }
         None => {
-            let started = unix_ms();
-            let id = format!("c-{}", crate::ops::backup::backup_id(started));
-            let chain = Chain {
-                id: id.clone(),
-                status: "open".into(),
-                started_unix_ms: started,
-                rcops_version: env!("CARGO_PKG_VERSION").into(),
-                cluster_nodes,
-                shards: srcs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| ChainShard {
-                        slots: slots[i].clone(),
-                        master_id: s.master_id.clone(),
-                        dir: format!("shard-{i:03}"),
-                        base: None,
-                        base_unix_ms: 0,
-                        segments: Vec::new(),
-                    })
-                    .collect(),
-                gaps: Vec::new(),
-            };
-            let path = opts.dir.join("chains").join(&id);
-            crate::job::save_json(&path.join(CHAIN), &chain).map_err(JobError::internal)?;
+            let (path, chain) = new_chain(opts, &srcs, &slots, &cluster_nodes, Vec::new())?;
             (path, chain, false)
         }
     };
-    let shared = Shared {
-        ctx,
-        exec,
-        seeds,
-        opts,
-        path: path.clone(),
-        chain: Mutex::new(chain.clone()),
+    let (mut path, mut chain, mut continued) = (path, chain, continued);
+    let mut closed = Vec::new();
+    loop {
+        // A shard that must resync stops the others through this token.
+        let sub = JobCtx {
+            cancel: ctx.cancel.child_token(),
+            progress: ctx.progress.clone(),
+        };
+        let shared = Shared {
+            ctx: &sub,
+            exec,
+            seeds,
+            opts,
+            path: path.clone(),
+            chain: Mutex::new(chain.clone()),
+            resync: Mutex::new(None),
+        };
+        let jobs = srcs
+            .iter()
+            .enumerate()
+            .map(|(i, src)| archive_shard(&shared, i, src));
+        let shards = futures::future::join_all(jobs).await;
+        let resync = shared.resync.lock().ok().and_then(|mut r| r.take());
+        let mut old = shared.chain.into_inner().unwrap_or(chain.clone());
+        if let (Some((slots_gone, why)), false) = (resync, ctx.cancel.is_cancelled()) {
+            // The chain cannot go on: it is closed where each shard's archive ends, and a new
+            // one begins with fresh bases; until they land, nothing is covered.
+            old.status = "closed".into();
+            crate::job::save_json(&path.join(CHAIN), &old).map_err(JobError::internal)?;
+            let gaps = old
+                .shards
+                .iter()
+                .map(|s| Gap {
+                    slots: s.slots.clone(),
+                    from_unix_ms: s.covered_until(),
+                    to_unix_ms: 0,
+                    why: if s.slots == slots_gone {
+                        why.clone()
+                    } else {
+                        format!("a new chain began: shard {slots_gone} could not continue")
+                    },
+                })
+                .collect();
+            closed.push(old.id.clone());
+            let (p, c) = new_chain(opts, &srcs, &slots, &old.cluster_nodes, gaps)?;
+            ctx.progress.message(&format!(
+                "shard {slots_gone}: {why}: chain {} closed, new chain {}",
+                old.id, c.id
+            ));
+            (path, chain, continued) = (p, c, false);
+            continue;
+        }
+        let outcome = if shards.iter().any(|s| s.error.is_some()) {
+            Outcome::Failed
+        } else if !closed.is_empty() {
+            Outcome::Findings
+        } else {
+            Outcome::Ok
+        };
+        return Ok(FollowReport {
+            chain: chain.id,
+            path,
+            continued,
+            closed,
+            shards,
+            outcome,
+        });
+    }
+}
+
+/// A new chain for these shards, saved, with `gaps` carried from the one it replaces.
+fn new_chain(
+    opts: &FollowOptions,
+    srcs: &[Source],
+    slots: &[String],
+    cluster_nodes: &str,
+    gaps: Vec<Gap>,
+) -> Result<(PathBuf, Chain), JobError> {
+    let started = unix_ms();
+    let id = format!("c-{}", crate::ops::backup::backup_id(started));
+    let chain = Chain {
+        id: id.clone(),
+        status: "open".into(),
+        started_unix_ms: started,
+        rcops_version: env!("CARGO_PKG_VERSION").into(),
+        cluster_nodes: cluster_nodes.to_string(),
+        shards: srcs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ChainShard {
+                slots: slots[i].clone(),
+                master_id: s.master_id.clone(),
+                dir: format!("shard-{i:03}"),
+                base: None,
+                base_unix_ms: 0,
+                segments: Vec::new(),
+            })
+            .collect(),
+        gaps,
     };
-    let jobs = srcs
-        .iter()
-        .enumerate()
-        .map(|(i, src)| archive_shard(&shared, i, src));
-    let shards = futures::future::join_all(jobs).await;
-    let outcome = if shards.iter().any(|s| s.error.is_some()) {
-        Outcome::Failed
-    } else {
-        Outcome::Ok
-    };
-    Ok(FollowReport {
-        chain: chain.id,
-        path,
-        continued,
-        shards,
-        outcome,
-    })
+    let path = opts.dir.join("chains").join(&id);
+    crate::job::save_json(&path.join(CHAIN), &chain).map_err(JobError::internal)?;
+    Ok((path, chain))
 }
 
 struct Shared<'a> {
@@ -362,6 +423,8 @@ struct Shared<'a> {
     opts: &'a FollowOptions,
     path: PathBuf,
     chain: Mutex<Chain>,
+    /// Set by a shard whose source no longer holds its offset: (its slots, why).
+    resync: Mutex<Option<(String, String)>>,
 }
 
 impl Shared<'_> {
@@ -428,20 +491,13 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
             Start::Full { replid, offset } => {
                 if let Some((id, at)) = &pos {
                     let why = format!(
-                        "the source no longer holds offset {at} of {id} (its backlog moved on): \
-                         the archive of these slots has a gap from here"
+                        "the source no longer holds offset {at} of {id} (its backlog moved on)"
                     );
-                    let from = sh.shard(i).map_or(0, |s| s.covered_until());
-                    if let Ok(mut c) = sh.chain.lock() {
-                        c.gaps.push(Gap {
-                            slots: label.clone(),
-                            from_unix_ms: from,
-                            to_unix_ms: unix_ms(),
-                            why: why.clone(),
-                        });
-                        let _ = crate::job::save_json(&sh.path.join(CHAIN), &*c);
+                    if let Ok(mut r) = sh.resync.lock() {
+                        r.get_or_insert((label.clone(), why));
                     }
-                    rep.error = Some(format!("{why}; a new chain is needed"));
+                    rep.resynced = true;
+                    sh.ctx.cancel.cancel();
                     break;
                 }
                 match base(sh, i, src, &mut stream, &replid, offset).await {
@@ -547,9 +603,21 @@ async fn base(
         notes: Vec::new(),
     };
     let keys = m.keys;
+    let now = unix_ms();
+    if let Ok(mut c) = sh.chain.lock() {
+        // A gap carried from the chain before ends where this base begins.
+        let slots = c.shards[i].slots.clone();
+        for g in c
+            .gaps
+            .iter_mut()
+            .filter(|g| g.slots == slots && g.to_unix_ms == 0)
+        {
+            g.to_unix_ms = now;
+        }
+    }
     sh.update(i, |s| {
         s.base = Some(m);
-        s.base_unix_ms = unix_ms();
+        s.base_unix_ms = now;
     })
     .map_err(ReplError::Sink)?;
     // Once every shard has its base, `base/` is a backup set like any other.

@@ -91,26 +91,30 @@ pub fn plan(path: &Path, chain: &Chain, until: u64) -> Result<PitrPlan, JobError
                 s.slots, chain.id
             )));
         };
+        if let Some(g) = chain.gaps.iter().find(|g| {
+            g.slots == s.slots
+                && g.from_unix_ms < until
+                && (g.to_unix_ms == 0 || until < g.to_unix_ms)
+        }) {
+            return Err(JobError::usage(format!(
+                "--until {} falls in a gap of shard {} ({} to {}: {})",
+                show(until),
+                s.slots,
+                show(g.from_unix_ms),
+                if g.to_unix_ms == 0 {
+                    "its next base".to_string()
+                } else {
+                    show(g.to_unix_ms)
+                },
+                g.why
+            )));
+        }
         if until < s.base_unix_ms {
             return Err(JobError::usage(format!(
                 "--until {} is before shard {}'s base snapshot ({}): the chain starts there",
                 show(until),
                 s.slots,
                 show(s.base_unix_ms)
-            )));
-        }
-        if let Some(g) = chain
-            .gaps
-            .iter()
-            .find(|g| g.slots == s.slots && g.from_unix_ms < until && until < g.to_unix_ms)
-        {
-            return Err(JobError::usage(format!(
-                "--until {} falls in a gap of shard {} ({} to {}: {})",
-                show(until),
-                s.slots,
-                show(g.from_unix_ms),
-                show(g.to_unix_ms),
-                g.why
             )));
         }
         let covered = s.covered_until();
