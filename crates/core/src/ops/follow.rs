@@ -4,7 +4,7 @@
 //! (`shard-NNN/<start offset>-<first stamp>.seg.zst`): zstd-compressed [`rcops_formats::segment`] records —
 //! every command with the offset just after it, and a stamp of the offset reached and the
 //! wall-clock time at least every 100 ms, since the stream carries no times. A segment is
-//! written as `open.seg.zst` (flushed and synced every second), and closed at its size or
+//! written as `open.seg.zst` (flushed and synced every 200 ms), and closed at its size or
 //! age limit: finished, synced, renamed, then listed in `chain.json` (replaced atomically).
 //! A follower killed mid-segment loses only what came after the last flush: the next run
 //! closes the open segment's readable records and continues the stream right after them
@@ -31,8 +31,9 @@ use rcops_formats::slot::format_ranges;
 pub const CHAIN: &str = "chain.json";
 const OPEN: &str = "open.seg.zst";
 const OPEN_META: &str = "open.json";
-/// How often the open segment is flushed to disk (what a crash of the follower may lose).
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often the open segment is flushed and synced (what a crash of the follower may lose,
+/// and so the recovery point): a zstd block and an `fsync` five times a second per shard.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// How often the stream is stamped with the time at least.
 const STAMP_EVERY: Duration = Duration::from_millis(100);
 
