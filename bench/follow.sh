@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh; bench_init follow time
 dir=$(mktemp -d)
-trap 'kill $(cat "$dir/fpid" 2>/dev/null) 2>/dev/null || true; for l in src dst; do $rcops lab down --dir "$dir/$l" >/dev/null 2>&1 || true; done; rm -rf "$dir"' EXIT
+trap 'pkill -P "$(cat "$dir/fpid" 2>/dev/null)" 2>/dev/null || true; for l in src dst; do $rcops lab down --dir "$dir/$l" >/dev/null 2>&1 || true; done; rm -rf "$dir"' EXIT
 n=${COMMANDS:-3000000}
 $rcops lab up --masters 3 --replicas 0 --port 7700 --dir "$dir/src" >/dev/null
 $rcops lab up --masters 3 --replicas 0 --port 7800 --dir "$dir/dst" >/dev/null
@@ -25,7 +25,8 @@ aof_bytes() { du -cb "$dir"/src/*/appendonlydir/*.incr.aof 2>/dev/null | tail -1
 /usr/bin/time -f '%e %M %U %S' -o "$dir/time" "$rcops" -c 127.0.0.1:7700 backup follow --segment-age 10s --json > "$dir/follow.json" 2> "$dir/follow.err" &
 echo $! > "$dir/fpid"
 until [ -f "$dir/state/backups/chains"/*/base/manifest.json ] 2>/dev/null; do sleep 0.2; done
-fpid=$(pgrep -f "rcops -c 127.0.0.1:7700 backup follow" | head -1)
+# /usr/bin/time neither forwards SIGINT nor burns CPU: the follower is its child.
+fpid=$(pgrep -P "$(cat "$dir/fpid")" -x rcops)
 a0=$(aof_bytes); c0=$(awk '{print $14+$15}' /proc/$fpid/stat)
 s=$(date +%s.%N)
 python3 bench/follow_probe.py "$dir/stop" $SRC > "$dir/probe" &
@@ -38,7 +39,7 @@ a1=$(aof_bytes)
 sleep 1.5
 end=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
 sleep 1
-kill -INT "$(cat "$dir/fpid")"; wait "$(cat "$dir/fpid")" || true
+kill -INT "$fpid"; wait "$(cat "$dir/fpid")" || true
 seg_bytes=$(python3 -c "
 import json, glob
 t = 0

@@ -160,6 +160,18 @@ pub enum BackupCommand {
         /// Close a segment once it is this old
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         segment_age: Duration,
+        /// Take fresh base snapshots of every shard this often, so a restore replays at most
+        /// this much stream ("off": only the chain's first)
+        #[arg(long, default_value = "24h", value_parser = parse_duration_or_off, value_name = "DURATION")]
+        base_every: Duration,
+        /// Remove what only restores to times older than this (base sets, segments, closed
+        /// chains; never the newest chain that can restore) [default: keep everything]
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        keep: Option<Duration>,
+        /// Serve the follower's own Prometheus metrics (lag, recovery point, segments,
+        /// reconnects, resyncs, gaps) on this address
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Delete old backup sets (plan; --yes to delete)
     Prune {
@@ -193,6 +205,10 @@ pub struct RestoreArgs {
     /// such as +01:00 and fractions allowed) or Unix seconds
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+    /// With a chain: cut these shards at exact stream offsets instead (SHARD: index, folder
+    /// shard-000, slot ranges or master id prefix; every shard unless --until is given too)
+    #[arg(long, value_name = "SHARD=OFFSET", value_delimiter = ',')]
+    pub until_offset: Vec<String>,
     /// More RDB files
     pub files: Vec<PathBuf>,
     /// Where backup sets live [default: STATE_DIR/backups]
@@ -815,7 +831,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+        "d" => n * 86_400.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h, d)")),
     };
     if !secs.is_finite() || secs > 86_400.0 * 365.0 {
         return Err(format!("duration {s:?} is too large (at most a year)"));
@@ -824,6 +841,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration, or `off` (zero).
+fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 fn parse_pct(s: &str) -> Result<f64, String> {

@@ -24,6 +24,13 @@ fn chain(state: &std::path::Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(dir.join("chain.json")).ok()?).ok()
 }
 
+/// Whether a chain's first base set is complete.
+fn based(c: &serde_json::Value) -> bool {
+    c["bases"][0]["shards"]
+        .as_array()
+        .is_some_and(|v| v.iter().all(|s| !s.is_null()))
+}
+
 /// Every record of a segment file.
 fn records(path: &std::path::Path) -> Vec<Record> {
     let mut raw = Vec::new();
@@ -81,13 +88,7 @@ fn follow_archives_every_write_once_across_a_kill_9() {
     // One segment open all along: the kill leaves it open.
     let mut child = spawn_follow(&lab, state.path(), "10m");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| {
-        c["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["base"].is_null())
-    }) {
+    while !chain(state.path()).is_some_and(|c| based(&c)) {
         assert!(Instant::now() < deadline, "no base snapshots");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -135,13 +136,7 @@ fn follow_continues_through_a_source_failover_without_a_gap() {
     // From the replicas (the default): the one of the first shard is promoted mid-run.
     let child = spawn_follow(&lab, state.path(), "1s");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| {
-        c["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["base"].is_null())
-    }) {
+    while !chain(state.path()).is_some_and(|c| based(&c)) {
         assert!(Instant::now() < deadline, "no base snapshots");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -260,13 +255,7 @@ fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
     let st = state.path().display().to_string();
     let child = spawn_follow(&src, state.path(), "1s");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| {
-        c["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| !s["base"].is_null())
-    }) {
+    while !chain(state.path()).is_some_and(|c| based(&c)) {
         assert!(Instant::now() < deadline, "no base snapshots");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -326,7 +315,7 @@ fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
     }
     let first = instants[0].0;
     for (until, says) in [
-        (at(first - 60_000), "before shard"),
+        (at(first - 60_000), "before chain"),
         (at(now_ms() + 60_000), "after the last stamp"),
         ("2026-12-02 09:59:30".to_string(), "expected RFC 3339"),
     ] {
@@ -392,8 +381,10 @@ fn archived_writes(state: &std::path::Path) -> Vec<u32> {
         .unwrap()
         .path();
     let mut seen = Vec::new();
-    for s in c["shards"].as_array().unwrap() {
-        let mut at = s["base"]["offset"].as_u64().unwrap();
+    for (i, s) in c["shards"].as_array().unwrap().iter().enumerate() {
+        let mut at = c["bases"][0]["shards"][i]["manifest"]["offset"]
+            .as_u64()
+            .unwrap();
         let mut last_stamp = 0;
         let mut mine = Vec::new();
         for seg in s["segments"].as_array().unwrap() {
@@ -456,13 +447,7 @@ fn a_backlog_that_moved_on_starts_a_new_chain_and_the_gap_is_refused() {
                     .unwrap_or_default();
             let done = all
                 .iter()
-                .filter(|c: &&serde_json::Value| {
-                    c["shards"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|s| !s["base"].is_null())
-                })
+                .filter(|c: &&serde_json::Value| based(c))
                 .count();
             if done >= n {
                 return;
@@ -564,4 +549,238 @@ fn a_backlog_that_moved_on_starts_a_new_chain_and_the_gap_is_refused() {
         &crate::backup::snapshot(&masters(&src, 3)),
         &crate::backup::snapshot(&masters(&dst, 2)),
     );
+}
+
+/// `GET /metrics` of a follower, by hand (HTTP/1.0: the server closes when done).
+fn scrape(port: u16) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The value of `name{shard="<slots>"}` in a scrape.
+fn series(text: &str, name: &str, slots: &str) -> Option<f64> {
+    let head = format!("{name}{{shard=\"{slots}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn fresh_bases_a_kept_window_offsets_and_the_followers_metrics() {
+    let src = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    assert_eq!(src.load(300).code, 0);
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    // Below the ephemeral range, where a client socket could take a port just let go.
+    let port = free_port_block();
+    let listen = format!("127.0.0.1:{port}");
+    let child = src
+        .cmd(&[
+            "backup",
+            "follow",
+            "--segment-age",
+            "1s",
+            "--base-every",
+            "3s",
+            "--keep",
+            "6s",
+            "--metrics",
+            &listen,
+            "--json",
+        ])
+        .env("RCOPS_STATE_DIR", state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chain(state.path()).is_some_and(|c| based(&c)) {
+        assert!(Instant::now() < deadline, "no base snapshots");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_instant = {
+        std::thread::sleep(Duration::from_millis(300));
+        now_ms()
+    };
+    // Writes for ~14 s, with instants (writes paused around them) along the way.
+    let mut instants = Vec::new();
+    let mut scraped = Vec::new();
+    let mut child = child;
+    let scrape_or_fail = |child: &mut Child| match scrape(port) {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = child.kill();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("GET /metrics: {e}; the follower said:\n{err}");
+        }
+    };
+    for round in 0..10 {
+        mixed(&src, round, 150);
+        std::thread::sleep(Duration::from_millis(400));
+        instants.push((now_ms(), crate::backup::snapshot(&masters(&src, 3))));
+        scraped.push(scrape_or_fail(&mut child));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = scrape_or_fail(&mut child);
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["shards"][0]["rebases"].as_u64().unwrap() >= 2,
+        "{}",
+        r.stdout
+    );
+
+    // The metrics: every shard's recovery point (the source polled while idle), segments,
+    // fresh bases; while writes ran, the recovery point stayed about a flush.
+    let c = chain(state.path()).unwrap();
+    for s in c["shards"].as_array().unwrap() {
+        let slots = s["slots"].as_str().unwrap();
+        let rp = series(&m, "rcops_follow_recovery_point_seconds", slots);
+        assert!(rp.is_some_and(|v| v < 1.0), "{slots}: {rp:?}\n{m}");
+        assert!(
+            series(&m, "rcops_follow_lag_bytes", slots).is_some_and(|b| b < 1000.0),
+            "{m}"
+        );
+        assert!(
+            series(&m, "rcops_follow_segments_total", slots).unwrap() >= 5.0,
+            "{m}"
+        );
+        assert!(
+            series(&m, "rcops_follow_rebases_total", slots).unwrap() >= 2.0,
+            "{m}"
+        );
+        assert!(
+            series(&m, "rcops_follow_base_age_seconds", slots).unwrap() < 6.0,
+            "{m}"
+        );
+        assert_eq!(series(&m, "rcops_follow_gaps", slots), Some(0.0));
+        for text in &scraped {
+            let rp = series(text, "rcops_follow_recovery_point_seconds", slots);
+            assert!(rp.is_some_and(|v| v < 2.0), "{slots}: {rp:?}");
+        }
+    }
+
+    // --keep 6s: the first base set and the segments before the kept one are gone, from the
+    // chain and from the disk; what the chain lists is there.
+    let id = c["id"].as_str().unwrap();
+    let dir = state.path().join("backups/chains").join(id);
+    let bases = c["bases"].as_array().unwrap();
+    assert!(bases.len() >= 2, "{c:#}");
+    assert_ne!(
+        bases[0]["dir"], "base",
+        "the first base set was kept: {c:#}"
+    );
+    assert!(!dir.join("base").exists());
+    for s in c["shards"].as_array().unwrap() {
+        for seg in s["segments"].as_array().unwrap() {
+            assert!(dir.join(seg["file"].as_str().unwrap()).is_file());
+        }
+    }
+    let files = std::fs::read_dir(dir.join("shard-000")).unwrap().count();
+    assert_eq!(files, c["shards"][0]["segments"].as_array().unwrap().len());
+    let r = run(&mut rcops(&[
+        "backup",
+        "verify",
+        id,
+        "--state-dir",
+        &st,
+        "--json",
+    ]));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let r = run(&mut rcops(&[
+        "backup",
+        "list",
+        "--state-dir",
+        &st,
+        "--json",
+    ]));
+    assert!(
+        r.json()["chains"][0]["bases"].as_u64().unwrap() >= 2,
+        "{}",
+        r.stdout
+    );
+
+    let dst = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let restore = |extra: &[&str]| {
+        for p in masters(&dst, 2) {
+            dst.redis_cli(p, &["FLUSHALL"]);
+        }
+        let mut args = vec!["restore", id, "--state-dir", &st, "--json", "--yes"];
+        args.extend_from_slice(extra);
+        dst.run(&args)
+    };
+    // Before the window: refused, naming where the chain starts now.
+    let r = restore(&["--until", &at(first_instant)]);
+    assert_eq!(r.code, 64, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("oldest base set"), "{}", r.stderr);
+    // The last instant, from a fresh base set: key by key.
+    let (t, want) = instants.last().unwrap();
+    let r = restore(&["--until", &at(*t)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert!(
+        v["plan"]["base"].as_str().unwrap().starts_with("base-"),
+        "{v:#}"
+    );
+    crate::backup::assert_same(want, &crate::backup::snapshot(&masters(&dst, 2)));
+    // The same cut given as offsets (by index, folder and slot ranges).
+    let stops: Vec<u64> = v["plan"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stop_offset"].as_u64().unwrap())
+        .collect();
+    let slots2 = c["shards"][2]["slots"].as_str().unwrap();
+    let offsets = format!(
+        "0={},shard-001={},{slots2}={}",
+        stops[0], stops[1], stops[2]
+    );
+    let r = restore(&["--until-offset", &offsets]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    crate::backup::assert_same(want, &crate::backup::snapshot(&masters(&dst, 2)));
+    // Offsets that are no cut: a shard left out, a shard that is not there, past the end,
+    // inside a command. Refused before anything is written.
+    let past = format!(
+        "0={},1={},2={}",
+        stops[0],
+        stops[1],
+        stops[2] + 1_000_000_000
+    );
+    let inside = format!("0={},1={},2={}", stops[0], stops[1], stops[2] - 3);
+    for (offsets, says) in [
+        (format!("0={}", stops[0]), "names no offset for shard 1"),
+        (format!("{offsets},7=5"), "names no shards"),
+        (past, "after its archive's end"),
+        (inside, "not between two commands"),
+    ] {
+        let r = restore(&["--until-offset", &offsets]);
+        assert_eq!(r.code, 64, "{offsets}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(says), "{offsets}: {}", r.stderr);
+        let keys: u64 = masters(&dst, 2)
+            .iter()
+            .map(|&p| redis::cmd("DBSIZE").query::<u64>(&mut conn(p)).unwrap())
+            .sum();
+        assert_eq!(keys, 0, "{offsets}: refused before writing");
+    }
+
+    // Another cluster's follower into this archive: refused, the chain untouched.
+    let r = dst.run(&["backup", "follow", "--state-dir", &st]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("another cluster"), "{}", r.stderr);
 }

@@ -26,7 +26,22 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
         Some(BackupCommand::Follow {
             segment_size,
             segment_age,
-        }) => follow(g, a, &dir, *segment_size, *segment_age).await,
+            base_every,
+            keep,
+            metrics,
+        }) => {
+            let opts = follow::FollowOptions {
+                dir: dir.clone(),
+                from_replicas: !a.from_masters,
+                idle_timeout: a.idle_timeout,
+                segment_bytes: (*segment_size).max(1),
+                segment_age: *segment_age,
+                base_every: (!base_every.is_zero()).then_some(*base_every),
+                keep: *keep,
+                stats: std::sync::Arc::new(follow::FollowStats::new(metrics.is_some())),
+            };
+            follow(g, opts, metrics.as_deref()).await
+        }
         Some(BackupCommand::List) => {
             let all = backup::list(&dir).map_err(Failure::failed)?;
             let chains: Vec<follow::ChainSummary> = follow::chains(&dir)
@@ -107,14 +122,16 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
                 ]);
                 for s in &v.shards {
                     let mut problems = s.problems.clone();
-                    if let Some(b) = &s.base {
-                        problems.extend(b.problems.iter().map(|p| format!("base: {p}")));
+                    for b in &s.bases {
+                        problems.extend(b.problems.iter().map(|p| format!("{}: {p}", b.file)));
                     }
                     t.add_row(vec![
                         s.slots.clone(),
-                        s.base
-                            .as_ref()
-                            .map_or("-".into(), |b| format!("{} keys", b.keys)),
+                        match &s.bases[..] {
+                            [] => "-".into(),
+                            [b] => format!("{} keys", b.keys),
+                            [.., b] => format!("{} sets, newest {} keys", s.bases.len(), b.keys),
+                        },
                         s.segments.to_string(),
                         s.commands.to_string(),
                         paint(if s.ok { "ok" } else { "critical" }).replace("critical", "FAILED"),
@@ -288,33 +305,42 @@ async fn create(g: &GlobalOpts, a: &BackupArgs, dir: &Path) -> CmdResult {
     })
 }
 
-async fn follow(
-    g: &GlobalOpts,
-    a: &BackupArgs,
-    dir: &Path,
-    segment_bytes: u64,
-    segment_age: std::time::Duration,
-) -> CmdResult {
+async fn follow(g: &GlobalOpts, opts: follow::FollowOptions, metrics: Option<&str>) -> CmdResult {
     let (exec, seeds) = super::executor(g)?;
     let (_, view) = view(g, Detail::Health).await?;
     let cluster_nodes = backup::cluster_nodes_text(&exec, &view)
         .await
         .map_err(Failure::failed)?;
-    let opts = follow::FollowOptions {
-        dir: dir.to_path_buf(),
-        from_replicas: !a.from_masters,
-        idle_timeout: a.idle_timeout,
-        segment_bytes: segment_bytes.max(1),
-        segment_age,
-    };
     let (ctx, bars) = super::job_ctx(g.json);
+    let server = match metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::failed(format!("--metrics: cannot listen on {addr}: {e}")))?;
+            let local = listener
+                .local_addr()
+                .map_or(addr.to_string(), |a| a.to_string());
+            output::note(format!("follower metrics on http://{local}/metrics"));
+            let stop = ctx.cancel.clone();
+            Some(tokio::spawn(rcops_server::serve_follow(
+                listener,
+                opts.stats.clone(),
+                async move { stop.cancelled().await },
+            )))
+        }
+        None => None,
+    };
     if !g.json {
         output::note(format!(
             "archiving into {} (Ctrl-C or SIGTERM stops cleanly)",
-            dir.join("chains").display()
+            opts.dir.join("chains").display()
         ));
     }
     let r = follow::follow(&ctx, &exec, &seeds, &view, cluster_nodes, &opts).await;
+    ctx.cancel.cancel();
+    if let Some(s) = server {
+        let _ = s.await;
+    }
     bars.clear();
     let r = r?;
     if g.json {

@@ -55,7 +55,7 @@ pub async fn run(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     if let Some(aof) = &a.aof {
         return replay_aof(g, a, aof).await;
     }
-    if a.until.is_some() {
+    if a.until.is_some() || !a.until_offset.is_empty() {
         return point_in_time(g, a).await;
     }
     let source = a.source.as_deref().unwrap_or_default();
@@ -229,7 +229,39 @@ fn parse_time_ms(s: &str) -> Result<u64, Failure> {
 /// its cut.
 async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
     use rcops_core::ops::pitr;
-    let until = parse_time_ms(a.until.as_deref().unwrap_or_default())?;
+    let until = a.until.as_deref().map(parse_time_ms).transpose()?;
+    let offsets = a
+        .until_offset
+        .iter()
+        .map(|s| {
+            let (shard, off) = s.split_once('=').ok_or_else(|| {
+                Failure::usage(format!("--until-offset {s:?}: expected SHARD=OFFSET"))
+            })?;
+            let off: u64 = off.trim().parse().map_err(|_| {
+                Failure::usage(format!("--until-offset {s:?}: {off:?} is not an offset"))
+            })?;
+            Ok((shard.trim().to_string(), off))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    // Each shard's cut in one chain: its offset when named, else the time.
+    let cuts = |chain: &rcops_core::ops::follow::Chain| -> Result<Vec<pitr::Until>, Failure> {
+        let mut v: Vec<Option<pitr::Until>> =
+            vec![until.map(pitr::Until::Time); chain.shards.len()];
+        for (shard, off) in &offsets {
+            v[pitr::shard_index(chain, shard)?] = Some(pitr::Until::Offset(*off));
+        }
+        v.into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                u.ok_or_else(|| {
+                    Failure::usage(format!(
+                        "--until-offset names no offset for shard {i} ({}) of chain {}: name                          every shard, or give --until for the others",
+                        chain.shards[i].slots, chain.id
+                    ))
+                })
+            })
+            .collect()
+    };
     let dir = backup_dir(g, &a.dir);
     let source = a.source.as_deref().unwrap_or("latest");
     // `latest`: the newest chain that covers the time (an older one may, after a gap).
@@ -238,7 +270,7 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         let mut first_error = None;
         let mut found = None;
         for (path, chain) in all.into_iter().rev() {
-            match pitr::plan(&path, &chain, until) {
+            match cuts(&chain).and_then(|c| Ok(pitr::plan(&path, &chain, &c)?)) {
                 Ok(plan) => {
                     found = Some((path, chain, plan));
                     break;
@@ -250,7 +282,7 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         }
         match (found, first_error) {
             (Some(f), _) => f,
-            (None, Some(e)) => return Err(e.into()),
+            (None, Some(e)) => return Err(e),
             (None, None) => {
                 return Err(Failure::usage(format!(
                     "no chain in {}: `rcops backup follow` makes them",
@@ -260,15 +292,19 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         }
     } else {
         let (path, chain) = pitr::find(&dir, source)?;
-        let plan = pitr::plan(&path, &chain, until)?;
+        let plan = pitr::plan(&path, &chain, &cuts(&chain)?)?;
         (path, chain, plan)
     };
     if !g.json {
         crate::outln!(
-            "plan: chain {} as of {}: per shard its base, then its stream up to the last stamp \
-             at or before that time",
+            "plan: chain {}, base set {}, then per shard its stream up to {}",
             plan.chain,
-            output::unix_ms_text(until)
+            plan.base,
+            match until {
+                Some(t) if offsets.is_empty() =>
+                    format!("the last stamp at or before {}", output::unix_ms_text(t)),
+                _ => "the offsets asked for".into(),
+            }
         );
         let mut t = output::table(&[
             "SLOTS",
@@ -307,7 +343,7 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         }
         return Err(Failure::usage("pass --yes to restore (or --dry-run)"));
     }
-    let base = path.join("base").display().to_string();
+    let base = path.join(&plan.base).display().to_string();
     let (code, base_report) = restore_set(g, a, &base, false).await?;
     if code != EXIT_OK {
         if g.json {
@@ -343,11 +379,14 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         }
         output::align_right(&mut t, &[1, 2, 3, 4]);
         output::print_table(&t);
-        crate::outln!(
-            "restored chain {} as of {}",
-            plan.chain,
-            output::unix_ms_text(until)
-        );
+        match until {
+            Some(t) if offsets.is_empty() => crate::outln!(
+                "restored chain {} as of {}",
+                plan.chain,
+                output::unix_ms_text(t)
+            ),
+            _ => crate::outln!("restored chain {} to the offsets above", plan.chain),
+        }
     }
     Ok(if interrupted {
         crate::output::EXIT_INTERRUPTED

@@ -11,6 +11,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+/// A stream entry id: (milliseconds, sequence).
+type StreamId = (u64, u64);
+
 use crate::encodings::{self, element_bytes, Element};
 use crate::reader::{Length, Reader};
 use crate::{RdbError, VALKEY_RDB_MIN};
@@ -544,7 +547,8 @@ fn stream<R: Read, F: FnMut(Vec<Command>) -> bool>(
             offset: at,
             reason: format!("stream listpack: {reason}"),
         })?;
-        let mut cmds: Vec<((u64, u64), Vec<Vec<u8>>)> = Vec::new();
+        // (entry id, its XADD arguments)
+        let mut cmds: Vec<(StreamId, Vec<Vec<u8>>)> = Vec::new();
         crate::parser::stream_node_entries(&lp, base_ms, base_seq, |ms, seq, fields| {
             let mut c = vec![id(ms, seq)];
             for (f, v) in fields {

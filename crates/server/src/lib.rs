@@ -1,5 +1,6 @@
 //! rcops-server: the HTTP side of rcops. Today: the Prometheus exporter (`/metrics`,
-//! `/health`). Handlers only call `rcops_core::ops` functions, like the CLI does.
+//! `/health`) and the `backup follow` process's own `/metrics`. Handlers only call
+//! `rcops_core::ops` functions, like the CLI does.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -7,6 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use rcops_core::ops::exporter::{scrape, ExporterState};
+use rcops_core::ops::follow::FollowStats;
 use rcops_core::{Addr, Executor};
 use std::future::Future;
 use std::sync::Arc;
@@ -62,6 +64,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn follow_metrics(State(stats): State<Arc<FollowStats>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        stats.encode(),
+    )
+}
+
+/// Serves a follower's figures (`/metrics`, `/health`) until `shutdown` resolves.
+pub async fn serve_follow(
+    listener: tokio::net::TcpListener,
+    stats: Arc<FollowStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(follow_metrics))
+        .route("/health", get(health))
+        .with_state(stats);
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -26,7 +26,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// One shard of a backup set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardManifest {
     pub master_id: String,
     /// The node the snapshot was taken from, and its role.

@@ -46,6 +46,12 @@ pub struct FollowOptions {
     pub idle_timeout: Duration,
     pub segment_bytes: u64,
     pub segment_age: Duration,
+    /// Take fresh base snapshots of every shard this often (`None`: only the chain's first).
+    pub base_every: Option<Duration>,
+    /// Remove what only restores to times older than this (`None`: keep everything).
+    pub keep: Option<Duration>,
+    /// Live figures for `/metrics`.
+    pub stats: std::sync::Arc<FollowStats>,
 }
 
 /// One chain: per shard a base and the segments after it.
@@ -59,6 +65,12 @@ pub struct Chain {
     /// `CLUSTER NODES` when the chain began: whose shards these are.
     pub cluster_nodes: String,
     pub shards: Vec<ChainShard>,
+    /// Base snapshots, oldest first: the chain's first (each shard's taken off the stream it
+    /// archives, in `base/`), then those of `--base-every` (`base-<id>/`, each shard's an
+    /// rdb-only sync at a point of that stream). A restore starts from the newest complete
+    /// one whose offsets are at or before its cut.
+    #[serde(default)]
+    pub bases: Vec<BaseSet>,
     /// Times some shard's archive does not cover, and why.
     #[serde(default)]
     pub gaps: Vec<Gap>,
@@ -71,10 +83,44 @@ pub struct ChainShard {
     pub master_id: String,
     /// The shard's folder in the chain (`shard-000`).
     pub dir: String,
-    /// The base snapshot (the backup manifest's shard entry; its file is under `base/`).
-    pub base: Option<ShardManifest>,
-    pub base_unix_ms: u64,
     pub segments: Vec<Segment>,
+}
+
+/// One generation of base snapshots: a backup set (with `manifest.json` once complete) in
+/// the chain's folder `dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseSet {
+    pub dir: String,
+    pub started_unix_ms: u64,
+    /// Per shard of the chain, in its order: the snapshot, once taken.
+    pub shards: Vec<Option<ShardBase>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardBase {
+    /// When the snapshot was on disk.
+    pub unix_ms: u64,
+    /// The backup manifest's shard entry (its `replid` and `offset` place it in the stream).
+    pub manifest: ShardManifest,
+}
+
+impl BaseSet {
+    pub fn complete(&self) -> bool {
+        !self.shards.is_empty() && self.shards.iter().all(Option::is_some)
+    }
+
+    /// When its last shard landed (0 until complete).
+    pub fn unix_ms(&self) -> u64 {
+        if !self.complete() {
+            return 0;
+        }
+        self.shards
+            .iter()
+            .flatten()
+            .map(|b| b.unix_ms)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// One closed segment.
@@ -104,24 +150,44 @@ pub struct Gap {
     pub why: String,
 }
 
-impl ChainShard {
-    /// Where the archive of this shard continues: the replid and offset after its last
-    /// segment, or after its base; `None` before the base.
-    pub fn position(&self) -> Option<(String, u64)> {
-        if let Some(s) = self.segments.last() {
-            return Some((s.replid.clone(), s.end_offset));
-        }
-        self.base.as_ref().map(|b| (b.replid.clone(), b.offset))
+impl Chain {
+    /// Shard `i`'s snapshots, oldest first.
+    pub fn shard_bases(&self, i: usize) -> impl Iterator<Item = &ShardBase> {
+        self.bases
+            .iter()
+            .filter_map(move |b| b.shards.get(i)?.as_ref())
     }
 
-    /// The latest time the archive covers (its last stamp, or the base's time).
-    pub fn covered_until(&self) -> u64 {
-        self.segments
+    /// Where the archive of shard `i` continues: the replid and offset after its last
+    /// segment, or after its base; `None` before the base.
+    pub fn position(&self, i: usize) -> Option<(String, u64)> {
+        if let Some(s) = self.shards[i].segments.last() {
+            return Some((s.replid.clone(), s.end_offset));
+        }
+        self.shard_bases(i)
+            .max_by_key(|b| b.manifest.offset)
+            .map(|b| (b.manifest.replid.clone(), b.manifest.offset))
+    }
+
+    /// When shard `i`'s oldest snapshot was taken (0: none yet).
+    pub fn based_at(&self, i: usize) -> u64 {
+        self.shard_bases(i).map(|b| b.unix_ms).min().unwrap_or(0)
+    }
+
+    /// The latest time shard `i`'s archive covers (its last stamp, or its base's time).
+    pub fn covered_until(&self, i: usize) -> u64 {
+        self.shards[i]
+            .segments
             .iter()
             .rev()
             .map(|s| s.last_unix_ms)
             .find(|&t| t > 0)
-            .unwrap_or(self.base_unix_ms)
+            .unwrap_or_else(|| self.based_at(i))
+    }
+
+    /// Whether some base set is complete (the chain can restore).
+    pub fn restorable(&self) -> bool {
+        self.bases.iter().any(BaseSet::complete)
     }
 }
 
@@ -144,6 +210,8 @@ pub struct ShardFollow {
     pub reconnects: u64,
     /// Its source no longer held its offset: the chain was closed and a new one begun.
     pub resynced: bool,
+    /// Fresh base snapshots taken (`--base-every`).
+    pub rebases: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -200,10 +268,12 @@ pub struct ChainSummary {
     pub id: String,
     pub path: PathBuf,
     pub status: String,
-    /// The window a restore can ask for: from the last shard's base to the first shard's
-    /// last stamp (0 when some shard has no base yet).
+    /// The window a restore can ask for: from when the oldest complete base set landed to
+    /// the first shard's last stamp (0 when no base set is complete yet).
     pub from_unix_ms: u64,
     pub until_unix_ms: u64,
+    /// Complete base sets.
+    pub bases: usize,
     pub segments: usize,
     /// Bases and segments, compressed.
     pub bytes: u64,
@@ -216,34 +286,39 @@ impl ChainSummary {
         let shards: Vec<ShardWindow> = c
             .shards
             .iter()
-            .map(|s| ShardWindow {
+            .enumerate()
+            .map(|(i, s)| ShardWindow {
                 slots: s.slots.clone(),
-                from_unix_ms: if s.base.is_some() { s.base_unix_ms } else { 0 },
-                until_unix_ms: if s.base.is_some() {
-                    s.covered_until()
+                from_unix_ms: c.based_at(i),
+                until_unix_ms: if c.based_at(i) > 0 {
+                    c.covered_until(i)
                 } else {
                     0
                 },
                 segments: s.segments.len(),
-                bytes: s.base.as_ref().map_or(0, |b| b.compressed_bytes)
+                bytes: c
+                    .shard_bases(i)
+                    .map(|b| b.manifest.compressed_bytes)
+                    .sum::<u64>()
                     + s.segments.iter().map(|g| g.bytes).sum::<u64>(),
             })
             .collect();
-        let all_based = shards.iter().all(|s| s.from_unix_ms > 0);
+        let from = c
+            .bases
+            .iter()
+            .find(|b| b.complete())
+            .map_or(0, BaseSet::unix_ms);
         ChainSummary {
             id: c.id.clone(),
             path: path.to_path_buf(),
             status: c.status.clone(),
-            from_unix_ms: if all_based {
-                shards.iter().map(|s| s.from_unix_ms).max().unwrap_or(0)
-            } else {
-                0
-            },
-            until_unix_ms: if all_based {
+            from_unix_ms: from,
+            until_unix_ms: if from > 0 {
                 shards.iter().map(|s| s.until_unix_ms).min().unwrap_or(0)
             } else {
                 0
             },
+            bases: c.bases.iter().filter(|b| b.complete()).count(),
             segments: shards.iter().map(|s| s.segments).sum(),
             bytes: shards.iter().map(|s| s.bytes).sum(),
             shards,
@@ -328,12 +403,25 @@ pub async fn follow(
             path: path.clone(),
             chain: Mutex::new(chain.clone()),
             resync: Mutex::new(None),
+            done: sub.cancel.child_token(),
         };
         let jobs = srcs
             .iter()
             .enumerate()
             .map(|(i, src)| archive_shard(&shared, i, src));
-        let shards = futures::future::join_all(jobs).await;
+        opts.stats.begin(&chain, &slots);
+        let (shards, (), (), ()) = futures::future::join4(
+            async {
+                let r = futures::future::join_all(jobs).await;
+                // The chain's upkeep stops with its archivers.
+                shared.done.cancel();
+                r
+            },
+            rebase_loop(&shared, &srcs),
+            keep_loop(&shared),
+            opts.stats.poll_sources(exec, &shared.done),
+        )
+        .await;
         let resync = shared.resync.lock().ok().and_then(|mut r| r.take());
         let mut old = shared.chain.into_inner().unwrap_or(chain.clone());
         if let (Some((slots_gone, why)), false) = (resync, ctx.cancel.is_cancelled()) {
@@ -344,9 +432,10 @@ pub async fn follow(
             let gaps = old
                 .shards
                 .iter()
-                .map(|s| Gap {
+                .enumerate()
+                .map(|(i, s)| Gap {
                     slots: s.slots.clone(),
-                    from_unix_ms: s.covered_until(),
+                    from_unix_ms: old.covered_until(i),
                     to_unix_ms: 0,
                     why: if s.slots == slots_gone {
                         why.clone()
@@ -356,6 +445,7 @@ pub async fn follow(
                 })
                 .collect();
             closed.push(old.id.clone());
+            opts.stats.resynced(&slots_gone);
             let (p, c) = new_chain(opts, &srcs, &slots, &old.cluster_nodes, gaps)?;
             ctx.progress.message(&format!(
                 "shard {slots_gone}: {why}: chain {} closed, new chain {}",
@@ -405,11 +495,14 @@ fn new_chain(
                 slots: slots[i].clone(),
                 master_id: s.master_id.clone(),
                 dir: format!("shard-{i:03}"),
-                base: None,
-                base_unix_ms: 0,
                 segments: Vec::new(),
             })
             .collect(),
+        bases: vec![BaseSet {
+            dir: "base".into(),
+            started_unix_ms: started,
+            shards: vec![None; srcs.len()],
+        }],
         gaps,
     };
     let path = opts.dir.join("chains").join(&id);
@@ -426,6 +519,8 @@ struct Shared<'a> {
     chain: Mutex<Chain>,
     /// Set by a shard whose source no longer holds its offset: (its slots, why).
     resync: Mutex<Option<(String, String)>>,
+    /// Cancelled once every shard's archiver has stopped (ends the rebase and keep loops).
+    done: crate::job::CancellationToken,
 }
 
 impl Shared<'_> {
@@ -436,8 +531,20 @@ impl Shared<'_> {
         crate::job::save_json(&self.path.join(CHAIN), &*c)
     }
 
+    /// Changes the chain and saves it (atomically).
+    fn update_chain<T>(&self, f: impl FnOnce(&mut Chain) -> T) -> Result<T, String> {
+        let mut c = self.chain.lock().map_err(|_| "a lock was poisoned")?;
+        let r = f(&mut c);
+        crate::job::save_json(&self.path.join(CHAIN), &*c)?;
+        Ok(r)
+    }
+
     fn shard(&self, i: usize) -> Option<ChainShard> {
         self.chain.lock().ok().map(|c| c.shards[i].clone())
+    }
+
+    fn position(&self, i: usize) -> Option<(String, u64)> {
+        self.chain.lock().ok().and_then(|c| c.position(i))
     }
 }
 
@@ -471,7 +578,7 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
         rep.error = Some(e);
         return rep;
     }
-    let mut pos = sh.shard(i).and_then(|s| s.position());
+    let mut pos = sh.position(i);
     let mut link = ShardLink::new(sh.exec, sh.seeds, src, sh.opts.from_replicas);
     loop {
         let psync = Psync {
@@ -488,6 +595,8 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
         };
         rep.node = link.node.clone();
         rep.role = link.role.clone();
+        let node = stream.addr().clone();
+        sh.opts.stats.with(i, |t| t.node = Some(node));
         match start {
             Start::Full { replid, offset } => {
                 if let Some((id, at)) = &pos {
@@ -501,7 +610,7 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
                     sh.ctx.cancel.cancel();
                     break;
                 }
-                match base(sh, i, src, &mut stream, &replid, offset).await {
+                match base(sh, i, src, &mut stream, &replid, offset, 0).await {
                     Ok(keys) => rep.base_keys = Some(keys),
                     Err(ReplError::Node(e)) if !sh.ctx.cancel.is_cancelled() && link.retry() => {
                         rep.reconnects += 1;
@@ -525,7 +634,7 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
             break;
         };
         let stop = archive(sh, i, &mut stream, &dir, &replid, offset, &mut rep).await;
-        pos = sh.shard(i).and_then(|s| s.position());
+        pos = sh.position(i);
         match stop {
             Stop::Cancelled => break,
             Stop::Fatal(e) => {
@@ -534,6 +643,7 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
             }
             Stop::Broken(e) => {
                 rep.reconnects += 1;
+                sh.opts.stats.with(i, |s| s.reconnects += 1);
                 sh.ctx.progress.message(&format!(
                     "{label}: stream from {}: {e}; reconnecting",
                     rep.node
@@ -542,14 +652,15 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
             }
         }
     }
-    if let Some(s) = sh.shard(i) {
-        rep.offset = s.position().map_or(0, |p| p.1);
-        rep.covered_until_unix_ms = s.covered_until();
+    if let Ok(c) = sh.chain.lock() {
+        rep.offset = c.position(i).map_or(0, |p| p.1);
+        rep.covered_until_unix_ms = c.covered_until(i);
     }
+    rep.rebases = sh.opts.stats.get(i, |s| s.rebases);
     rep
 }
 
-/// Takes the shard's base snapshot off the stream into `base/` (as `backup` writes it) and
+/// Takes the shard's snapshot off `stream` into base set `set` (as `backup` writes one) and
 /// records it in the chain. Returns its key count.
 async fn base(
     sh: &Shared<'_>,
@@ -558,12 +669,19 @@ async fn base(
     stream: &mut ReplStream,
     replid: &str,
     offset: u64,
+    set: usize,
 ) -> Result<u64, ReplError> {
     let file = format!(
         "shard-{i:03}-{}.rdb.zst",
         &src.master_id[..8.min(src.master_id.len())]
     );
-    let dir = sh.path.join("base");
+    let set_dir = sh
+        .chain
+        .lock()
+        .ok()
+        .and_then(|c| c.bases.get(set).map(|b| b.dir.clone()))
+        .ok_or_else(|| ReplError::Sink(format!("base set {set} is not in the chain")))?;
+    let dir = sh.path.join(&set_dir);
     std::fs::create_dir_all(&dir).map_err(|e| ReplError::Sink(e.to_string()))?;
     let path = dir.join(&file);
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
@@ -605,8 +723,39 @@ async fn base(
     };
     let keys = m.keys;
     let now = unix_ms();
-    if let Ok(mut c) = sh.chain.lock() {
-        // A gap carried from the chain before ends where this base begins.
+    // Once every shard has its snapshot, the set is a backup set like any other: its
+    // manifest is written before the chain lists it complete.
+    let manifest = sh.chain.lock().ok().and_then(|c| {
+        let b = &c.bases[set];
+        let shards: Option<Vec<ShardManifest>> = b
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                if k == i {
+                    Some(m.clone())
+                } else {
+                    s.as_ref().map(|s| s.manifest.clone())
+                }
+            })
+            .collect();
+        shards.map(|shards| crate::ops::backup::Manifest {
+            id: format!("{}-{}", c.id, b.dir),
+            status: "complete".into(),
+            started_unix_ms: b.started_unix_ms,
+            finished_unix_ms: now,
+            rcops_version: c.rcops_version.clone(),
+            cluster_nodes: c.cluster_nodes.clone(),
+            shards,
+            warnings: Vec::new(),
+        })
+    });
+    if let Some(manifest) = manifest {
+        crate::job::save_json(&dir.join(crate::ops::backup::MANIFEST), &manifest)
+            .map_err(ReplError::Sink)?;
+    }
+    sh.update_chain(|c| {
+        // A gap carried from the chain before ends where this shard's first base begins.
         let slots = c.shards[i].slots.clone();
         for g in c
             .gaps
@@ -615,30 +764,13 @@ async fn base(
         {
             g.to_unix_ms = now;
         }
-    }
-    sh.update(i, |s| {
-        s.base = Some(m);
-        s.base_unix_ms = now;
+        c.bases[set].shards[i] = Some(ShardBase {
+            unix_ms: now,
+            manifest: m,
+        });
     })
     .map_err(ReplError::Sink)?;
-    // Once every shard has its base, `base/` is a backup set like any other.
-    let set = sh.chain.lock().ok().and_then(|c| {
-        let shards: Option<Vec<ShardManifest>> = c.shards.iter().map(|s| s.base.clone()).collect();
-        shards.map(|shards| crate::ops::backup::Manifest {
-            id: format!("{}-base", c.id),
-            status: "complete".into(),
-            started_unix_ms: c.started_unix_ms,
-            finished_unix_ms: unix_ms(),
-            rcops_version: c.rcops_version.clone(),
-            cluster_nodes: c.cluster_nodes.clone(),
-            shards,
-            warnings: Vec::new(),
-        })
-    });
-    if let Some(set) = set {
-        crate::job::save_json(&dir.join(crate::ops::backup::MANIFEST), &set)
-            .map_err(ReplError::Sink)?;
-    }
+    sh.opts.stats.with(i, |s| s.base_unix_ms = now);
     Ok(keys)
 }
 
@@ -669,6 +801,10 @@ async fn archive(
         {
             rep.segments += 1;
             rep.bytes += s.bytes;
+            sh.opts.stats.with(i, |t| {
+                t.segments += 1;
+                t.bytes += s.bytes;
+            });
             sh.update(i, |c| c.segments.push(s))?;
         }
         Ok(())
@@ -696,6 +832,7 @@ async fn archive(
             seg.command(c.end, &c.args);
         }
         rep.commands += cmds.len() as u64;
+        sh.opts.stats.with(i, |t| t.commands += cmds.len() as u64);
         if !cmds.is_empty() || stamped.is_none_or(|t: Instant| t.elapsed() >= STAMP_EVERY) {
             seg.stamp(stream.offset(), unix_ms());
             stamped = Some(now);
@@ -720,8 +857,17 @@ async fn archive(
             if let Err(e) = seg.flush() {
                 return Stop::Fatal(format!("{}: {e}", dir.display()));
             }
-            // The master hears of what is on disk, not of what was read.
+            // The master hears of what is on disk, not of what was read, and at once: its
+            // view of the replica's offset is what `INFO replication` shows an operator.
             stream.applied(seg.meta.end_offset);
+            let (end, stamp) = (seg.meta.end_offset, seg.meta.last_unix_ms);
+            sh.opts.stats.with(i, |t| t.flushed(end, stamp));
+            if let Err(e) = stream.ack().await {
+                return match close(seg, rep) {
+                    Ok(()) => Stop::Broken(e.to_string()),
+                    Err(e) => Stop::Fatal(e),
+                };
+            }
             sh.ctx
                 .progress
                 .shard(&rep.slots, "archived", seg.meta.end_offset, None);
@@ -738,6 +884,535 @@ async fn archive(
                 Err(e) => return Stop::Fatal(format!("{}: {e}", dir.display())),
             };
         }
+    }
+}
+
+/// `--base-every`: once the chain's first base set is complete, a fresh set every `every`
+/// from when the last began; a set some shard could not take is retried for the missing
+/// shards after `min(every, 5 min)`. Each snapshot is an rdb-only sync of the shard (its
+/// archiver's stream goes on), used only when its replid is the archived stream's, so it is
+/// a point of that stream.
+async fn rebase_loop(sh: &Shared<'_>, srcs: &[Source]) {
+    let Some(every) = sh.opts.base_every else {
+        return;
+    };
+    let retry = every.min(Duration::from_secs(300));
+    let mut tried: Option<Instant> = None;
+    loop {
+        let due = sh.chain.lock().ok().and_then(|c| {
+            let first = c.bases.first()?;
+            let last = c.bases.last()?;
+            if !first.complete() {
+                return None;
+            }
+            if last.complete() {
+                return Some((
+                    last.started_unix_ms + every.as_millis() as u64,
+                    c.bases.len(),
+                ));
+            }
+            // An incomplete set (not the first): its missing shards again, after a while.
+            let at = tried.map_or(0, |t| {
+                unix_ms() + retry.saturating_sub(t.elapsed()).as_millis() as u64
+            });
+            Some((at, c.bases.len() - 1))
+        });
+        let wait = due.map_or(Duration::from_secs(1), |(at, _)| {
+            Duration::from_millis(at.saturating_sub(unix_ms()))
+        });
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                () = sh.done.cancelled() => return,
+            }
+            continue;
+        }
+        let Some((_, k)) = due else { continue };
+        let k = if k == sh.chain.lock().map_or(0, |c| c.bases.len()) {
+            let now = unix_ms();
+            let dir = format!("base-{}", crate::ops::backup::backup_id(now));
+            let made = sh.update_chain(|c| {
+                c.bases.push(BaseSet {
+                    dir: dir.clone(),
+                    started_unix_ms: now,
+                    shards: vec![None; c.shards.len()],
+                });
+            });
+            if let Err(e) = made {
+                sh.ctx.progress.message(&format!("fresh base set: {e}"));
+                tried = Some(Instant::now());
+                continue;
+            }
+            sh.ctx.progress.message(&format!(
+                "fresh base snapshots into {dir} (--base-every {})",
+                humantime::format_duration(every)
+            ));
+            k
+        } else {
+            k
+        };
+        tried = Some(Instant::now());
+        let missing: Vec<usize> = sh.chain.lock().map_or(Vec::new(), |c| {
+            (0..c.shards.len())
+                .filter(|&i| c.bases[k].shards[i].is_none())
+                .collect()
+        });
+        let jobs = missing.iter().map(|&i| rebase_shard(sh, i, &srcs[i], k));
+        tokio::select! {
+            _ = futures::future::join_all(jobs) => {}
+            () = sh.done.cancelled() => return,
+        }
+    }
+}
+
+/// One shard's snapshot for base set `k`, over its own rdb-only link.
+async fn rebase_shard(sh: &Shared<'_>, i: usize, src: &Source, k: usize) {
+    let label = format_ranges(&src.slots.ranges());
+    let say = |m: String| {
+        sh.ctx
+            .progress
+            .message(&format!("{label}: fresh base: {m}"))
+    };
+    let mut link = ShardLink::new(sh.exec, sh.seeds, src, sh.opts.from_replicas);
+    let psync = Psync {
+        from: None,
+        rdb_only: true,
+    };
+    let (mut stream, start) = match link.open(sh.ctx, &label, &psync).await {
+        Ok(s) => s,
+        Err(Closed::Cancelled) => return,
+        Err(Closed::Failed(why)) => return say(why),
+    };
+    let Start::Full { replid, offset } = start else {
+        return say("the source answered an rdb-only sync with +CONTINUE".into());
+    };
+    let ours = sh.position(i).map(|p| p.0).unwrap_or_default();
+    if ours != replid {
+        return say(format!(
+            "{} is at replication id {replid}, the archived stream at {ours} (a failover in \
+             between): not used; tried again later",
+            stream.addr()
+        ));
+    }
+    match base(sh, i, src, &mut stream, &replid, offset, k).await {
+        Ok(keys) => {
+            sh.opts.stats.with(i, |t| t.rebases += 1);
+            say(format!("{keys} keys at offset {offset}"));
+        }
+        Err(e) => say(e.to_string()),
+    }
+}
+
+/// `--keep`: every minute (a quarter of the window when shorter), removes what only
+/// restores to times before the window — in the chain being written and in the closed ones.
+async fn keep_loop(sh: &Shared<'_>) {
+    let Some(keep) = sh.opts.keep else {
+        return;
+    };
+    let every = (keep / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let cutoff = unix_ms().saturating_sub(keep.as_millis() as u64);
+        let open = sh.update_chain(|c| (c.id.clone(), trim(c, cutoff)));
+        match open {
+            Ok((id, gone)) => {
+                let n = remove_all(&sh.path, &gone);
+                let others = prune_closed(&sh.opts.dir, cutoff, &id);
+                let (chains, bytes) = match others {
+                    Ok(p) => p,
+                    Err(e) => {
+                        sh.ctx.progress.message(&format!("--keep: {e}"));
+                        (Vec::new(), 0)
+                    }
+                };
+                if n.0 + chains.len() > 0 {
+                    sh.ctx.progress.message(&format!(
+                        "--keep {}: removed {} file(s) of chain {id}{}",
+                        humantime::format_duration(keep),
+                        n.0,
+                        if chains.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" and chain(s) {}", chains.join(", "))
+                        }
+                    ));
+                }
+                sh.opts.stats.pruned(n.1 + bytes);
+            }
+            Err(e) => sh.ctx.progress.message(&format!("--keep: {e}")),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = sh.done.cancelled() => return,
+        }
+    }
+}
+
+/// Removes what of `chain` only restores to times before `cutoff` (Unix ms): base sets
+/// older than the newest complete one that landed at or before it, and each shard's
+/// segments wholly before that set's snapshot (offsets and stamps). Returns the paths
+/// (relative to the chain's folder) to delete once the chain is saved without them.
+pub fn trim(chain: &mut Chain, cutoff: u64) -> Vec<String> {
+    let Some(k) = chain
+        .bases
+        .iter()
+        .rposition(|b| b.complete() && b.unix_ms() <= cutoff)
+    else {
+        return Vec::new();
+    };
+    let mut gone: Vec<String> = chain.bases.drain(..k).map(|b| b.dir).collect();
+    let keep = &chain.bases[0];
+    for (i, s) in chain.shards.iter_mut().enumerate() {
+        let Some(Some(b)) = keep.shards.get(i) else {
+            continue;
+        };
+        let n = s
+            .segments
+            .iter()
+            .take_while(|g| g.end_offset <= b.manifest.offset && g.last_unix_ms <= b.unix_ms)
+            .count();
+        gone.extend(s.segments.drain(..n).map(|g| g.file));
+    }
+    let since = keep.unix_ms();
+    chain
+        .gaps
+        .retain(|g| g.to_unix_ms == 0 || g.to_unix_ms > since);
+    gone
+}
+
+/// Deletes `paths` (files or folders) under `root`: how many, and their bytes.
+fn remove_all(root: &Path, paths: &[String]) -> (usize, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    for p in paths {
+        let path = root.join(p);
+        let size = dir_bytes(&path);
+        let ok = if path.is_dir() {
+            std::fs::remove_dir_all(&path).is_ok()
+        } else {
+            std::fs::remove_file(&path).is_ok()
+        };
+        if ok {
+            n += 1;
+            bytes += size;
+        }
+    }
+    (n, bytes)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|es| es.flatten().map(|e| dir_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// `--keep` over the chains other than `except` (the one being written): a closed chain
+/// whose every stamp is before `cutoff` is removed — unless it is the newest that can
+/// restore — and the others are trimmed. Returns the chains removed and the bytes freed.
+pub fn prune_closed(dir: &Path, cutoff: u64, except: &str) -> Result<(Vec<String>, u64), String> {
+    let all = chains(dir)?;
+    let newest_restorable = all
+        .iter()
+        .rev()
+        .find(|(_, c)| c.restorable())
+        .map(|(_, c)| c.id.clone());
+    let (mut removed, mut bytes) = (Vec::new(), 0);
+    for (path, mut c) in all {
+        if c.id == except || c.status != "closed" {
+            continue;
+        }
+        let last = (0..c.shards.len())
+            .map(|i| c.covered_until(i))
+            .max()
+            .unwrap_or(0)
+            .max(c.started_unix_ms);
+        if last < cutoff && newest_restorable.as_deref() != Some(c.id.as_str()) {
+            bytes += dir_bytes(&path);
+            std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            removed.push(c.id);
+            continue;
+        }
+        let gone = trim(&mut c, cutoff);
+        if !gone.is_empty() {
+            crate::job::save_json(&path.join(CHAIN), &c)?;
+            bytes += remove_all(&path, &gone).1;
+        }
+    }
+    Ok((removed, bytes))
+}
+
+/// Live figures of a follower for its `/metrics`, per shard of the chain being written.
+#[derive(Debug, Default)]
+pub struct FollowStats {
+    /// Whether the source nodes' offsets are polled (what lag and recovery point need).
+    poll: bool,
+    shards: Mutex<Vec<ShardStats>>,
+    pruned_bytes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ShardStats {
+    pub slots: String,
+    /// The node the stream comes from.
+    pub node: Option<Addr>,
+    /// What is on disk: the offset and the last stamp flushed.
+    pub flushed_offset: u64,
+    pub flushed_unix_ms: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    pub commands: u64,
+    pub reconnects: u64,
+    pub resyncs: u64,
+    pub rebases: u64,
+    /// Gaps the current chain records for the shard.
+    pub gaps: u64,
+    /// When its newest base snapshot landed.
+    pub base_unix_ms: u64,
+    /// `(when, the source's offset then)`, oldest first: what the recovery point is read
+    /// from.
+    history: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl ShardStats {
+    fn flushed(&mut self, offset: u64, stamp: u64) {
+        self.flushed_offset = offset;
+        if stamp > 0 {
+            self.flushed_unix_ms = stamp;
+        }
+    }
+
+    /// How far the source is ahead of what is on disk, by its last poll.
+    pub fn lag_bytes(&self) -> Option<u64> {
+        let (_, at) = self.history.back()?;
+        Some(at.saturating_sub(self.flushed_offset))
+    }
+
+    /// The recovery point now: how long ago the source last held no more than what is on
+    /// disk (everything written before then survives a crash of the follower). When every
+    /// poll in the window is ahead, the window's start: a lower bound.
+    pub fn recovery_point_ms(&self, now: u64) -> Option<u64> {
+        let first = self.history.front()?.0;
+        let safe = self
+            .history
+            .iter()
+            .rev()
+            .find(|(_, o)| *o <= self.flushed_offset)
+            .map_or(first, |(t, _)| *t);
+        Some(now.saturating_sub(safe))
+    }
+}
+
+/// How often the sources' offsets are read, and how many reads are kept (10 minutes).
+const POLL_EVERY: Duration = Duration::from_millis(250);
+const POLL_KEEP: usize = 2400;
+
+impl FollowStats {
+    /// `poll`: read each source's offset four times a second (for lag and recovery point).
+    pub fn new(poll: bool) -> FollowStats {
+        FollowStats {
+            poll,
+            ..Default::default()
+        }
+    }
+
+    /// A run over `chain` begins: one entry per shard (counters of the same shards kept).
+    fn begin(&self, chain: &Chain, slots: &[String]) {
+        let Ok(mut v) = self.shards.lock() else {
+            return;
+        };
+        if v.len() != slots.len() || v.iter().zip(slots).any(|(s, l)| &s.slots != l) {
+            *v = slots
+                .iter()
+                .map(|l| ShardStats {
+                    slots: l.clone(),
+                    ..Default::default()
+                })
+                .collect();
+        }
+        for (i, s) in v.iter_mut().enumerate() {
+            s.gaps = chain.gaps.iter().filter(|g| g.slots == s.slots).count() as u64;
+            s.base_unix_ms = chain.shard_bases(i).map(|b| b.unix_ms).max().unwrap_or(0);
+            if let Some((_, o)) = chain.position(i) {
+                s.flushed_offset = o;
+            }
+            s.flushed_unix_ms = chain.covered_until(i);
+        }
+    }
+
+    fn with(&self, i: usize, f: impl FnOnce(&mut ShardStats)) {
+        if let Some(s) = self.shards.lock().ok().as_mut().and_then(|v| v.get_mut(i)) {
+            f(s);
+        }
+    }
+
+    fn get<T: Default>(&self, i: usize, f: impl FnOnce(&ShardStats) -> T) -> T {
+        self.shards
+            .lock()
+            .ok()
+            .and_then(|v| v.get(i).map(f))
+            .unwrap_or_default()
+    }
+
+    fn resynced(&self, slots: &str) {
+        if let Ok(mut v) = self.shards.lock() {
+            for s in v.iter_mut().filter(|s| s.slots == slots) {
+                s.resyncs += 1;
+            }
+        }
+    }
+
+    fn pruned(&self, bytes: u64) {
+        self.pruned_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A copy of every shard's figures.
+    pub fn shards(&self) -> Vec<ShardStats> {
+        self.shards.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Reads each source's `master_repl_offset` every [`POLL_EVERY`] until `done`.
+    async fn poll_sources(&self, exec: &Executor, done: &crate::job::CancellationToken) {
+        if !self.poll {
+            return;
+        }
+        loop {
+            let nodes: Vec<(usize, Addr)> = self
+                .shards()
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((i, s.node?)))
+                .collect();
+            let reads = nodes.into_iter().map(|(i, addr)| async move {
+                let offset = tokio::time::timeout(
+                    exec.timeout(),
+                    crate::ops::link::source_offset(exec, &addr),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
+                (i, offset)
+            });
+            for (i, offset) in futures::future::join_all(reads).await {
+                if let Some(o) = offset {
+                    self.with(i, |s| {
+                        s.history.push_back((unix_ms(), o));
+                        if s.history.len() > POLL_KEEP {
+                            s.history.pop_front();
+                        }
+                    });
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = done.cancelled() => return,
+            }
+        }
+    }
+
+    /// The figures as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        type G = Gauge<f64, std::sync::atomic::AtomicU64>;
+        type C = Counter<f64, std::sync::atomic::AtomicU64>;
+        type Labels = Vec<(&'static str, String)>;
+        let now = unix_ms();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let gauge = |f: &dyn Fn(&ShardStats) -> Option<f64>| {
+            let fam = Family::<Labels, G>::default();
+            for s in self.shards() {
+                if let Some(v) = f(&s) {
+                    fam.get_or_create(&vec![("shard", s.slots.clone())]).set(v);
+                }
+            }
+            fam
+        };
+        let counter = |f: &dyn Fn(&ShardStats) -> u64| {
+            let fam = Family::<Labels, C>::default();
+            for s in self.shards() {
+                fam.get_or_create(&vec![("shard", s.slots.clone())])
+                    .inc_by(f(&s) as f64);
+            }
+            fam
+        };
+        reg.register(
+            "rcops_follow_lag_bytes",
+            "Bytes of the stream its source holds that are not on disk yet",
+            gauge(&|s| s.lag_bytes().map(|b| b as f64)),
+        );
+        reg.register(
+            "rcops_follow_recovery_point_seconds",
+            "How long ago the source last held no more than what is on disk",
+            gauge(&|s| s.recovery_point_ms(now).map(|ms| ms as f64 / 1000.0)),
+        );
+        reg.register(
+            "rcops_follow_archived_offset",
+            "Stream offset flushed and synced to disk",
+            gauge(&|s| Some(s.flushed_offset as f64)),
+        );
+        reg.register(
+            "rcops_follow_covered_until_timestamp_seconds",
+            "Time of the last stamp on disk",
+            gauge(&|s| (s.flushed_unix_ms > 0).then(|| s.flushed_unix_ms as f64 / 1000.0)),
+        );
+        reg.register(
+            "rcops_follow_base_age_seconds",
+            "Age of the newest base snapshot",
+            gauge(&|s| {
+                (s.base_unix_ms > 0).then(|| now.saturating_sub(s.base_unix_ms) as f64 / 1000.0)
+            }),
+        );
+        reg.register(
+            "rcops_follow_gaps",
+            "Gaps the current chain records for the shard",
+            gauge(&|s| Some(s.gaps as f64)),
+        );
+        reg.register(
+            "rcops_follow_segments",
+            "Segments closed",
+            counter(&|s| s.segments),
+        );
+        reg.register(
+            "rcops_follow_segment_bytes",
+            "Bytes of segments closed (compressed)",
+            counter(&|s| s.bytes),
+        );
+        reg.register(
+            "rcops_follow_commands",
+            "Commands archived",
+            counter(&|s| s.commands),
+        );
+        reg.register(
+            "rcops_follow_reconnects",
+            "Times the stream was reopened after it broke",
+            counter(&|s| s.reconnects),
+        );
+        reg.register(
+            "rcops_follow_resyncs",
+            "Times the source no longer held the offset (a new chain began)",
+            counter(&|s| s.resyncs),
+        );
+        reg.register(
+            "rcops_follow_rebases",
+            "Fresh base snapshots taken (--base-every)",
+            counter(&|s| s.rebases),
+        );
+        let pruned = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        pruned.inc_by(self.pruned_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        reg.register(
+            "rcops_follow_pruned_bytes",
+            "Bytes removed by --keep",
+            pruned,
+        );
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
     }
 }
 
@@ -927,8 +1602,9 @@ fn recover(dir: &Path, shard_dir: &str) -> std::io::Result<Option<Segment>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardVerification {
     pub slots: String,
-    /// The base: checksum and a full parse, as for a backup set.
-    pub base: Option<crate::ops::backup::ShardCheck>,
+    /// Each base snapshot (oldest first; `file` names its set's folder): checksum and a
+    /// full parse, as for a backup set.
+    pub bases: Vec<crate::ops::backup::ShardCheck>,
     pub segments: usize,
     pub commands: u64,
     pub ok: bool,
@@ -946,29 +1622,44 @@ pub struct ChainVerification {
 }
 
 /// Checks a chain: each base like a backup set's file; each segment's checksum, that it
-/// starts where the one before ended (the base, for the first), that every record parses
-/// with offsets going forward, and that its counts and stamps match the chain.
+/// starts where the one before ended (the first at or before the oldest base), that every
+/// record parses with offsets going forward, and that its counts and stamps match the chain.
 pub fn verify_chain(path: &Path, chain: &Chain) -> ChainVerification {
-    let base_dir = path.join("base");
     let shards: Vec<ShardVerification> = chain
         .shards
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
+            let bases: Vec<(&str, &ShardBase)> = chain
+                .bases
+                .iter()
+                .filter_map(|b| Some((b.dir.as_str(), b.shards.get(i)?.as_ref()?)))
+                .collect();
             let mut v = ShardVerification {
                 slots: s.slots.clone(),
-                base: s
-                    .base
-                    .as_ref()
-                    .map(|b| crate::ops::backup::verify_shard(&base_dir, b)),
+                bases: bases
+                    .iter()
+                    .map(|(dir, b)| {
+                        let mut c = crate::ops::backup::verify_shard(&path.join(dir), &b.manifest);
+                        c.file = format!("{dir}/{}", c.file);
+                        c
+                    })
+                    .collect(),
                 segments: s.segments.len(),
                 commands: 0,
                 ok: true,
                 problems: Vec::new(),
             };
-            if s.base.is_none() {
-                v.problems.push("no base snapshot yet".into());
+            let first = bases.first().map(|(_, b)| b.manifest.offset);
+            match (first, s.segments.first()) {
+                (None, _) => v.problems.push("no base snapshot yet".into()),
+                (Some(o), Some(g)) if g.start_offset > o => v.problems.push(format!(
+                    "{}: the archive starts at offset {} but the oldest base is at {o}",
+                    g.file, g.start_offset
+                )),
+                _ => {}
             }
-            let mut at = s.base.as_ref().map(|b| b.offset);
+            let mut at: Option<u64> = None;
             for seg in &s.segments {
                 let mut problem = |p: String| v.problems.push(format!("{}: {p}", seg.file));
                 if at.is_some_and(|a| a != seg.start_offset) {
@@ -1034,7 +1725,7 @@ pub fn verify_chain(path: &Path, chain: &Chain) -> ChainVerification {
                 v.commands += commands;
                 at = Some(seg.end_offset);
             }
-            v.ok = v.problems.is_empty() && v.base.as_ref().is_some_and(|b| b.ok);
+            v.ok = v.problems.is_empty() && !v.bases.is_empty() && v.bases.iter().all(|b| b.ok);
             v
         })
         .collect();
@@ -1042,5 +1733,108 @@ pub fn verify_chain(path: &Path, chain: &Chain) -> ChainVerification {
         chain: chain.id.clone(),
         ok: shards.iter().all(|s| s.ok),
         shards,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: u64, end: u64, first: u64, last: u64) -> Segment {
+        Segment {
+            file: format!("shard-000/{start}"),
+            replid: "r".into(),
+            start_offset: start,
+            end_offset: end,
+            first_unix_ms: first,
+            last_unix_ms: last,
+            commands: 1,
+            raw_bytes: 1,
+            bytes: 1,
+            sha256: String::new(),
+        }
+    }
+
+    fn set(dir: &str, at: Option<(u64, u64)>) -> BaseSet {
+        BaseSet {
+            dir: dir.into(),
+            started_unix_ms: 0,
+            shards: vec![at.map(|(unix_ms, offset)| ShardBase {
+                unix_ms,
+                manifest: ShardManifest {
+                    offset,
+                    ..Default::default()
+                },
+            })],
+        }
+    }
+
+    fn chain(bases: Vec<BaseSet>, segments: Vec<Segment>) -> Chain {
+        Chain {
+            id: "c".into(),
+            status: "open".into(),
+            started_unix_ms: 0,
+            rcops_version: String::new(),
+            cluster_nodes: String::new(),
+            shards: vec![ChainShard {
+                slots: "0-16383".into(),
+                master_id: "m".into(),
+                dir: "shard-000".into(),
+                segments,
+            }],
+            bases,
+            gaps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn trim_keeps_the_newest_base_at_or_before_the_cutoff_and_what_follows_it() {
+        let segments = vec![
+            seg(0, 100, 1_000, 1_900),
+            seg(100, 200, 2_000, 2_900),
+            seg(200, 300, 3_000, 3_900),
+            // stamps only, after the base at offset 300: kept (they say how far it reaches)
+            seg(300, 300, 4_000, 4_900),
+            seg(300, 400, 5_000, 5_900),
+        ];
+        let bases = vec![
+            set("base", Some((900, 0))),
+            set("base-b", Some((2_950, 200))),
+            set("base-c", None), // incomplete: never the one kept
+            set("base-d", Some((3_950, 300))),
+        ];
+        // No complete set at or before the cutoff: nothing goes.
+        let mut c = chain(bases.clone(), segments.clone());
+        assert!(trim(&mut c, 800).is_empty());
+        assert_eq!(c.bases.len(), 4);
+        // Between b and d: a and the segments wholly before b go; c stays (after b).
+        let mut c = chain(bases.clone(), segments.clone());
+        let gone = trim(&mut c, 3_500);
+        assert_eq!(gone, ["base", "shard-000/0", "shard-000/100"]);
+        assert_eq!(c.bases[0].dir, "base-b");
+        assert_eq!(c.shards[0].segments[0].start_offset, 200);
+        // After d: everything before d, but the stamp-only segment after it stays.
+        let mut c = chain(bases, segments);
+        let gone = trim(&mut c, 10_000);
+        assert_eq!(gone.len(), 6, "{gone:?}");
+        assert_eq!(c.bases.len(), 1);
+        assert_eq!(c.shards[0].segments.len(), 2);
+        assert_eq!(c.position(0), Some(("r".into(), 400)));
+        assert_eq!(c.covered_until(0), 5_900);
+    }
+
+    #[test]
+    fn recovery_point_is_when_the_source_last_held_no_more_than_the_disk() {
+        let mut s = ShardStats::default();
+        assert_eq!(s.recovery_point_ms(10_000), None);
+        s.history.extend([(1_000, 10), (2_000, 20), (3_000, 30)]);
+        s.flushed_offset = 20;
+        assert_eq!(s.recovery_point_ms(3_500), Some(1_500));
+        assert_eq!(s.lag_bytes(), Some(10));
+        s.flushed_offset = 5; // every poll ahead: the window's start, a lower bound
+        assert_eq!(s.recovery_point_ms(3_500), Some(2_500));
+        s.flushed_offset = 30;
+        assert_eq!(s.recovery_point_ms(3_500), Some(500));
+        assert_eq!(s.lag_bytes(), Some(0));
     }
 }

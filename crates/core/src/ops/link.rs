@@ -147,3 +147,15 @@ impl<'a> ShardLink<'a> {
         }
     }
 }
+
+/// A node's `master_repl_offset` (a replica's is where it is in its master's stream).
+pub async fn source_offset(exec: &Executor, addr: &Addr) -> Result<u64, String> {
+    let mut conn = exec.conn(addr).await.map_err(|e| e.to_string())?;
+    let text: String = crate::fanout::query(addr, &mut conn, redis::cmd("INFO").arg("replication"))
+        .await
+        .map_err(|e| e.to_string())?;
+    rcops_formats::info::Info::parse(&text)
+        .get("master_repl_offset")
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| format!("{addr}: INFO replication has no master_repl_offset"))
+}

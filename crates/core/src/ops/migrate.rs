@@ -735,7 +735,10 @@ async fn switch_over(sh: &Shared<'_>, shards: usize) -> Option<CutoverReport> {
             let Some((addr, _)) = masters.iter().find(|(_, s)| s.contains(first)) else {
                 return Err(format!("no source master serves slot {first} now"));
             };
-            goals.insert(slots, source_offset(sh, addr).await?);
+            goals.insert(
+                slots,
+                crate::ops::link::source_offset(sh.ends.from, addr).await?,
+            );
         }
         rep.offsets = goals.clone();
         if let Ok(mut g) = ctl.goals.lock() {
@@ -1654,7 +1657,7 @@ async fn follow(
     let goal = if sh.opts.follow || sh.cutover.is_some() {
         None
     } else {
-        match source_offset(sh, stream.addr()).await {
+        match crate::ops::link::source_offset(sh.ends.from, stream.addr()).await {
             Ok(o) => Some(o),
             Err(e) => return Stop::Broken(e),
         }
@@ -1766,7 +1769,9 @@ async fn follow(
         }
         if measured.elapsed() >= lag_every {
             measured = Instant::now();
-            let lag = source_offset(sh, stream.addr()).await.ok();
+            let lag = crate::ops::link::source_offset(sh.ends.from, stream.addr())
+                .await
+                .ok();
             rep.lag_bytes = lag.map(|o| o.saturating_sub(applied));
             if let (Some(c), Some(l)) = (&sh.cutover, rep.lag_bytes) {
                 if let Ok(mut m) = c.lags.lock() {
@@ -1803,18 +1808,6 @@ async fn checkpoint(
         Ok(()) => Stop::Done,
         Err(e) => Stop::Fatal(format!("checkpoint: {e}")),
     }
-}
-
-/// The offset of the node the stream comes from (`master_repl_offset`).
-async fn source_offset(sh: &Shared<'_>, addr: &Addr) -> Result<u64, String> {
-    let mut conn = sh.ends.from.conn(addr).await.map_err(|e| e.to_string())?;
-    let text: String = crate::fanout::query(addr, &mut conn, redis::cmd("INFO").arg("replication"))
-        .await
-        .map_err(|e| e.to_string())?;
-    rcops_formats::info::Info::parse(&text)
-        .get("master_repl_offset")
-        .and_then(|o| o.parse().ok())
-        .ok_or_else(|| format!("{addr}: INFO replication has no master_repl_offset"))
 }
 
 /// Routes and writes one read of commands, in order; `applied` advances to the end of the

@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::fanout::Executor;
 use crate::job::{JobCtx, JobError};
 use crate::ops::aof::{AofReport, Replayer};
-use crate::ops::follow::{read_segment, Chain, CHAIN};
+use crate::ops::follow::{read_segment, BaseSet, Chain, Segment, CHAIN};
 use crate::route::Router;
 use crate::topology::ClusterView;
 use crate::writer::SlotWriter;
@@ -27,23 +27,36 @@ pub struct ShardCut {
     pub base_keys: u64,
     pub base_unix_ms: u64,
     pub base_offset: u64,
-    /// Segments read (the last one in part), and their commands up to the cut.
+    /// The segments read: from index `first_segment`, `segments` of them (the first and
+    /// the last perhaps in part), and their commands after the base up to the cut.
+    pub first_segment: usize,
     pub segments: usize,
     pub commands: u64,
-    /// The stream offset and the stamp the replay stops at.
+    /// The stream offset and the stamp the replay stops at (the stamp: the last at or
+    /// before the offset).
     pub stop_offset: u64,
     pub stop_unix_ms: u64,
 }
 
-/// JSON: `{"chain", "path", "until_unix_ms", "shards": [...], "skew_ms"}`.
+/// JSON: `{"chain", "path", "base", "until_unix_ms", "shards": [...], "skew_ms"}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PitrPlan {
     pub chain: String,
     pub path: PathBuf,
+    /// The base set restored first (its folder in the chain).
+    pub base: String,
+    /// The time asked for (0 when every shard was cut at an offset).
     pub until_unix_ms: u64,
     pub shards: Vec<ShardCut>,
     /// The widest difference between two shards' stop stamps.
     pub skew_ms: u64,
+}
+
+/// Where a shard is cut: at the last stamp at or before a time, or at an exact offset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Until {
+    Time(u64),
+    Offset(u64),
 }
 
 /// Finds a chain by id (or a unique prefix, or `latest`), or takes its folder.
@@ -80,107 +93,289 @@ fn show(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Where each shard of `chain` is cut for `until` (Unix ms). Refused (usage): a time before
-/// a shard's base, after its last stamp, or inside a recorded gap.
-pub fn plan(path: &Path, chain: &Chain, until: u64) -> Result<PitrPlan, JobError> {
+/// Resolves `--until-offset` shard names: an index (`0`), the shard's folder
+/// (`shard-000`), its slot ranges (`0-5460`) or a prefix of its master's id.
+pub fn shard_index(chain: &Chain, name: &str) -> Result<usize, JobError> {
+    let hits: Vec<usize> = chain
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            name == i.to_string()
+                || name == s.dir
+                || name == s.slots
+                || (name.len() >= 4 && s.master_id.starts_with(name))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    match hits[..] {
+        [i] => Ok(i),
+        _ => Err(JobError::usage(format!(
+            "{name:?} names {} shards of chain {}; its shards: {}",
+            if hits.is_empty() {
+                "no".to_string()
+            } else {
+                hits.len().to_string()
+            },
+            chain.id,
+            chain
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{i}={} ({})", s.slots, s.dir))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// One shard's cut in its stream, before a base is chosen: the offset, and the stamp at
+/// or before it (`None`: before the shard's first stamp, or its first segment).
+fn cut_of(
+    path: &Path,
+    chain: &Chain,
+    i: usize,
+    until: Until,
+) -> Result<Option<(u64, u64)>, JobError> {
+    let s = &chain.shards[i];
+    let read = |seg: &Segment| {
+        read_segment(&path.join(&seg.file))
+            .map(|r| r.0)
+            .map_err(|e| JobError::internal(format!("{}: {e}", seg.file)))
+    };
+    let mut cut: Option<(u64, u64)> = None;
+    let stamp_of = |seg: &Segment, cut: Option<(u64, u64)>| {
+        if seg.last_unix_ms > 0 {
+            seg.last_unix_ms
+        } else {
+            cut.map_or(0, |c| c.1)
+        }
+    };
+    match until {
+        Until::Time(t) => {
+            for seg in &s.segments {
+                if seg.first_unix_ms == 0 || seg.last_unix_ms <= t {
+                    // Wholly before the time (or without stamps: placed by those after it).
+                    if seg.last_unix_ms > 0 {
+                        cut = Some((seg.end_offset, seg.last_unix_ms));
+                    }
+                    continue;
+                }
+                if seg.first_unix_ms <= t {
+                    for r in read(seg)? {
+                        match r {
+                            Record::Stamp { offset, unix_ms } if unix_ms <= t => {
+                                cut = Some((offset, unix_ms))
+                            }
+                            Record::Stamp { .. } => break,
+                            Record::Command { .. } => {}
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        Until::Offset(o) => {
+            for seg in &s.segments {
+                if seg.end_offset <= o {
+                    cut = Some((seg.end_offset, stamp_of(seg, cut)));
+                    if seg.end_offset == o {
+                        break;
+                    }
+                    continue;
+                }
+                if seg.start_offset < o {
+                    let mut stamp = cut.map_or(0, |c| c.1);
+                    let mut found = false;
+                    for r in read(seg)? {
+                        let end = match r {
+                            Record::Stamp { offset, unix_ms } => {
+                                if offset <= o {
+                                    stamp = unix_ms;
+                                }
+                                offset
+                            }
+                            Record::Command { end, .. } => end,
+                        };
+                        found |= end == o;
+                        if end > o {
+                            break;
+                        }
+                    }
+                    if !found {
+                        return Err(JobError::usage(format!(
+                            "offset {o} of shard {} is not between two commands of its stream \
+                             (segment {})",
+                            s.slots, seg.file
+                        )));
+                    }
+                    cut = Some((o, stamp));
+                }
+                break;
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// Where each shard of `chain` is cut: `until[i]` for shard `i`. Refused (usage): a time
+/// before the oldest base set, after a shard's last stamp, or inside a recorded gap; an
+/// offset that is not a command boundary of the archive. The base set is the newest
+/// complete one at or before every shard's cut; a damaged segment between it and a cut
+/// is refused (precondition) before anything is written.
+pub fn plan(path: &Path, chain: &Chain, until: &[Until]) -> Result<PitrPlan, JobError> {
+    if !chain.restorable() {
+        return Err(JobError::precondition(format!(
+            "chain {} has no complete base set yet: nothing to restore from",
+            chain.id
+        )));
+    }
+    let mut cuts = Vec::new();
+    for (i, s) in chain.shards.iter().enumerate() {
+        let u = until[i];
+        if let Until::Time(t) = u {
+            if let Some(g) = chain.gaps.iter().find(|g| {
+                g.slots == s.slots && g.from_unix_ms < t && (g.to_unix_ms == 0 || t < g.to_unix_ms)
+            }) {
+                return Err(JobError::usage(format!(
+                    "--until {} falls in a gap of shard {} ({} to {}: {})",
+                    show(t),
+                    s.slots,
+                    show(g.from_unix_ms),
+                    if g.to_unix_ms == 0 {
+                        "its next base".to_string()
+                    } else {
+                        show(g.to_unix_ms)
+                    },
+                    g.why
+                )));
+            }
+            let covered = chain.covered_until(i);
+            if t > covered {
+                return Err(JobError::usage(format!(
+                    "--until {} is after the last stamp of shard {} ({}): the archive does not \
+                     reach it",
+                    show(t),
+                    s.slots,
+                    show(covered)
+                )));
+            }
+        }
+        if let Until::Offset(o) = u {
+            let end = chain.position(i).map_or(0, |p| p.1);
+            if o > end {
+                return Err(JobError::usage(format!(
+                    "offset {o} of shard {} is after its archive's end ({end})",
+                    s.slots
+                )));
+            }
+        }
+        cuts.push(cut_of(path, chain, i, u)?);
+    }
+    // The newest complete set every shard's cut is at or after (a cut before a shard's
+    // first stamp is at its base, when the base is at or before the time).
+    let fits = |b: &BaseSet| {
+        b.shards.iter().zip(&cuts).zip(until).all(|((sb, cut), u)| {
+            let Some(sb) = sb else { return false };
+            match (cut, u) {
+                (Some((o, _)), _) => sb.manifest.offset <= *o,
+                (None, Until::Time(t)) => sb.unix_ms <= *t,
+                (None, Until::Offset(o)) => sb.manifest.offset == *o,
+            }
+        })
+    };
+    let Some(set) = chain
+        .bases
+        .iter()
+        .rev()
+        .filter(|b| b.complete())
+        .find(|b| fits(b))
+    else {
+        let oldest = chain
+            .bases
+            .iter()
+            .find(|b| b.complete())
+            .map_or(0, BaseSet::unix_ms);
+        return Err(JobError::usage(
+            match until.iter().find_map(|u| match u {
+                Until::Time(t) => Some(*t),
+                Until::Offset(_) => None,
+            }) {
+                Some(t) => format!(
+                    "--until {} is before chain {}'s oldest base set ({}): the chain starts there",
+                    show(t),
+                    chain.id,
+                    show(oldest)
+                ),
+                None => format!(
+                    "an offset asked for is before chain {}'s oldest base set ({})",
+                    chain.id,
+                    show(oldest)
+                ),
+            },
+        ));
+    };
     let mut shards = Vec::new();
-    for s in &chain.shards {
-        let Some(base) = &s.base else {
-            return Err(JobError::precondition(format!(
-                "shard {} of chain {} has no base snapshot yet",
-                s.slots, chain.id
-            )));
+    for (i, s) in chain.shards.iter().enumerate() {
+        let Some(b) = &set.shards[i] else {
+            continue;
         };
-        if let Some(g) = chain.gaps.iter().find(|g| {
-            g.slots == s.slots
-                && g.from_unix_ms < until
-                && (g.to_unix_ms == 0 || until < g.to_unix_ms)
-        }) {
-            return Err(JobError::usage(format!(
-                "--until {} falls in a gap of shard {} ({} to {}: {})",
-                show(until),
-                s.slots,
-                show(g.from_unix_ms),
-                if g.to_unix_ms == 0 {
-                    "its next base".to_string()
-                } else {
-                    show(g.to_unix_ms)
-                },
-                g.why
-            )));
-        }
-        if until < s.base_unix_ms {
-            return Err(JobError::usage(format!(
-                "--until {} is before shard {}'s base snapshot ({}): the chain starts there",
-                show(until),
-                s.slots,
-                show(s.base_unix_ms)
-            )));
-        }
-        let covered = s.covered_until();
-        if until > covered {
-            return Err(JobError::usage(format!(
-                "--until {} is after the last stamp of shard {} ({}): the archive does not \
-                 reach it",
-                show(until),
-                s.slots,
-                show(covered)
-            )));
-        }
+        let base_offset = b.manifest.offset;
+        let (stop_offset, stop_unix_ms) = match cuts[i] {
+            Some((o, ms)) if o >= base_offset => (o, if ms > 0 { ms } else { b.unix_ms }),
+            _ => (base_offset, b.unix_ms),
+        };
         let mut cut = ShardCut {
             slots: s.slots.clone(),
-            base_keys: base.keys,
-            base_unix_ms: s.base_unix_ms,
-            base_offset: base.offset,
+            base_keys: b.manifest.keys,
+            base_unix_ms: b.unix_ms,
+            base_offset,
+            first_segment: s
+                .segments
+                .iter()
+                .take_while(|g| g.end_offset <= base_offset)
+                .count(),
             segments: 0,
             commands: 0,
-            stop_offset: base.offset,
-            stop_unix_ms: s.base_unix_ms,
+            stop_offset,
+            stop_unix_ms,
         };
-        for seg in &s.segments {
-            if seg.first_unix_ms == 0 || seg.first_unix_ms > until {
-                if seg.first_unix_ms > until {
-                    break;
-                }
-                continue;
+        for seg in s.segments.iter().skip(cut.first_segment) {
+            if seg.start_offset >= stop_offset {
+                break;
             }
             cut.segments += 1;
-            if seg.last_unix_ms <= until {
+            if seg.start_offset >= base_offset && seg.end_offset <= stop_offset {
                 cut.commands += seg.commands;
-                cut.stop_offset = seg.end_offset;
-                cut.stop_unix_ms = seg.last_unix_ms;
                 continue;
             }
-            // The cut is inside this segment: at its last stamp at or before the time.
             let (records, _) = read_segment(&path.join(&seg.file))
                 .map_err(|e| JobError::internal(format!("{}: {e}", seg.file)))?;
-            let mut n = 0;
-            for r in records {
-                match r {
-                    Record::Command { .. } => n += 1,
-                    Record::Stamp { offset, unix_ms } if unix_ms <= until => {
-                        cut.commands += n;
-                        n = 0;
-                        cut.stop_offset = offset;
-                        cut.stop_unix_ms = unix_ms;
-                    }
-                    Record::Stamp { .. } => break,
-                }
-            }
-            break;
+            cut.commands += records
+                .iter()
+                .filter(|r| matches!(r, Record::Command { end, .. } if *end > base_offset && *end <= stop_offset))
+                .count() as u64;
         }
         // A damaged segment in the range is refused before anything is written.
-        for (k, seg) in s.segments.iter().take(cut.segments).enumerate() {
+        let range = s
+            .segments
+            .iter()
+            .enumerate()
+            .skip(cut.first_segment)
+            .take(cut.segments);
+        for (k, seg) in range {
             let sha = crate::ops::backup::sha256_file(&path.join(&seg.file));
             if sha.as_deref() != Ok(seg.sha256.as_str()) {
                 let before = k
                     .checked_sub(1)
-                    .map_or(s.base_unix_ms, |p| s.segments[p].last_unix_ms);
+                    .map_or(b.unix_ms, |p| s.segments[p].last_unix_ms.max(b.unix_ms));
                 return Err(JobError::precondition(format!(
-                    "segment {} of shard {} is damaged ({}): the chain restores only up to {}                      for these slots (rcops backup verify {} shows what is wrong)",
+                    "segment {} of shard {} is damaged ({}): the chain restores only up to {} \
+                     for these slots (rcops backup verify {} shows what is wrong)",
                     seg.file,
                     s.slots,
-                    sha.err().unwrap_or_else(|| "checksum differs from the chain's".into()),
+                    sha.err()
+                        .unwrap_or_else(|| "checksum differs from the chain's".into()),
                     show(before),
                     chain.id
                 )));
@@ -193,7 +388,14 @@ pub fn plan(path: &Path, chain: &Chain, until: u64) -> Result<PitrPlan, JobError
     Ok(PitrPlan {
         chain: chain.id.clone(),
         path: path.to_path_buf(),
-        until_unix_ms: until,
+        base: set.dir.clone(),
+        until_unix_ms: until
+            .iter()
+            .find_map(|u| match u {
+                Until::Time(t) => Some(*t),
+                Until::Offset(_) => None,
+            })
+            .unwrap_or(0),
         shards,
         skew_ms,
     })
@@ -234,7 +436,7 @@ pub async fn replay(
                 writer.lane(),
                 batch,
             );
-            'segments: for seg in s.segments.iter().take(cut.segments) {
+            'segments: for seg in s.segments.iter().skip(cut.first_segment).take(cut.segments) {
                 report.files.push(seg.file.clone());
                 let file = plan.path.join(&seg.file);
                 let sha = crate::ops::backup::sha256_file(&file);
@@ -263,6 +465,9 @@ pub async fn replay(
                     let Record::Command { end, args } = r else {
                         continue;
                     };
+                    if end <= cut.base_offset {
+                        continue; // in the base already
+                    }
                     if end > cut.stop_offset {
                         break 'segments;
                     }
