@@ -343,18 +343,53 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
         }
         return Err(Failure::usage("pass --yes to restore (or --dry-run)"));
     }
-    let base = path.join(&plan.base).display().to_string();
-    let (code, base_report) = restore_set(g, a, &base, false).await?;
-    if code != EXIT_OK {
-        if g.json {
-            output::print_json(&serde_json::json!({ "plan": plan, "base": base_report }));
-        }
-        output::error("the base was not restored completely: the stream is not replayed");
-        return Ok(code);
-    }
     let (exec, view) = view(g, Detail::Health).await?;
+    let state = g.state_dir.clone().unwrap_or_else(default_state_dir);
+    let ck_path = pitr::PitrCheckpoint::path(&state, &plan.chain, &view);
+    // Without a checkpoint of the replay, a resume is the base's own (restore's checkpoint).
+    let mut ck = match (a.resume, pitr::PitrCheckpoint::load(&ck_path)?) {
+        (true, Some(ck)) => {
+            ck.resumable(&plan)?;
+            ck
+        }
+        _ => pitr::PitrCheckpoint::new(&plan),
+    };
+    let base_report = if ck.base_done {
+        if !g.json {
+            output::note(format!(
+                "the base set {} was restored by the run resumed: the stream goes on from the \
+                 checkpoint",
+                plan.base
+            ));
+        }
+        None
+    } else {
+        let base = path.join(&plan.base).display().to_string();
+        let (code, base_report) = restore_set(g, a, &base, false).await?;
+        if code != EXIT_OK {
+            if g.json {
+                output::print_json(&serde_json::json!({ "plan": plan, "base": base_report }));
+            }
+            output::error("the base was not restored completely: the stream is not replayed");
+            return Ok(code);
+        }
+        ck.base_done = true;
+        ck.save(&ck_path)?;
+        base_report
+    };
     let (ctx, bars) = super::job_ctx(g.json);
-    let shards = pitr::replay(&ctx, &exec, &view, &chain, &plan, a.batch as usize).await?;
+    let shards = pitr::replay(
+        &ctx,
+        &exec,
+        &view,
+        &chain,
+        &plan,
+        a.batch as usize,
+        a.rate,
+        &mut ck,
+        &ck_path,
+    )
+    .await?;
     bars.clear();
     let failed = shards.iter().any(|s| s.report.failed > 0);
     let interrupted = shards.iter().any(|s| s.report.interrupted);
@@ -387,6 +422,14 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
             ),
             _ => crate::outln!("restored chain {} to the offsets above", plan.chain),
         }
+    }
+    if interrupted && ck.clean {
+        output::error("interrupted: run the same command with --resume to continue");
+    } else if failed {
+        output::error(
+            "some commands were not written: the target is not the chain's state; empty it and \
+             restore again",
+        );
     }
     Ok(if interrupted {
         crate::output::EXIT_INTERRUPTED

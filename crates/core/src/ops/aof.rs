@@ -234,6 +234,11 @@ impl<'c, 'w, 'a> Replayer<'c, 'w, 'a> {
         }
     }
 
+    /// Whether a `MULTI` is open (its commands are held until `EXEC`, so not sent yet).
+    pub fn in_transaction(&self) -> bool {
+        self.router.in_transaction()
+    }
+
     /// The lane, for writes of other kinds (an AOF's base keys).
     pub fn lane(&mut self) -> &mut Lane<'w, 'a> {
         &mut self.lane

@@ -7,7 +7,7 @@
 //! has no cross-shard transactions, so shards are cut at their own stamps (the skew between
 //! them is reported).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -411,9 +411,91 @@ pub struct ShardReplay {
     pub report: AofReport,
 }
 
+/// Where a point-in-time restore got to, for `--resume`: saved every second while the
+/// replay runs and exactly when it stops; removed when the restore is complete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PitrCheckpoint {
+    pub chain: String,
+    /// The base set restored first, and whether that restore is complete.
+    pub base: String,
+    pub base_done: bool,
+    /// Each shard's cut (a resume keeps the same cut).
+    pub stops: Vec<u64>,
+    /// Per shard, the stream offset replayed up to: every command before it written.
+    pub applied: Vec<u64>,
+    /// Whether `applied` is exact: the run stopped between batches with nothing failed. A
+    /// killed run (or a failed write) leaves `false`: commands past `applied` may have been
+    /// written, and sending them again could apply an `INCR` twice.
+    pub clean: bool,
+}
+
+impl PitrCheckpoint {
+    /// A fresh one for `plan`: nothing replayed.
+    pub fn new(plan: &PitrPlan) -> Self {
+        PitrCheckpoint {
+            chain: plan.chain.clone(),
+            base: plan.base.clone(),
+            base_done: false,
+            stops: plan.shards.iter().map(|c| c.stop_offset).collect(),
+            applied: plan.shards.iter().map(|c| c.base_offset).collect(),
+            clean: true,
+        }
+    }
+
+    /// Where it lives: one per chain and target cluster.
+    pub fn path(state_dir: &Path, chain: &str, view: &ClusterView) -> PathBuf {
+        crate::ops::restore::checkpoint_path(state_dir, &format!("pitr-{chain}"), view)
+    }
+
+    pub fn load(path: &Path) -> Result<Option<PitrCheckpoint>, JobError> {
+        match std::fs::read(path) {
+            Ok(t) => serde_json::from_slice(&t)
+                .map(Some)
+                .map_err(|e| JobError::internal(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JobError::internal(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), JobError> {
+        crate::job::save_json(path, self).map_err(JobError::internal)
+    }
+
+    /// Whether `--resume` may go on from it with `plan`: the same chain, base and cut, and
+    /// an exact stop.
+    pub fn resumable(&self, plan: &PitrPlan) -> Result<(), JobError> {
+        let fresh = PitrCheckpoint::new(plan);
+        if (&self.chain, &self.base, &self.stops) != (&fresh.chain, &fresh.base, &fresh.stops) {
+            return Err(JobError::usage(format!(
+                "--resume: the checkpoint is for chain {} from {} cut at {:?}, not this plan \
+                 ({} from {} cut at {:?}): run the same command as before",
+                self.chain, self.base, self.stops, fresh.chain, fresh.base, fresh.stops
+            )));
+        }
+        if !self.clean {
+            let at: Vec<String> = plan
+                .shards
+                .iter()
+                .zip(&self.applied)
+                .map(|(c, a)| format!("{} at {a}", c.slots))
+                .collect();
+            return Err(JobError::precondition(format!(
+                "--resume: the previous run did not stop cleanly (killed, or a write failed); \
+                 commands after the checkpoint ({}) may have been written, and sending them \
+                 again could apply INCR, RPUSH and the like twice. Empty the target and \
+                 restore again without --resume",
+                at.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Replays every shard's segments up to its cut into the target (its bases restored
-/// already), all shards at once. Stops between batches when `ctx.cancel` fires (the report
-/// says `interrupted`).
+/// already), all shards at once, from `ck.applied` on; `ck` is saved at `ck_path` every
+/// second and when the replay stops. Stops between batches when `ctx.cancel` fires (the
+/// report says `interrupted`). `rate` caps writes per second.
+#[allow(clippy::too_many_arguments)]
 pub async fn replay(
     ctx: &JobCtx,
     exec: &Executor,
@@ -421,75 +503,158 @@ pub async fn replay(
     chain: &Chain,
     plan: &PitrPlan,
     batch: usize,
+    rate: Option<u64>,
+    ck: &mut PitrCheckpoint,
+    ck_path: &Path,
 ) -> Result<Vec<ShardReplay>, JobError> {
     let cmds = crate::route::Commands::load(exec, view)
         .await
         .map_err(JobError::unavailable)?;
-    let writer = SlotWriter::new(exec, view, None, false);
-    let jobs = chain.shards.iter().zip(&plan.shards).map(|(s, cut)| {
-        let (cmds, writer) = (&cmds, &writer);
-        async move {
-            let started = Instant::now();
-            let mut report = AofReport::default();
-            let mut replayer = Replayer::new(
-                Router::new(cmds, 0, Default::default()),
-                writer.lane(),
-                batch,
-            );
-            'segments: for seg in s.segments.iter().skip(cut.first_segment).take(cut.segments) {
-                report.files.push(seg.file.clone());
-                let file = plan.path.join(&seg.file);
-                let sha = crate::ops::backup::sha256_file(&file);
-                if sha.as_deref() != Ok(seg.sha256.as_str()) {
-                    report.failed += 1;
-                    report.errors.push(format!(
-                        "{}: checksum differs from the chain's ({}): not replayed past it",
-                        seg.file,
-                        sha.unwrap_or_else(|e| e)
-                    ));
-                    break;
-                }
-                let (records, clean) = match read_segment(&file) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        report.errors.push(format!("{}: {e}", seg.file));
+    let writer = SlotWriter::new(exec, view, rate, false);
+    let progress = std::sync::Mutex::new(ck.clone());
+    {
+        let mut p = progress
+            .lock()
+            .map_err(|_| JobError::internal("lock poisoned"))?;
+        p.clean = false; // until the replay stops where it says
+        p.save(ck_path)?;
+    }
+    let done = crate::job::CancellationToken::new();
+    let jobs = chain
+        .shards
+        .iter()
+        .zip(&plan.shards)
+        .enumerate()
+        .map(|(i, (s, cut))| {
+            let (cmds, writer, progress) = (&cmds, &writer, &progress);
+            let from = ck.applied[i];
+            async move {
+                let started = Instant::now();
+                let mut report = AofReport::default();
+                let mut replayer = Replayer::new(
+                    Router::new(cmds, 0, Default::default()),
+                    writer.lane(),
+                    batch,
+                );
+                // The end of the last command routed outside a MULTI: once sent, every
+                // command up to it is written.
+                let mut routed = from;
+                let mut exact = true;
+                'segments: for seg in s.segments.iter().skip(cut.first_segment).take(cut.segments) {
+                    if seg.end_offset <= from {
+                        continue;
+                    }
+                    report.files.push(seg.file.clone());
+                    let file = plan.path.join(&seg.file);
+                    let sha = crate::ops::backup::sha256_file(&file);
+                    if sha.as_deref() != Ok(seg.sha256.as_str()) {
+                        report.failed += 1;
+                        report.errors.push(format!(
+                            "{}: checksum differs from the chain's ({}): not replayed past it",
+                            seg.file,
+                            sha.unwrap_or_else(|e| e)
+                        ));
                         break;
                     }
-                };
-                if !clean {
-                    report
-                        .errors
-                        .push(format!("{}: unreadable past a point", seg.file));
-                }
-                for r in records {
-                    let Record::Command { end, args } = r else {
-                        continue;
+                    let (records, clean) = match read_segment(&file) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            report.errors.push(format!("{}: {e}", seg.file));
+                            break;
+                        }
                     };
-                    if end <= cut.base_offset {
-                        continue; // in the base already
+                    if !clean {
+                        report
+                            .errors
+                            .push(format!("{}: unreadable past a point", seg.file));
                     }
-                    if end > cut.stop_offset {
-                        break 'segments;
-                    }
-                    if replayer.push(exec, args, &mut report).await {
-                        ctx.progress
-                            .shard(&s.slots, "replay", report.commands, Some(cut.commands));
-                        if ctx.cancel.is_cancelled() {
-                            report.interrupted = true;
+                    for r in records {
+                        let Record::Command { end, args } = r else {
+                            continue;
+                        };
+                        if end <= from {
+                            continue; // in the base, or replayed before the resume
+                        }
+                        if end > cut.stop_offset {
                             break 'segments;
+                        }
+                        let sent = replayer.push(exec, args, &mut report).await;
+                        if !replayer.in_transaction() {
+                            routed = end;
+                        }
+                        if sent {
+                            ctx.progress.shard(
+                                &s.slots,
+                                "replay",
+                                report.commands,
+                                Some(cut.commands),
+                            );
+                            exact &= report.failed == 0;
+                            if exact {
+                                if let Ok(mut p) = progress.lock() {
+                                    p.applied[i] = routed;
+                                }
+                            }
+                            if ctx.cancel.is_cancelled() {
+                                report.interrupted = true;
+                                break 'segments;
+                            }
                         }
                     }
                 }
+                // Sends the rest: everything routed is written (a MULTI open at the end is
+                // not, so an interrupted shard resumes before it).
+                replayer.finish(&mut report).await;
+                exact &= report.failed == 0;
+                if let (true, Ok(mut p)) = (exact, progress.lock()) {
+                    p.applied[i] = if report.interrupted {
+                        routed
+                    } else {
+                        cut.stop_offset
+                    };
+                }
+                report.elapsed_ms = started.elapsed().as_millis();
+                (
+                    ShardReplay {
+                        slots: s.slots.clone(),
+                        stop_offset: cut.stop_offset,
+                        stop_unix_ms: cut.stop_unix_ms,
+                        report,
+                    },
+                    exact,
+                )
             }
-            replayer.finish(&mut report).await;
-            report.elapsed_ms = started.elapsed().as_millis();
-            ShardReplay {
-                slots: s.slots.clone(),
-                stop_offset: cut.stop_offset,
-                stop_unix_ms: cut.stop_unix_ms,
-                report,
+        });
+    let saver = async {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = done.cancelled() => return,
+            }
+            if let Ok(p) = progress.lock() {
+                let _ = p.save(ck_path);
             }
         }
-    });
-    Ok(futures::future::join_all(jobs).await)
+    };
+    let (shards, ()) = futures::future::join(
+        async {
+            let r = futures::future::join_all(jobs).await;
+            done.cancel();
+            r
+        },
+        saver,
+    )
+    .await;
+    let mut p = progress
+        .into_inner()
+        .map_err(|_| JobError::internal("lock poisoned"))?;
+    p.clean = shards.iter().all(|(_, exact)| *exact);
+    let complete = p.clean && p.applied == p.stops;
+    if complete {
+        let _ = std::fs::remove_file(ck_path);
+    } else {
+        p.save(ck_path)?;
+    }
+    *ck = p;
+    Ok(shards.into_iter().map(|(s, _)| s).collect())
 }
