@@ -856,3 +856,149 @@ fn fresh_bases_a_kept_window_offsets_and_the_followers_metrics() {
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("another cluster"), "{}", r.stderr);
 }
+
+#[test]
+fn a_reshard_ends_the_chain_and_its_window_is_a_gap() {
+    let src = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    assert_eq!(src.load(300).code, 0);
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    let child = spawn_follow(&src, state.path(), "1s");
+    let chains = || -> Vec<serde_json::Value> {
+        let mut v: Vec<serde_json::Value> = std::fs::read_dir(state.path().join("backups/chains"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("chain.json")).ok())
+            .filter_map(|t| serde_json::from_slice(&t).ok())
+            .collect();
+        v.sort_by_key(|c| c["id"].as_str().unwrap_or_default().to_string());
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chains().first().is_some_and(based) {
+        assert!(Instant::now() < deadline, "no base snapshots");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mixed(&src, 0, 300);
+    std::thread::sleep(Duration::from_millis(400));
+    let before = (now_ms(), crate::backup::snapshot(&masters(&src, 3)));
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // 300 slots (and their keys) from the first master to the second.
+    let id = |p: u16| src.redis_cli(p, &["CLUSTER", "MYID"]).trim().to_string();
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", src.port),
+            "--cluster-from",
+            &id(src.port),
+            "--cluster-to",
+            &id(src.port + 1),
+            "--cluster-slots",
+            "300",
+            "--cluster-yes",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(chains().len() == 2 && based(&chains()[1])) {
+        assert!(
+            Instant::now() < deadline,
+            "no new chain after the reshard: {:#?}",
+            chains()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Writes routed by the new layout (`mixed` assumes the even split): redis-cli -c follows
+    // the redirections.
+    let mut cli = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", &src.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut w = cli.stdin.take().unwrap();
+        for i in 0..300 {
+            writeln!(w, "SET after:{i} {i}\nINCR n:{}", i % 7).unwrap();
+        }
+    }
+    assert!(cli.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(400));
+    let after = (now_ms(), crate::backup::snapshot(&masters(&src, 3)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 1, "a chain was closed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.json()["closed"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.stdout
+    );
+
+    // Both chains record the reshard's window as a gap; the new chain's ends at its bases.
+    let all = chains();
+    let (old, new) = (&all[0], &all[1]);
+    assert_eq!(old["status"], "closed");
+    let og = old["gaps"].as_array().unwrap();
+    assert_eq!(og.len(), 3, "{old:#}");
+    assert!(
+        og[0]["why"].as_str().unwrap().contains("reshard"),
+        "{old:#}"
+    );
+    let ng = new["gaps"].as_array().unwrap();
+    assert_eq!(ng.len(), 3, "{new:#}");
+    assert!(
+        ng.iter().all(|g| g["to_unix_ms"].as_u64().unwrap() > 0),
+        "{new:#}"
+    );
+    let from = ng[0]["from_unix_ms"].as_u64().unwrap();
+    let to = ng
+        .iter()
+        .map(|g| g["to_unix_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(before.0 <= from && from < to && to <= after.0, "{new:#}");
+
+    let dst = Lab::start(LabSpec {
+        masters: 2,
+        replicas: 0,
+        ..Default::default()
+    });
+    let restore = |t: u64| {
+        for p in masters(&dst, 2) {
+            dst.redis_cli(p, &["FLUSHALL"]);
+        }
+        dst.run(&[
+            "restore",
+            "latest",
+            "--until",
+            &at(t),
+            "--state-dir",
+            &st,
+            "--yes",
+        ])
+    };
+    for (t, want) in [&before, &after] {
+        let r = restore(*t);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        crate::backup::assert_same(want, &crate::backup::snapshot(&masters(&dst, 2)));
+    }
+    let r = restore((from + to) / 2);
+    assert_eq!(r.code, 64, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("falls in a gap") && r.stderr.contains("reshard"),
+        "{}",
+        r.stderr
+    );
+}

@@ -334,8 +334,46 @@ fn node_ids(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Why a chain cannot go on.
+#[derive(Debug, Clone)]
+struct Resync {
+    /// The shard whose source no longer holds its offset; `None`: the cluster's slots moved
+    /// (every shard is affected).
+    slots: Option<String>,
+    why: String,
+    /// For a reshard: the last time the slots were seen as the chain has them.
+    since_unix_ms: u64,
+}
+
+/// The shards of the cluster as `sources` sees them, and their slot ranges.
+fn shards_of(
+    view: &ClusterView,
+    from_replicas: bool,
+) -> Result<(Vec<Source>, Vec<String>), JobError> {
+    let (srcs, _) = sources(view, from_replicas);
+    if srcs.is_empty() {
+        return Err(JobError::precondition(
+            "no master owns slots: nothing to follow",
+        ));
+    }
+    let slots = srcs
+        .iter()
+        .map(|s| format_ranges(&s.slots.ranges()))
+        .collect();
+    Ok((srcs, slots))
+}
+
+/// Closes `old` where each shard's archive ends, recording `gaps` in it, and saves it.
+fn close_chain(path: &Path, old: &mut Chain, gaps: Vec<Gap>) -> Result<(), JobError> {
+    old.status = "closed".into();
+    old.gaps.extend(gaps);
+    crate::job::save_json(&path.join(CHAIN), old).map_err(JobError::internal)
+}
+
 /// Archives every shard until cancelled. Continues the newest open chain in `opts.dir` when
-/// it is this cluster's with the same shards; otherwise starts a new one.
+/// it is this cluster's with the same shards; otherwise starts a new one. A shard whose
+/// source lost its offset, or slots that move between shards (a reshard), end the chain: a
+/// new one begins with fresh bases, and the time between is recorded as a gap in both.
 pub async fn follow(
     ctx: &JobCtx,
     exec: &Executor,
@@ -344,20 +382,13 @@ pub async fn follow(
     cluster_nodes: String,
     opts: &FollowOptions,
 ) -> Result<FollowReport, JobError> {
-    let (srcs, _) = sources(view, opts.from_replicas);
-    if srcs.is_empty() {
-        return Err(JobError::precondition(
-            "no master owns slots: nothing to follow",
-        ));
-    }
-    let slots: Vec<String> = srcs
-        .iter()
-        .map(|s| format_ranges(&s.slots.ranges()))
-        .collect();
+    let (mut srcs, mut slots) = shards_of(view, opts.from_replicas)?;
+    let mut cluster_nodes = cluster_nodes;
     let existing = chains(&opts.dir).map_err(JobError::internal)?;
     let open = existing.into_iter().rev().find(|(_, c)| c.status == "open");
+    let mut closed = Vec::new();
     let (path, chain, continued) = match open {
-        Some((path, c)) => {
+        Some((path, mut c)) => {
             let ours = node_ids(&cluster_nodes);
             if !node_ids(&c.cluster_nodes)
                 .iter()
@@ -371,16 +402,43 @@ pub async fn follow(
                 )));
             }
             let theirs: Vec<&str> = c.shards.iter().map(|s| s.slots.as_str()).collect();
-            if theirs != slots.iter().map(String::as_str).collect::<Vec<_>>() {
-                return Err(JobError::precondition(format!(
-                    "open chain {} has shards {} but the cluster now has {}: a chain across a \
-                     reshard is not supported yet",
-                    c.id,
+            if theirs == slots.iter().map(String::as_str).collect::<Vec<_>>() {
+                (path, c, true)
+            } else {
+                // Resharded while no follower ran: the old chain ends where it ends.
+                let why = format!(
+                    "the cluster's shards changed while no follower ran (from {} to {})",
                     theirs.join(" "),
                     slots.join(" ")
-                )));
+                );
+                let end = (0..c.shards.len())
+                    .map(|i| c.covered_until(i))
+                    .min()
+                    .unwrap_or(0);
+                let gaps: Vec<Gap> = c
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Gap {
+                        slots: s.slots.clone(),
+                        from_unix_ms: c.covered_until(i),
+                        to_unix_ms: 0,
+                        why: why.clone(),
+                    })
+                    .collect();
+                close_chain(&path, &mut c, gaps)?;
+                ctx.progress
+                    .message(&format!("{why}: chain {} closed, a new one begins", c.id));
+                closed.push(c.id.clone());
+                let (p, n) = new_chain(
+                    opts,
+                    &srcs,
+                    &slots,
+                    &cluster_nodes,
+                    new_gaps(&slots, end, &why),
+                )?;
+                (p, n, false)
             }
-            (path, c, true)
         }
         None => {
             let (path, chain) = new_chain(opts, &srcs, &slots, &cluster_nodes, Vec::new())?;
@@ -388,7 +446,6 @@ pub async fn follow(
         }
     };
     let (mut path, mut chain, mut continued) = (path, chain, continued);
-    let mut closed = Vec::new();
     loop {
         // A shard that must resync stops the others through this token.
         let sub = JobCtx {
@@ -410,7 +467,7 @@ pub async fn follow(
             .enumerate()
             .map(|(i, src)| archive_shard(&shared, i, src));
         opts.stats.begin(&chain, &slots);
-        let (shards, (), (), ()) = futures::future::join4(
+        let (shards, (), (), (), ()) = futures::future::join5(
             async {
                 let r = futures::future::join_all(jobs).await;
                 // The chain's upkeep stops with its archivers.
@@ -420,55 +477,228 @@ pub async fn follow(
             rebase_loop(&shared, &srcs),
             keep_loop(&shared),
             opts.stats.poll_sources(exec, &shared.done),
+            watch_slots(&shared, &slots),
         )
         .await;
         let resync = shared.resync.lock().ok().and_then(|mut r| r.take());
         let mut old = shared.chain.into_inner().unwrap_or(chain.clone());
-        if let (Some((slots_gone, why)), false) = (resync, ctx.cancel.is_cancelled()) {
+        if let (Some(r), false) = (resync, ctx.cancel.is_cancelled()) {
             // The chain cannot go on: it is closed where each shard's archive ends, and a new
             // one begins with fresh bases; until they land, nothing is covered.
-            old.status = "closed".into();
-            crate::job::save_json(&path.join(CHAIN), &old).map_err(JobError::internal)?;
-            let gaps = old
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Gap {
-                    slots: s.slots.clone(),
-                    from_unix_ms: old.covered_until(i),
-                    to_unix_ms: 0,
-                    why: if s.slots == slots_gone {
-                        why.clone()
-                    } else {
-                        format!("a new chain began: shard {slots_gone} could not continue")
-                    },
-                })
-                .collect();
+            let gaps_old: Vec<Gap> = match &r.slots {
+                Some(_) => Vec::new(),
+                // After a reshard began the shards' streams cannot be cut together.
+                None => old
+                    .shards
+                    .iter()
+                    .map(|s| Gap {
+                        slots: s.slots.clone(),
+                        from_unix_ms: r.since_unix_ms,
+                        to_unix_ms: 0,
+                        why: r.why.clone(),
+                    })
+                    .collect(),
+            };
+            close_chain(&path, &mut old, gaps_old)?;
             closed.push(old.id.clone());
-            opts.stats.resynced(&slots_gone);
-            let (p, c) = new_chain(opts, &srcs, &slots, &old.cluster_nodes, gaps)?;
+            let gaps = match &r.slots {
+                Some(gone) => {
+                    opts.stats.resynced(gone);
+                    old.shards
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| Gap {
+                            slots: s.slots.clone(),
+                            from_unix_ms: old.covered_until(i),
+                            to_unix_ms: 0,
+                            why: if &s.slots == gone {
+                                r.why.clone()
+                            } else {
+                                format!("a new chain began: shard {gone} could not continue")
+                            },
+                        })
+                        .collect()
+                }
+                None => {
+                    ctx.progress.message(&format!(
+                        "{}: chain {} closed; waiting for the slots to settle",
+                        r.why, old.id
+                    ));
+                    let Some(v) = settled(ctx, exec, seeds).await else {
+                        break Ok(report(chain, path, continued, closed, Vec::new()));
+                    };
+                    (srcs, slots) = shards_of(&v, opts.from_replicas)?;
+                    cluster_nodes = crate::ops::backup::cluster_nodes_text(exec, &v)
+                        .await
+                        .unwrap_or_else(|_| old.cluster_nodes.clone());
+                    for s in &slots {
+                        opts.stats.resynced(s);
+                    }
+                    new_gaps(&slots, r.since_unix_ms, &r.why)
+                }
+            };
+            let (p, c) = new_chain(opts, &srcs, &slots, &cluster_nodes, gaps)?;
             ctx.progress.message(&format!(
-                "shard {slots_gone}: {why}: chain {} closed, new chain {}",
-                old.id, c.id
+                "{}: chain {} closed, new chain {}",
+                r.slots
+                    .as_deref()
+                    .map_or(String::new(), |s| format!("shard {s}: "))
+                    + &r.why,
+                old.id,
+                c.id
             ));
             (path, chain, continued) = (p, c, false);
             continue;
         }
-        let outcome = if shards.iter().any(|s| s.error.is_some()) {
-            Outcome::Failed
-        } else if !closed.is_empty() {
-            Outcome::Findings
-        } else {
-            Outcome::Ok
+        break Ok(report(chain, path, continued, closed, shards));
+    }
+}
+
+/// The gaps a new chain after a reshard starts with: every shard from `from` to its base.
+fn new_gaps(slots: &[String], from: u64, why: &str) -> Vec<Gap> {
+    slots
+        .iter()
+        .map(|s| Gap {
+            slots: s.clone(),
+            from_unix_ms: from,
+            to_unix_ms: 0,
+            why: why.to_string(),
+        })
+        .collect()
+}
+
+fn report(
+    chain: Chain,
+    path: PathBuf,
+    continued: bool,
+    closed: Vec<String>,
+    shards: Vec<ShardFollow>,
+) -> FollowReport {
+    let outcome = if shards.iter().any(|s| s.error.is_some()) {
+        Outcome::Failed
+    } else if !closed.is_empty() {
+        Outcome::Findings
+    } else {
+        Outcome::Ok
+    };
+    FollowReport {
+        chain: chain.id,
+        path,
+        continued,
+        closed,
+        shards,
+        outcome,
+    }
+}
+
+/// One `CLUSTER NODES` from the first of `addrs` that answers.
+async fn cluster_lines(
+    exec: &Executor,
+    addrs: impl IntoIterator<Item = Addr>,
+) -> Option<Vec<rcops_formats::cluster_nodes::NodeLine>> {
+    for addr in addrs {
+        let Ok(mut conn) = exec.conn(&addr).await else {
+            continue;
         };
-        return Ok(FollowReport {
-            chain: chain.id,
-            path,
-            continued,
-            closed,
-            shards,
-            outcome,
+        let text: Result<String, _> =
+            crate::fanout::query(&addr, &mut conn, redis::cmd("CLUSTER").arg("NODES")).await;
+        if let Some(lines) = text
+            .ok()
+            .and_then(|t| rcops_formats::cluster_nodes::parse(&t).ok())
+        {
+            return Some(lines);
+        }
+    }
+    None
+}
+
+/// The slot ranges of the masters that own slots (sorted), and whether a slot is in transit.
+fn slot_layout(lines: &[rcops_formats::cluster_nodes::NodeLine]) -> (Vec<String>, Option<u16>) {
+    let mut have: Vec<String> = lines
+        .iter()
+        .filter(|l| l.flags.master && !l.slots.is_empty())
+        .map(|l| format_ranges(&l.slot_set().ranges()))
+        .collect();
+    have.sort();
+    let moving = lines
+        .iter()
+        .flat_map(|l| &l.open_slots)
+        .map(|o| o.slot)
+        .next();
+    (have, moving)
+}
+
+/// Every second, the cluster's slots against the chain's shards: a slot in transit
+/// (`MIGRATING`/`IMPORTING`) or owned by another shard ends the chain. A key that moves is
+/// a `DEL` in one shard's stream and a `RESTORE` in another's, and shards replay on their
+/// own, so no cut inside a reshard is safe: the gap starts at the last check that saw the
+/// slots as the chain has them. Standalone servers (no `CLUSTER NODES`) are not watched.
+async fn watch_slots(sh: &Shared<'_>, slots: &[String]) {
+    let mut want = slots.to_vec();
+    want.sort();
+    let mut clean = unix_ms();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = sh.done.cancelled() => return,
+        }
+        let at = unix_ms();
+        let nodes: Vec<Addr> = sh
+            .opts
+            .stats
+            .shards()
+            .into_iter()
+            .filter_map(|s| s.node)
+            .chain(sh.seeds.iter().cloned())
+            .collect();
+        let Some(lines) = cluster_lines(sh.exec, nodes).await else {
+            continue;
+        };
+        let (have, moving) = slot_layout(&lines);
+        let why = match moving {
+            Some(slot) => format!("slot {slot} is moving between shards (a reshard)"),
+            None if have != want => format!(
+                "the cluster's shards changed (a reshard): now {}",
+                have.join(" ")
+            ),
+            None => {
+                clean = at;
+                continue;
+            }
+        };
+        if let Ok(mut r) = sh.resync.lock() {
+            r.get_or_insert(Resync {
+                slots: None,
+                why,
+                since_unix_ms: clean,
+            });
+        }
+        sh.ctx.cancel.cancel();
+        return;
+    }
+}
+
+/// Waits until every node's view agrees on the slots and none is in transit, twice a
+/// second apart, and returns the cluster as it is then; `None` when cancelled first.
+async fn settled(ctx: &JobCtx, exec: &Executor, seeds: &[Addr]) -> Option<ClusterView> {
+    let mut last: Option<u64> = None;
+    loop {
+        let v = crate::topology::discover(exec, seeds, crate::topology::Detail::Health).await;
+        let calm = v.ok().filter(|v| {
+            v.signatures.len() == 1
+                && v.snapshots
+                    .values()
+                    .all(|s| s.lines.iter().all(|l| l.open_slots.is_empty()))
         });
+        match calm {
+            Some(v) if last == Some(v.reference_signature) => return Some(v),
+            Some(v) => last = Some(v.reference_signature),
+            None => last = None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = ctx.cancel.cancelled() => return None,
+        }
     }
 }
 
@@ -517,8 +747,9 @@ struct Shared<'a> {
     opts: &'a FollowOptions,
     path: PathBuf,
     chain: Mutex<Chain>,
-    /// Set by a shard whose source no longer holds its offset: (its slots, why).
-    resync: Mutex<Option<(String, String)>>,
+    /// Set when the chain cannot go on: a shard's source no longer holds its offset, or the
+    /// slots moved.
+    resync: Mutex<Option<Resync>>,
     /// Cancelled once every shard's archiver has stopped (ends the rebase and keep loops).
     done: crate::job::CancellationToken,
 }
@@ -604,13 +835,17 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
                         "the source no longer holds offset {at} of {id} (its backlog moved on)"
                     );
                     if let Ok(mut r) = sh.resync.lock() {
-                        r.get_or_insert((label.clone(), why));
+                        r.get_or_insert(Resync {
+                            slots: Some(label.clone()),
+                            why,
+                            since_unix_ms: 0,
+                        });
                     }
                     rep.resynced = true;
                     sh.ctx.cancel.cancel();
                     break;
                 }
-                match base(sh, i, src, &mut stream, &replid, offset, 0).await {
+                match base(sh, i, src, &mut stream, &replid, offset, "base").await {
                     Ok(keys) => rep.base_keys = Some(keys),
                     Err(ReplError::Node(e)) if !sh.ctx.cancel.is_cancelled() && link.retry() => {
                         rep.reconnects += 1;
@@ -660,8 +895,9 @@ async fn archive_shard(sh: &Shared<'_>, i: usize, src: &Source) -> ShardFollow {
     rep
 }
 
-/// Takes the shard's snapshot off `stream` into base set `set` (as `backup` writes one) and
-/// records it in the chain. Returns its key count.
+/// Takes the shard's snapshot off `stream` into the base set in folder `set` (as `backup`
+/// writes one) and records it in the chain. Returns its key count. Sets are named by folder:
+/// `--keep` may remove older ones meanwhile.
 async fn base(
     sh: &Shared<'_>,
     i: usize,
@@ -669,19 +905,14 @@ async fn base(
     stream: &mut ReplStream,
     replid: &str,
     offset: u64,
-    set: usize,
+    set: &str,
 ) -> Result<u64, ReplError> {
     let file = format!(
         "shard-{i:03}-{}.rdb.zst",
         &src.master_id[..8.min(src.master_id.len())]
     );
-    let set_dir = sh
-        .chain
-        .lock()
-        .ok()
-        .and_then(|c| c.bases.get(set).map(|b| b.dir.clone()))
-        .ok_or_else(|| ReplError::Sink(format!("base set {set} is not in the chain")))?;
-    let dir = sh.path.join(&set_dir);
+    let gone = || ReplError::Sink(format!("base set {set} is no longer in the chain"));
+    let dir = sh.path.join(set);
     std::fs::create_dir_all(&dir).map_err(|e| ReplError::Sink(e.to_string()))?;
     let path = dir.join(&file);
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
@@ -726,7 +957,7 @@ async fn base(
     // Once every shard has its snapshot, the set is a backup set like any other: its
     // manifest is written before the chain lists it complete.
     let manifest = sh.chain.lock().ok().and_then(|c| {
-        let b = &c.bases[set];
+        let b = c.bases.iter().find(|b| b.dir == set)?;
         let shards: Option<Vec<ShardManifest>> = b
             .shards
             .iter()
@@ -764,12 +995,15 @@ async fn base(
         {
             g.to_unix_ms = now;
         }
-        c.bases[set].shards[i] = Some(ShardBase {
+        let b = c.bases.iter_mut().find(|b| b.dir == set)?;
+        b.shards[i] = Some(ShardBase {
             unix_ms: now,
             manifest: m,
         });
+        Some(())
     })
-    .map_err(ReplError::Sink)?;
+    .map_err(ReplError::Sink)?
+    .ok_or_else(gone)?;
     sh.opts.stats.with(i, |s| s.base_unix_ms = now);
     Ok(keys)
 }
@@ -928,7 +1162,7 @@ async fn rebase_loop(sh: &Shared<'_>, srcs: &[Source]) {
             continue;
         }
         let Some((_, k)) = due else { continue };
-        let k = if k == sh.chain.lock().map_or(0, |c| c.bases.len()) {
+        let set = if k == sh.chain.lock().map_or(0, |c| c.bases.len()) {
             let now = unix_ms();
             let dir = format!("base-{}", crate::ops::backup::backup_id(now));
             let made = sh.update_chain(|c| {
@@ -947,17 +1181,30 @@ async fn rebase_loop(sh: &Shared<'_>, srcs: &[Source]) {
                 "fresh base snapshots into {dir} (--base-every {})",
                 humantime::format_duration(every)
             ));
-            k
+            dir
         } else {
-            k
+            match sh
+                .chain
+                .lock()
+                .ok()
+                .and_then(|c| c.bases.get(k).map(|b| b.dir.clone()))
+            {
+                Some(d) => d,
+                None => continue,
+            }
         };
         tried = Some(Instant::now());
         let missing: Vec<usize> = sh.chain.lock().map_or(Vec::new(), |c| {
-            (0..c.shards.len())
-                .filter(|&i| c.bases[k].shards[i].is_none())
-                .collect()
+            c.bases
+                .iter()
+                .find(|b| b.dir == set)
+                .map_or(Vec::new(), |b| {
+                    (0..b.shards.len())
+                        .filter(|&i| b.shards[i].is_none())
+                        .collect()
+                })
         });
-        let jobs = missing.iter().map(|&i| rebase_shard(sh, i, &srcs[i], k));
+        let jobs = missing.iter().map(|&i| rebase_shard(sh, i, &srcs[i], &set));
         tokio::select! {
             _ = futures::future::join_all(jobs) => {}
             () = sh.done.cancelled() => return,
@@ -965,8 +1212,8 @@ async fn rebase_loop(sh: &Shared<'_>, srcs: &[Source]) {
     }
 }
 
-/// One shard's snapshot for base set `k`, over its own rdb-only link.
-async fn rebase_shard(sh: &Shared<'_>, i: usize, src: &Source, k: usize) {
+/// One shard's snapshot for the base set in folder `set`, over its own rdb-only link.
+async fn rebase_shard(sh: &Shared<'_>, i: usize, src: &Source, set: &str) {
     let label = format_ranges(&src.slots.ranges());
     let say = |m: String| {
         sh.ctx
@@ -994,7 +1241,7 @@ async fn rebase_shard(sh: &Shared<'_>, i: usize, src: &Source, k: usize) {
             stream.addr()
         ));
     }
-    match base(sh, i, src, &mut stream, &replid, offset, k).await {
+    match base(sh, i, src, &mut stream, &replid, offset, set).await {
         Ok(keys) => {
             sh.opts.stats.with(i, |t| t.rebases += 1);
             say(format!("{keys} keys at offset {offset}"));
