@@ -103,8 +103,15 @@ pub async fn run(g: &GlobalOpts, a: &BackupArgs) -> CmdResult {
                 ]);
             }
             output::align_right(&mut t, &[2, 3, 4]);
-            output::print_table(&t);
-            crate::outln!("{} backup set(s) in {}", all.len(), dir.display());
+            if !all.is_empty() {
+                output::print_table(&t);
+            }
+            crate::outln!(
+                "{} backup set(s) and {} chain(s) in {}",
+                all.len(),
+                chains.len(),
+                dir.display()
+            );
             Ok(EXIT_OK)
         }
         Some(BackupCommand::Verify { id })
@@ -350,6 +357,7 @@ async fn follow(g: &GlobalOpts, opts: follow::FollowOptions, metrics: Option<&st
             "SLOTS",
             "NODE",
             "BASE KEYS",
+            "FRESH BASES",
             "SEGMENTS",
             "COMMANDS",
             "ZSTD",
@@ -362,6 +370,7 @@ async fn follow(g: &GlobalOpts, opts: follow::FollowOptions, metrics: Option<&st
                 s.slots.clone(),
                 s.node.clone(),
                 s.base_keys.map_or("-".into(), |k| k.to_string()),
+                s.rebases.to_string(),
                 s.segments.to_string(),
                 s.commands.to_string(),
                 bytes(s.bytes),
@@ -370,7 +379,7 @@ async fn follow(g: &GlobalOpts, opts: follow::FollowOptions, metrics: Option<&st
                 s.error.clone().unwrap_or_else(|| "ok".into()),
             ]);
         }
-        output::align_right(&mut t, &[2, 3, 4, 5, 6]);
+        output::align_right(&mut t, &[2, 3, 4, 5, 6, 7]);
         output::print_table(&t);
         for s in r.shards.iter().filter(|s| s.recovered_commands > 0) {
             output::note(format!(
@@ -400,7 +409,7 @@ fn print_chains(chains: &[follow::ChainSummary]) {
         return;
     }
     let mut t = output::table(&[
-        "CHAIN", "STATUS", "SHARDS", "FROM", "UNTIL", "SEGMENTS", "SIZE", "GAPS",
+        "CHAIN", "STATUS", "SHARDS", "FROM", "UNTIL", "BASES", "SEGMENTS", "SIZE", "GAPS",
     ]);
     for c in chains {
         t.add_row(vec![
@@ -409,6 +418,7 @@ fn print_chains(chains: &[follow::ChainSummary]) {
             c.shards.len().to_string(),
             output::unix_ms_text(c.from_unix_ms),
             output::unix_ms_text(c.until_unix_ms),
+            c.bases.to_string(),
             c.segments.to_string(),
             bytes(c.bytes),
             if c.gaps.is_empty() {
@@ -418,7 +428,7 @@ fn print_chains(chains: &[follow::ChainSummary]) {
             },
         ]);
     }
-    output::align_right(&mut t, &[2, 5, 6]);
+    output::align_right(&mut t, &[2, 5, 6, 7]);
     output::print_table(&t);
     for c in chains {
         for g in &c.gaps {
@@ -427,7 +437,11 @@ fn print_chains(chains: &[follow::ChainSummary]) {
                 c.id,
                 g.slots,
                 output::unix_ms_text(g.from_unix_ms),
-                output::unix_ms_text(g.to_unix_ms),
+                match (g.to_unix_ms, c.status.as_str()) {
+                    (0, "closed") => "the chain's end".to_string(),
+                    (0, _) => "its next base".to_string(),
+                    (t, _) => output::unix_ms_text(t),
+                },
                 g.why
             ));
         }

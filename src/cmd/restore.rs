@@ -335,6 +335,26 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
              cross-shard transactions)",
             plan.skew_ms
         );
+        crate::outln!(
+            "gaps: {}",
+            if plan.gaps.is_empty() {
+                "none recorded in the chain".to_string()
+            } else {
+                format!(
+                    "{} recorded in the chain, none between a base and its cut ({})",
+                    plan.gaps.len(),
+                    plan.gaps
+                        .iter()
+                        .map(|g| format!(
+                            "{} from {}",
+                            g.slots,
+                            output::unix_ms_text(g.from_unix_ms)
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
     }
     if !a.yes || a.dry_run {
         if g.json {

@@ -50,6 +50,9 @@ pub struct PitrPlan {
     pub shards: Vec<ShardCut>,
     /// The widest difference between two shards' stop stamps.
     pub skew_ms: u64,
+    /// The gaps the chain records (none of them between a shard's base and its cut: a cut
+    /// in a gap is refused).
+    pub gaps: Vec<crate::ops::follow::Gap>,
 }
 
 /// Where a shard is cut: at the last stamp at or before a time, or at an exact offset.
@@ -398,6 +401,7 @@ pub fn plan(path: &Path, chain: &Chain, until: &[Until]) -> Result<PitrPlan, Job
             .unwrap_or(0),
         shards,
         skew_ms,
+        gaps: chain.gaps.clone(),
     })
 }
 
