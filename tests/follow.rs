@@ -10,7 +10,11 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn spawn_follow(lab: &Lab, state: &std::path::Path, age: &str) -> Child {
-    lab.cmd(&["backup", "follow", "--segment-age", age, "--json"])
+    spawn_follow_with(lab, state, &["--segment-age", age])
+}
+
+fn spawn_follow_with(lab: &Lab, state: &std::path::Path, args: &[&str]) -> Child {
+    lab.cmd(&[&["backup", "follow", "--json"][..], args].concat())
         .env("RCOPS_STATE_DIR", state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -22,6 +26,27 @@ fn chain(state: &std::path::Path) -> Option<serde_json::Value> {
     let root = state.join("backups/chains");
     let dir = std::fs::read_dir(root).ok()?.flatten().next()?.path();
     serde_json::from_slice(&std::fs::read(dir.join("chain.json")).ok()?).ok()
+}
+
+/// A 3-master lab without replicas holding 300 keys, and a state folder (and its path).
+fn loaded_lab() -> (Lab, tempfile::TempDir, String) {
+    let src = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    assert_eq!(src.load(300).code, 0);
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display().to_string();
+    (src, state, st)
+}
+
+/// Waits until the first chain's first base set is complete.
+fn wait_based(state: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chain(state).is_some_and(|c| based(&c)) {
+        assert!(Instant::now() < deadline, "no base snapshots");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Whether a chain's first base set is complete.
@@ -87,11 +112,7 @@ fn follow_archives_every_write_once_across_a_kill_9() {
     let state = tempfile::tempdir().unwrap();
     // One segment open all along: the kill leaves it open.
     let mut child = spawn_follow(&lab, state.path(), "10m");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| based(&c)) {
-        assert!(Instant::now() < deadline, "no base snapshots");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_based(state.path());
     write(&lab, 0..300);
     std::thread::sleep(Duration::from_millis(1500));
     write(&lab, 300..400);
@@ -135,11 +156,7 @@ fn follow_continues_through_a_source_failover_without_a_gap() {
     let state = tempfile::tempdir().unwrap();
     // From the replicas (the default): the one of the first shard is promoted mid-run.
     let child = spawn_follow(&lab, state.path(), "1s");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| based(&c)) {
-        assert!(Instant::now() < deadline, "no base snapshots");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_based(state.path());
     write(&lab, 0..300);
     let (master, replica) = crate::backup::pairs(&lab)
         .into_iter()
@@ -246,19 +263,9 @@ fn now_ms() -> u64 {
 
 #[test]
 fn restore_until_a_time_gives_the_cluster_as_it_was_then() {
-    let src = Lab::start(LabSpec {
-        replicas: 0,
-        ..Default::default()
-    });
-    assert_eq!(src.load(300).code, 0);
-    let state = tempfile::tempdir().unwrap();
-    let st = state.path().display().to_string();
+    let (src, state, st) = loaded_lab();
     let child = spawn_follow(&src, state.path(), "1s");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| based(&c)) {
-        assert!(Instant::now() < deadline, "no base snapshots");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_based(state.path());
     // Instants with the writes paused around them (the archive stamps every 100 ms): the
     // state each had, read from the source.
     let mut instants = Vec::new();
@@ -643,20 +650,14 @@ fn series(text: &str, name: &str, slots: &str) -> Option<f64> {
 
 #[test]
 fn fresh_bases_a_kept_window_offsets_and_the_followers_metrics() {
-    let src = Lab::start(LabSpec {
-        replicas: 0,
-        ..Default::default()
-    });
-    assert_eq!(src.load(300).code, 0);
-    let state = tempfile::tempdir().unwrap();
-    let st = state.path().display().to_string();
+    let (src, state, st) = loaded_lab();
     // Below the ephemeral range, where a client socket could take a port just let go.
     let port = free_port_block();
     let listen = format!("127.0.0.1:{port}");
-    let child = src
-        .cmd(&[
-            "backup",
-            "follow",
+    let child = spawn_follow_with(
+        &src,
+        state.path(),
+        &[
             "--segment-age",
             "1s",
             "--base-every",
@@ -665,18 +666,9 @@ fn fresh_bases_a_kept_window_offsets_and_the_followers_metrics() {
             "6s",
             "--metrics",
             &listen,
-            "--json",
-        ])
-        .env("RCOPS_STATE_DIR", state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !chain(state.path()).is_some_and(|c| based(&c)) {
-        assert!(Instant::now() < deadline, "no base snapshots");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ],
+    );
+    wait_based(state.path());
     let first_instant = {
         std::thread::sleep(Duration::from_millis(300));
         now_ms()
@@ -859,13 +851,7 @@ fn fresh_bases_a_kept_window_offsets_and_the_followers_metrics() {
 
 #[test]
 fn a_reshard_ends_the_chain_and_its_window_is_a_gap() {
-    let src = Lab::start(LabSpec {
-        replicas: 0,
-        ..Default::default()
-    });
-    assert_eq!(src.load(300).code, 0);
-    let state = tempfile::tempdir().unwrap();
-    let st = state.path().display().to_string();
+    let (src, state, st) = loaded_lab();
     let child = spawn_follow(&src, state.path(), "1s");
     let chains = || -> Vec<serde_json::Value> {
         let mut v: Vec<serde_json::Value> = std::fs::read_dir(state.path().join("backups/chains"))

@@ -1618,36 +1618,34 @@ impl FollowStats {
             "Gaps the current chain records for the shard",
             gauge(&|s| Some(s.gaps as f64)),
         );
-        reg.register(
-            "rcops_follow_segments",
-            "Segments closed",
-            counter(&|s| s.segments),
-        );
-        reg.register(
-            "rcops_follow_segment_bytes",
-            "Bytes of segments closed (compressed)",
-            counter(&|s| s.bytes),
-        );
-        reg.register(
-            "rcops_follow_commands",
-            "Commands archived",
-            counter(&|s| s.commands),
-        );
-        reg.register(
-            "rcops_follow_reconnects",
-            "Times the stream was reopened after it broke",
-            counter(&|s| s.reconnects),
-        );
-        reg.register(
-            "rcops_follow_resyncs",
-            "Times the source no longer held the offset (a new chain began)",
-            counter(&|s| s.resyncs),
-        );
-        reg.register(
-            "rcops_follow_rebases",
-            "Fresh base snapshots taken (--base-every)",
-            counter(&|s| s.rebases),
-        );
+        type Count = fn(&ShardStats) -> u64;
+        let counters: [(&str, &str, Count); 6] = [
+            ("rcops_follow_segments", "Segments closed", |s| s.segments),
+            (
+                "rcops_follow_segment_bytes",
+                "Bytes of segments closed (compressed)",
+                |s| s.bytes,
+            ),
+            ("rcops_follow_commands", "Commands archived", |s| s.commands),
+            (
+                "rcops_follow_reconnects",
+                "Times the stream was reopened after it broke",
+                |s| s.reconnects,
+            ),
+            (
+                "rcops_follow_resyncs",
+                "Times the chain could not go on (offset lost, reshard) and a new one began",
+                |s| s.resyncs,
+            ),
+            (
+                "rcops_follow_rebases",
+                "Fresh base snapshots taken (--base-every)",
+                |s| s.rebases,
+            ),
+        ];
+        for (name, help, f) in counters {
+            reg.register(name, help, counter(&f));
+        }
         let pruned = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         pruned.inc_by(self.pruned_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
         reg.register(
