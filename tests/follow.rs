@@ -120,7 +120,9 @@ fn follow_archives_every_write_once_across_a_kill_9() {
     // from the source by the next run.
     child.kill().unwrap();
     let _ = child.wait();
+    let killed = now_ms();
     write(&lab, 400..600);
+    std::thread::sleep(Duration::from_millis(1500));
     let child = spawn_follow(&lab, state.path(), "1s");
     std::thread::sleep(Duration::from_millis(2500));
     write(&lab, 600..900);
@@ -145,6 +147,31 @@ fn follow_archives_every_write_once_across_a_kill_9() {
         archived_writes(state.path()),
         (0..900).collect::<Vec<u32>>()
     );
+    // No gap: every write is there. But the writes of the downtime came in the catch-up,
+    // dated then: that window is undated, and a cut inside it is refused.
+    let c = chain(state.path()).unwrap();
+    assert_eq!(c["gaps"].as_array().unwrap().len(), 0, "{c:#}");
+    let undated = c["undated"].as_array().unwrap();
+    assert_eq!(undated.len(), 3, "{c:#}");
+    for w in undated {
+        let (from, to) = (
+            w["from_unix_ms"].as_u64().unwrap(),
+            w["to_unix_ms"].as_u64().unwrap(),
+        );
+        assert!(from <= killed && to >= killed + 1500, "{w:#}");
+    }
+    let st = state.path().display().to_string();
+    let r = lab.run(&[
+        "restore",
+        "latest",
+        "--until",
+        &at(killed + 700),
+        "--state-dir",
+        &st,
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, 64, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("without times"), "{}", r.stderr);
 }
 
 #[test]

@@ -445,6 +445,17 @@ fn print_chains(chains: &[follow::ChainSummary]) {
                 g.why
             ));
         }
+        for w in &c.undated {
+            output::note(format!(
+                "chain {}: shard {} from {} to {} is archived without its times (a restore \
+                 cannot cut inside it): {}",
+                c.id,
+                w.slots,
+                output::unix_ms_text(w.from_unix_ms),
+                output::unix_ms_text(w.to_unix_ms),
+                w.why
+            ));
+        }
     }
     crate::outln!("");
 }

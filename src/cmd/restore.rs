@@ -275,8 +275,9 @@ async fn point_in_time(g: &GlobalOpts, a: &RestoreArgs) -> CmdResult {
                     found = Some((path, chain, plan));
                     break;
                 }
-                // The newest chain's reason, unless an older one has the time in a gap.
-                Err(e) if e.message.contains("falls in a gap") => first_error = Some(e),
+                // The newest chain's reason, unless an older one has the time in a gap or an
+                // undated window.
+                Err(e) if e.message.contains("falls in a ") => first_error = Some(e),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }

@@ -36,6 +36,15 @@ const OPEN_META: &str = "open.json";
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// How often the stream is stamped with the time at least.
 const STAMP_EVERY: Duration = Duration::from_millis(100);
+/// Commands taken off the stream per read at most.
+const READ_MAX: usize = 10_000;
+/// A catch-up that ends this long after the last stamp makes an undated window.
+const UNDATED_AFTER_MS: u64 = 1000;
+
+/// A Unix-ms time in RFC 3339, for messages.
+pub(crate) fn show_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
 
 #[derive(Debug, Clone)]
 pub struct FollowOptions {
@@ -74,6 +83,11 @@ pub struct Chain {
     /// Times some shard's archive does not cover, and why.
     #[serde(default)]
     pub gaps: Vec<Gap>,
+    /// Times some shard's archive covers without their times: the follower was not
+    /// connected, and what was written then came in the catch-up after, dated then. A
+    /// restore cannot cut inside one.
+    #[serde(default)]
+    pub undated: Vec<Gap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +293,7 @@ pub struct ChainSummary {
     pub bytes: u64,
     pub shards: Vec<ShardWindow>,
     pub gaps: Vec<Gap>,
+    pub undated: Vec<Gap>,
 }
 
 impl ChainSummary {
@@ -323,6 +338,7 @@ impl ChainSummary {
             bytes: shards.iter().map(|s| s.bytes).sum(),
             shards,
             gaps: c.gaps.clone(),
+            undated: c.undated.clone(),
         }
     }
 }
@@ -734,6 +750,7 @@ fn new_chain(
             shards: vec![None; srcs.len()],
         }],
         gaps,
+        undated: Vec::new(),
     };
     let path = opts.dir.join("chains").join(&id);
     crate::job::save_json(&path.join(CHAIN), &chain).map_err(JobError::internal)?;
@@ -1028,6 +1045,10 @@ async fn archive(
     };
     let silence = crate::ops::link::silence_limit(sh.opts.idle_timeout);
     let (mut flushed, mut heard, mut stamped) = (Instant::now(), Instant::now(), None);
+    // The stream dates a command by the stamp after it arrived. What the source wrote while
+    // no follower was connected comes in the catch-up after (re)connecting, dated then: when
+    // that spans over a second past the last stamp, the window is recorded as undated.
+    let mut catching_up = sh.chain.lock().ok().map(|c| c.covered_until(i));
     let close = |seg: OpenSegment, rep: &mut ShardFollow| -> Result<(), String> {
         if let Some(s) = seg
             .close(&shard_dir)
@@ -1045,7 +1066,7 @@ async fn archive(
     };
     loop {
         let cmds = tokio::select! {
-            r = stream.commands(STAMP_EVERY, 10_000) => r,
+            r = stream.commands(STAMP_EVERY, READ_MAX) => r,
             () = sh.ctx.cancel.cancelled() => Ok(Vec::new()),
         };
         let now = Instant::now();
@@ -1068,8 +1089,28 @@ async fn archive(
         rep.commands += cmds.len() as u64;
         sh.opts.stats.with(i, |t| t.commands += cmds.len() as u64);
         if !cmds.is_empty() || stamped.is_none_or(|t: Instant| t.elapsed() >= STAMP_EVERY) {
-            seg.stamp(stream.offset(), unix_ms());
+            let ms = unix_ms();
+            seg.stamp(stream.offset(), ms);
             stamped = Some(now);
+            // Caught up once a read leaves the buffer drained.
+            if let (Some(t0), true) = (catching_up, cmds.len() < READ_MAX) {
+                catching_up = None;
+                if stream.offset() > offset && ms.saturating_sub(t0) > UNDATED_AFTER_MS {
+                    let w = Gap {
+                        slots: rep.slots.clone(),
+                        from_unix_ms: t0,
+                        to_unix_ms: ms,
+                        why: format!(
+                            "the follower was not connected; the {} bytes written meanwhile \
+                             were archived on reconnecting, dated then",
+                            stream.offset() - offset
+                        ),
+                    };
+                    if let Err(e) = sh.update_chain(|c| c.undated.push(w)) {
+                        return Stop::Fatal(e);
+                    }
+                }
+            }
         }
         if sh.ctx.cancel.is_cancelled() {
             return match close(seg, rep) {
@@ -1323,6 +1364,7 @@ pub fn trim(chain: &mut Chain, cutoff: u64) -> Vec<String> {
     chain
         .gaps
         .retain(|g| g.to_unix_ms == 0 || g.to_unix_ms > since);
+    chain.undated.retain(|g| g.to_unix_ms > since);
     gone
 }
 
@@ -2029,6 +2071,7 @@ mod tests {
             }],
             bases,
             gaps: Vec::new(),
+            undated: Vec::new(),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct PitrPlan {
     /// The gaps the chain records (none of them between a shard's base and its cut: a cut
     /// in a gap is refused).
     pub gaps: Vec<crate::ops::follow::Gap>,
+    /// Windows archived without their times (a cut inside one is refused).
+    pub undated: Vec<crate::ops::follow::Gap>,
 }
 
 /// Where a shard is cut: at the last stamp at or before a time, or at an exact offset.
@@ -91,10 +93,7 @@ pub fn find(dir: &Path, id_or_path: &str) -> Result<(PathBuf, Chain), JobError> 
     }
 }
 
-fn show(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+use crate::ops::follow::show_ms as show;
 
 /// Resolves `--until-offset` shard names: an index (`0`), the shard's folder
 /// (`shard-000`), its slot ranges (`0-5460`) or a prefix of its master's id.
@@ -253,6 +252,21 @@ pub fn plan(path: &Path, chain: &Chain, until: &[Until]) -> Result<PitrPlan, Job
                     g.why
                 )));
             }
+            if let Some(w) = chain
+                .undated
+                .iter()
+                .find(|w| w.slots == s.slots && w.from_unix_ms < t && t < w.to_unix_ms)
+            {
+                return Err(JobError::usage(format!(
+                    "--until {} falls in a window of shard {} without times ({} to {}: {}): \
+                     ask for a time before or after it",
+                    show(t),
+                    s.slots,
+                    show(w.from_unix_ms),
+                    show(w.to_unix_ms),
+                    w.why
+                )));
+            }
             let covered = chain.covered_until(i);
             if t > covered {
                 return Err(JobError::usage(format!(
@@ -402,6 +416,7 @@ pub fn plan(path: &Path, chain: &Chain, until: &[Until]) -> Result<PitrPlan, Job
         shards,
         skew_ms,
         gaps: chain.gaps.clone(),
+        undated: chain.undated.clone(),
     })
 }
 
