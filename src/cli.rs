@@ -73,6 +73,10 @@ pub struct GlobalOpts {
     /// More logging on stderr (-v info, -vv debug); RCOPS_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// rcops.toml: named clusters (`-c NAME`), the server's users, approvals and state
+    /// [default: $XDG_CONFIG_HOME/rcops/rcops.toml or ~/.config/rcops/rcops.toml]
+    #[arg(long, env = "RCOPS_CONFIG", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +124,41 @@ pub enum Command {
     /// Compare two clusters or servers key by key (type, TTL, length or value); differences
     /// that persist through every round are reported
     Verify(VerifyArgs),
+    /// The ops server: HTTP API with jobs, roles, two-person approvals and an audit log, over
+    /// the clusters of rcops.toml
+    Serve(ServeArgs),
+    /// API tokens for `rcops serve`
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The server's audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve the API on
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a user (created if new, its role set); the token is printed once,
+    /// as the last line of stdout, and stored only as a hash
+    Create {
+        #[arg(long)]
+        user: String,
+        /// viewer < operator < admin
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's chain of hashes: an edited or deleted record is found
+    Verify,
 }
 
 #[derive(Debug, Args)]

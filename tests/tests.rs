@@ -15,3 +15,4 @@ mod observability;
 mod readonly;
 mod restore;
 mod security;
+mod serve;

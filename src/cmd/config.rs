@@ -343,6 +343,7 @@ pub async fn change_flow(
         keep_going: args.keep_going,
         settle: args.settle,
         no_rewrite: args.no_rewrite,
+        user: None,
     };
     let (ctx, bars) = super::job_ctx(g.json);
     let plan = prepared.plan.clone();

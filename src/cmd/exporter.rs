@@ -32,7 +32,7 @@ pub async fn run(g: &GlobalOpts, a: &ExporterArgs) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

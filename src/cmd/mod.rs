@@ -16,6 +16,7 @@ mod migrate;
 mod nodes;
 mod rdb;
 mod restore;
+mod serve;
 mod slots;
 mod slowlog;
 mod verify;
@@ -74,6 +75,9 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Metrics(a) => metrics::run(&cli.global, a).await,
         Command::Slowlog(a) => slowlog::run(&cli.global, a).await,
         Command::Exporter(a) => exporter::run(&cli.global, a).await,
+        Command::Serve(a) => serve::serve(&cli.global, a).await,
+        Command::Token(t) => serve::token(&cli.global, t).await,
+        Command::Audit(a) => serve::audit(&cli.global, a).await,
         Command::Latency(a) => latency::run(&cli.global, a).await,
         Command::Bigkeys(a) => keyspace::run(&cli.global, a, false).await,
         Command::Memkeys(a) => keyspace::run(&cli.global, a, true).await,
@@ -115,6 +119,15 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
             .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()))
             .map(Secret::new)
     };
+    // A named cluster brings its own credentials (by reference) unless some were given.
+    if let Some(c) = named_cluster(g)? {
+        if opts.user.is_none() {
+            opts.user = c.user.clone();
+        }
+        if opts.password.is_none() {
+            opts.password = c.password().map_err(Failure::usage)?;
+        }
+    }
     if g.tls || g.cacert.is_some() || g.cert.is_some() || g.insecure {
         opts = with_tls(g, opts)?;
     }
@@ -147,8 +160,33 @@ pub fn seeds(g: &GlobalOpts) -> Result<Vec<Addr>, Failure> {
             "no cluster given: pass -c HOST:PORT[,HOST:PORT…] or set RCOPS_CLUSTER",
         ));
     };
+    if let Some(c) = named_cluster(g)? {
+        return c.seeds().map_err(Failure::usage);
+    }
     // A malformed address is a usage error (64) naming the address.
     Addr::parse_list(text).map_err(Failure::usage)
+}
+
+/// `-c NAME`: a cluster of rcops.toml (a name has no `:`), when the file exists.
+fn named_cluster(
+    g: &GlobalOpts,
+) -> Result<Option<rcops_server::settings::ClusterSettings>, Failure> {
+    let Some(name) = g.cluster.as_deref().filter(|t| !t.contains(':')) else {
+        return Ok(None);
+    };
+    let path = serve::config_path(g);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let s = rcops_server::settings::Settings::load(&path).map_err(Failure::usage)?;
+    match s.cluster(name) {
+        Some(c) => Ok(Some(c.clone())),
+        None => Err(Failure::usage(format!(
+            "-c {name}: no such cluster in {} (it has: {})",
+            path.display(),
+            s.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// Executor and seeds for a cluster command.

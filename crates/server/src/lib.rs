@@ -1,6 +1,11 @@
-//! rcops-server: the HTTP side of rcops. Today: the Prometheus exporter (`/metrics`,
-//! `/health`) and the `backup follow` process's own `/metrics`. Handlers only call
-//! `rcops_core::ops` functions, like the CLI does.
+//! rcops-server: the HTTP side of rcops — the ops API of `rcops serve` ([`api`]: jobs,
+//! approvals, audit, over the state in [`store`] and the clusters of [`settings`]), the
+//! Prometheus exporter (`/metrics`, `/health`) and the `backup follow` process's own
+//! `/metrics`. Handlers only call `rcops_core::ops` functions, like the CLI does.
+
+pub mod api;
+pub mod settings;
+pub mod store;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

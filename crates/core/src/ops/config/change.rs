@@ -69,6 +69,9 @@ pub struct ChangeOptions {
     pub settle: Duration,
     /// Leave the config files as they are (the change lives until restart).
     pub no_rewrite: bool,
+    /// Whom the history names (default: the user running rcops); the server passes the
+    /// user who asked.
+    pub user: Option<String>,
 }
 
 /// What a change did, with the history revisions around it.
@@ -97,7 +100,7 @@ pub async fn run(
         mut readings,
     } = prepared;
     let present: BTreeSet<String> = all.iter().map(|t| t.addr.to_string()).collect();
-    let user = history::current_user();
+    let user = opts.user.clone().unwrap_or_else(history::current_user);
     // Nothing changes before the history has recorded the state it changes from.
     let before = h
         .record(

@@ -1,0 +1,644 @@
+//! `rcops serve`: the HTTP API (`/api/v1`). Handlers call the same library functions as the
+//! CLI ([`rcops_core::ops`]); every route's role is in one table ([`ROUTES`]) enforced by one
+//! layer; changes run as jobs (persisted, cancellable), production clusters' changes wait for
+//! a second person's approval, and every request that changes anything is in the audit log.
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::settings::{ClusterSettings, Settings};
+use crate::store::{now_ms, AuditFilter, Job, Role, Store};
+use rcops_core::job::{CancellationToken, ErrorClass, JobCtx, JobError};
+use rcops_core::ops::config::{self as cfg, change, history::History};
+use rcops_core::topology::Detail;
+use rcops_core::{ConnectOptions, Executor};
+use rcops_formats::conf::Params;
+
+/// Every route and the least role it needs. `None`: no token needed.
+pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
+    ("GET", "/health", None),
+    ("GET", "/api/v1/clusters", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/check", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/clusters/{name}/config",
+        Some(Role::Operator),
+    ),
+    ("GET", "/api/v1/jobs", Some(Role::Viewer)),
+    ("GET", "/api/v1/jobs/{id}", Some(Role::Viewer)),
+    ("DELETE", "/api/v1/jobs/{id}", Some(Role::Operator)),
+    ("GET", "/api/v1/approvals", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/approvals/{id}/approve",
+        Some(Role::Operator),
+    ),
+    (
+        "POST",
+        "/api/v1/approvals/{id}/reject",
+        Some(Role::Operator),
+    ),
+    ("GET", "/api/v1/audit", Some(Role::Viewer)),
+];
+
+/// What every request shares.
+pub struct Api {
+    pub settings: Settings,
+    pub store: Store,
+    /// Timeouts and the like for every cluster; credentials come from each cluster's settings.
+    pub connect: ConnectOptions,
+    pub concurrency: usize,
+    /// Where config history lives (`STATE/config/<cluster key>`, as for the CLI).
+    pub state_dir: PathBuf,
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// Who is calling (set by the auth layer).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub role: Role,
+}
+
+/// An error answer: `{"error": …}` with the status its class maps to.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let status = match e.class {
+            ErrorClass::Usage => StatusCode::BAD_REQUEST,
+            ErrorClass::Precondition => StatusCode::CONFLICT,
+            ErrorClass::Unavailable => StatusCode::BAD_GATEWAY,
+            ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.message)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, what)
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+impl Api {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        connect: ConnectOptions,
+        concurrency: usize,
+        state_dir: PathBuf,
+    ) -> Self {
+        Api {
+            settings,
+            store,
+            connect,
+            concurrency,
+            state_dir,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cluster(&self, name: &str) -> Result<&ClusterSettings, ApiError> {
+        self.settings
+            .cluster(name)
+            .ok_or_else(|| not_found(format!("no cluster {name:?} in the configuration")))
+    }
+
+    /// An executor and the seeds for a configured cluster.
+    fn executor(&self, name: &str) -> Result<(Executor, Vec<rcops_core::Addr>), ApiError> {
+        let c = self.cluster(name)?;
+        let opts = c
+            .connect_options(&self.connect)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}")))?;
+        let seeds = c.seeds().map_err(internal)?;
+        Ok((Executor::new(opts, self.concurrency), seeds))
+    }
+}
+
+/// The API's routes behind the auth layer.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/{name}/check", get(check))
+        .route("/api/v1/clusters/{name}/config", post(config_set))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{id}", get(job).delete(cancel))
+        .route("/api/v1/approvals", get(approvals))
+        .route("/api/v1/approvals/{id}/approve", post(approve))
+        .route("/api/v1/approvals/{id}/reject", post(reject))
+        .route("/api/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth))
+        .with_state(api)
+}
+
+/// The one layer that checks every route: the route's least role from [`ROUTES`], the
+/// bearer token's user and role from the store. 401 without a valid token (and an audit
+/// record of the failure), 403 when the role is too low.
+async fn auth(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let method = req.method().as_str().to_string();
+    let Some(need) = ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|r| r.2)
+    else {
+        // A route missing from the table is refused, never open.
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{method} {path}: no role is allowed"),
+        )
+        .into_response();
+    };
+    let Some(need) = need else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    let caller = match api.store.caller(&token).await {
+        Ok(Some((user, role))) => Caller { user, role },
+        Ok(None) => {
+            let _ = api
+                .store
+                .audit(
+                    "-",
+                    "",
+                    "login",
+                    json!({ "route": format!("{method} {path}"), "token": if token.is_empty() { "none" } else { "unknown" } }),
+                    "refused",
+                )
+                .await;
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is needed (rcops token create)".into(),
+            )
+            .into_response();
+        }
+        Err(e) => return internal(e).into_response(),
+    };
+    if caller.role < need {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is {}; {method} {path} needs {}",
+                caller.user,
+                caller.role.as_str(),
+                need.as_str()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn clusters(State(api): State<Arc<Api>>) -> Json<Value> {
+    let list: Vec<Value> = api
+        .settings
+        .clusters
+        .iter()
+        .map(|(name, c)| json!({ "name": name, "seeds": c.seeds, "production": c.production }))
+        .collect();
+    Json(json!({ "clusters": list }))
+}
+
+/// The same document as `rcops check --json`.
+async fn check(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let (exec, seeds) = api.executor(&name)?;
+    let report = rcops_core::ops::check::check(&exec, &seeds, &Default::default())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
+    Ok(Json(report).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigRequest {
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    confirm: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The request as stored and shown: secret values masked.
+fn masked_request(params: &BTreeMap<String, String>) -> Value {
+    let set: BTreeMap<&String, String> =
+        params.iter().map(|(k, v)| (k, cfg::shown(k, v))).collect();
+    json!({ "set": set })
+}
+
+/// Plans setting `params` on every node of cluster `name`.
+async fn plan_config(
+    api: &Api,
+    name: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(Executor, rcops_core::ClusterView, change::Prepared), ApiError> {
+    let (exec, seeds) = api.executor(name)?;
+    let view = rcops_core::discover(&exec, &seeds, Detail::Health)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
+    let t = cfg::targets(&view, &cfg::Selection::default());
+    let desired = cfg::uniform(&t, &lowercase(params));
+    let prepared = change::prepare(&exec, &view, &t, desired, Vec::new()).await?;
+    Ok((exec, view, prepared))
+}
+
+/// Parameter names as `CONFIG SET` reports them (lower case).
+fn lowercase(params: &BTreeMap<String, String>) -> Params {
+    let mut p = Params::new();
+    for (k, v) in params {
+        p.insert(k.to_ascii_lowercase(), v.clone());
+    }
+    p
+}
+
+fn plan_json(plan: &cfg::Plan) -> Value {
+    serde_json::to_value(plan.masked()).unwrap_or(Value::Null)
+}
+
+async fn config_set(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(req): Json<ConfigRequest>,
+) -> ApiResult {
+    let production = api.cluster(&name)?.production;
+    if req.set.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "\"set\" names no parameter".into(),
+        ));
+    }
+    let (_, _, prepared) = plan_config(&api, &name, &req.set).await?;
+    let plan = plan_json(&prepared.plan);
+    if prepared.plan.changes() == 0 {
+        return Ok(
+            Json(json!({ "plan": plan, "changes": 0, "note": "nothing to change" }))
+                .into_response(),
+        );
+    }
+    if req.dry_run || !req.confirm {
+        let status = if req.dry_run {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let mut body = json!({ "plan": plan, "changes": prepared.plan.changes() });
+        if !req.dry_run {
+            body["error"] = json!("pass \"confirm\": true to apply (or \"dry_run\": true)");
+        }
+        return Ok((status, Json(body)).into_response());
+    }
+    let now = now_ms();
+    let job = Job {
+        id: format!("j-{now:x}-{:04x}", rand::random::<u16>()),
+        cluster: name.clone(),
+        action: "config set".into(),
+        state: if production {
+            "waiting-approval"
+        } else {
+            "queued"
+        }
+        .into(),
+        requested_by: caller.user.clone(),
+        approved_by: None,
+        request: masked_request(&req.set),
+        plan,
+        progress: json!({}),
+        report: None,
+        log: Vec::new(),
+        created_unix_ms: now,
+        updated_unix_ms: now,
+        expires_unix_ms: now + api.settings.approval_ttl.as_millis() as i64,
+    };
+    api.store.insert_job(&job).await.map_err(internal)?;
+    api.store
+        .audit(
+            &caller.user,
+            &name,
+            "config set: requested",
+            json!({ "job": job.id, "request": job.request, "plan": job.plan }),
+            &job.state,
+        )
+        .await
+        .map_err(internal)?;
+    if !production {
+        start(api.clone(), job.clone(), req.set, None);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "job": job.id, "state": job.state })),
+    )
+        .into_response())
+}
+
+/// Runs a config job in the background: planned again, compared with `expected` (the plan
+/// approved), then applied through the same change flow as `rcops config set`.
+fn start(api: Arc<Api>, mut job: Job, params: BTreeMap<String, String>, expected: Option<Value>) {
+    let cancel = CancellationToken::new();
+    if let Ok(mut r) = api.running.lock() {
+        r.insert(job.id.clone(), cancel.clone());
+    }
+    tokio::spawn(async move {
+        job.state = "running".into();
+        let _ = api.store.update_job(&job).await;
+        let outcome = run_config(&api, &job, &params, expected, cancel).await;
+        match outcome {
+            Ok((report, ok)) => {
+                job.state = if ok { "succeeded" } else { "failed" }.into();
+                job.report = Some(report);
+            }
+            Err(e) => {
+                job.state = "failed".into();
+                job.log.push(e.1.clone());
+                job.report = Some(json!({ "error": e.1 }));
+            }
+        }
+        let _ = api.store.update_job(&job).await;
+        let _ = api
+            .store
+            .audit(
+                job.approved_by.as_deref().unwrap_or(&job.requested_by),
+                &job.cluster,
+                "config set: finished",
+                json!({ "job": job.id, "requested_by": job.requested_by, "approved_by": job.approved_by, "report": job.report }),
+                &job.state,
+            )
+            .await;
+        if let Ok(mut r) = api.running.lock() {
+            r.remove(&job.id);
+        }
+    });
+}
+
+async fn run_config(
+    api: &Api,
+    job: &Job,
+    params: &BTreeMap<String, String>,
+    expected: Option<Value>,
+    cancel: CancellationToken,
+) -> Result<(Value, bool), ApiError> {
+    let (exec, view, prepared) = plan_config(api, &job.cluster, params).await?;
+    if let Some(want) = expected {
+        let now = plan_json(&prepared.plan);
+        if now != want {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "the cluster changed since the plan was approved: nothing applied; request \
+                 the change again"
+                    .into(),
+            ));
+        }
+    }
+    let h = History::open(&api.state_dir.join("config").join(cfg::cluster_key(&view)))
+        .map_err(internal)?;
+    let opts = change::ChangeOptions {
+        rolling: false,
+        batch: None,
+        keep_going: false,
+        settle: std::time::Duration::from_secs(1),
+        no_rewrite: false,
+        user: Some(
+            job.approved_by
+                .clone()
+                .map_or(job.requested_by.clone(), |a| {
+                    format!("{} (approved by {a})", job.requested_by)
+                }),
+        ),
+    };
+    let ctx = JobCtx {
+        cancel,
+        ..Default::default()
+    };
+    let desc = format!("config set via the API, job {}", job.id);
+    let r = change::run(&ctx, &exec, prepared, h, &desc, &opts).await?;
+    let ok = r.result.exit_code() == 0;
+    let masked = change::ChangeReport {
+        result: r.result.masked(),
+        ..r
+    };
+    Ok((serde_json::to_value(&masked).unwrap_or(Value::Null), ok))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    state: Option<String>,
+}
+
+async fn jobs(State(api): State<Arc<Api>>, Query(q): Query<JobsQuery>) -> ApiResult {
+    let list = api.store.jobs(q.state.as_deref()).await.map_err(internal)?;
+    Ok(Json(json!({ "jobs": list })).into_response())
+}
+
+async fn job(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    match api.store.job(&id).await.map_err(internal)? {
+        Some(j) => Ok(Json(j).into_response()),
+        None => Err(not_found(format!("no job {id}"))),
+    }
+}
+
+async fn cancel(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let mut j = api
+        .store
+        .job(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("no job {id}")))?;
+    let token = api.running.lock().ok().and_then(|r| r.get(&id).cloned());
+    match (j.state.as_str(), token) {
+        (_, Some(t)) => t.cancel(),
+        ("waiting-approval" | "queued", None) => {
+            j.state = "cancelled".into();
+            j.log.push(format!("cancelled by {}", caller.user));
+            api.store.update_job(&j).await.map_err(internal)?;
+        }
+        (st, None) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("job {id} is {st}: nothing to cancel"),
+            ))
+        }
+    }
+    api.store
+        .audit(
+            &caller.user,
+            &j.cluster,
+            "job: cancel",
+            json!({ "job": id }),
+            "cancelled",
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({ "job": id, "state": "cancelled" })).into_response())
+}
+
+async fn approvals(State(api): State<Arc<Api>>) -> ApiResult {
+    let list = api
+        .store
+        .jobs(Some("waiting-approval"))
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({ "approvals": list })).into_response())
+}
+
+/// The waiting job `id`, unless it expired (then it is cancelled and a 409 said).
+async fn waiting(api: &Api, id: &str) -> Result<Job, ApiError> {
+    let mut j = api
+        .store
+        .job(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("no job {id}")))?;
+    if j.state != "waiting-approval" {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job {id} is {}, not waiting for an approval", j.state),
+        ));
+    }
+    if now_ms() > j.expires_unix_ms {
+        j.state = "cancelled".into();
+        j.log
+            .push("the request expired before anyone approved it".into());
+        api.store.update_job(&j).await.map_err(internal)?;
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job {id} expired unapproved"),
+        ));
+    }
+    Ok(j)
+}
+
+async fn approve(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let mut j = waiting(&api, &id).await?;
+    if j.requested_by == caller.user {
+        let _ = api
+            .store
+            .audit(
+                &caller.user,
+                &j.cluster,
+                "approval: self",
+                json!({ "job": id }),
+                "refused",
+            )
+            .await;
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} requested job {id}: another person must approve it",
+                caller.user
+            ),
+        ));
+    }
+    let params: BTreeMap<String, String> =
+        serde_json::from_value(j.request["set"].clone()).map_err(internal)?;
+    // The stored request is masked: a secret value cannot be applied from it.
+    if params
+        .values()
+        .any(|v| v.contains('*') && v.chars().all(|c| c == '*'))
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "the request sets a secret, which is not kept: request it again and approve at once"
+                .into(),
+        ));
+    }
+    j.approved_by = Some(caller.user.clone());
+    j.state = "queued".into();
+    j.log.push(format!("approved by {}", caller.user));
+    api.store.update_job(&j).await.map_err(internal)?;
+    api.store
+        .audit(
+            &caller.user,
+            &j.cluster,
+            "approval: approve",
+            json!({ "job": id, "requested_by": j.requested_by, "plan": j.plan }),
+            "approved",
+        )
+        .await
+        .map_err(internal)?;
+    let expected = Some(j.plan.clone());
+    start(api.clone(), j.clone(), params, expected);
+    Ok(Json(json!({ "job": id, "state": "queued" })).into_response())
+}
+
+async fn reject(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let mut j = waiting(&api, &id).await?;
+    j.state = "cancelled".into();
+    j.log.push(format!("rejected by {}", caller.user));
+    api.store.update_job(&j).await.map_err(internal)?;
+    api.store
+        .audit(
+            &caller.user,
+            &j.cluster,
+            "approval: reject",
+            json!({ "job": id, "requested_by": j.requested_by }),
+            "rejected",
+        )
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({ "job": id, "state": "cancelled" })).into_response())
+}
+
+async fn audit(State(api): State<Arc<Api>>, Query(f): Query<AuditFilter>) -> ApiResult {
+    let list = api.store.audit_log(&f).await.map_err(internal)?;
+    Ok(Json(json!({ "audit": list })).into_response())
+}
+
+/// Serves the API until `shutdown` resolves; jobs a previous run left queued or running are
+/// marked `interrupted` first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let left = api.store.interrupt_leftovers().await?;
+    for id in left {
+        tracing::warn!(job = %id, "interrupted by a server restart");
+    }
+    axum::serve(listener, router(api))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,413 @@
+//! `rcops serve` against a real lab (with a password): every route × every role, plan and
+//! confirm, a config job, the two-person rule on a production cluster (self-approval
+//! refused, a plan that changed refused, expiry, rejection), the audit log (who requested,
+//! who approved; an edited or deleted record found by `rcops audit verify`), and no secret in
+//! the database or the server's log.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// One HTTP/1.1 request (the connection closed after it): the status and the JSON body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    if !body.is_empty() {
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    }
+    req += "\r\n";
+    req += &body;
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status: u16 = out[9..12].parse().unwrap();
+    let text = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    // Chunked bodies (axum streams JSON this way): take the JSON between the chunk sizes.
+    let json_text = match (text.find(['{', '[']), text.rfind(['}', ']'])) {
+        (Some(a), Some(b)) if b >= a => &text[a..=b],
+        _ => "null",
+    };
+    (
+        status,
+        serde_json::from_str(json_text).unwrap_or(Value::String(text.into())),
+    )
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(config: &str, user: &str, role: &str) -> String {
+    let r = run(&mut rcops(&[
+        "token", "create", "--config", config, "--user", user, "--role", role,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout.lines().last().unwrap().trim().to_string()
+}
+
+fn wait_job(port: u16, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, j) = http(
+            port,
+            "GET",
+            &format!("/api/v1/jobs/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 200, "{j}");
+        if ["succeeded", "failed", "cancelled", "interrupted"]
+            .contains(&j["state"].as_str().unwrap())
+        {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never finished: {j:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn policies(lab: &Lab) -> Vec<String> {
+    (0..lab.nodes as u16)
+        .map(|i| {
+            let out = lab.redis_cli(lab.port + i, &["CONFIG", "GET", "maxmemory-policy"]);
+            out.lines().nth(1).unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn serve_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
+    let lab = Lab::start(LabSpec {
+        replicas: 0,
+        requirepass: true,
+        ..Default::default()
+    });
+    let password = lab
+        .env
+        .iter()
+        .find(|(k, _)| k == "RCOPS_PASSWORD")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rcops.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\napproval_ttl = \"4s\"\n\n[clusters.lab]\nseeds = [\"{}\"]\n\
+             password_env = \"LAB_PW\"\n\n[clusters.prod]\nseeds = [\"{}\"]\n\
+             password_env = \"LAB_PW\"\nproduction = true\n",
+            state.display(),
+            lab.seed(),
+            lab.seed()
+        ),
+    )
+    .unwrap();
+    let cfg = config.display().to_string();
+    let admin = token(&cfg, "alice", "admin");
+    let op = token(&cfg, "oscar", "operator");
+    let op2 = token(&cfg, "otto", "operator");
+    let viewer = token(&cfg, "vera", "viewer");
+    let port = free_port_block();
+    let log = dir.path().join("serve.log");
+    let child = rcops(&[
+        "serve",
+        "--config",
+        &cfg,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("LAB_PW", &password)
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = server.port;
+
+    // Every route × every role: 401 without a token, 403 below the route's role, otherwise
+    // through (a missing job is a 404, a plan a 200).
+    let dry = json!({ "set": { "maxmemory-policy": "allkeys-lru" }, "dry_run": true });
+    let routes: Vec<(&str, &str, Option<&Value>, u8)> = vec![
+        ("GET", "/api/v1/clusters", None, 1),
+        ("GET", "/api/v1/clusters/lab/check", None, 1),
+        ("POST", "/api/v1/clusters/lab/config", Some(&dry), 2),
+        ("GET", "/api/v1/jobs", None, 1),
+        ("GET", "/api/v1/jobs/j-none", None, 1),
+        ("DELETE", "/api/v1/jobs/j-none", None, 2),
+        ("GET", "/api/v1/approvals", None, 1),
+        ("POST", "/api/v1/approvals/j-none/approve", None, 2),
+        ("POST", "/api/v1/approvals/j-none/reject", None, 2),
+        ("GET", "/api/v1/audit", None, 1),
+    ];
+    let callers: [(Option<&str>, u8); 5] = [
+        (None, 0),
+        (Some("rcops_not-a-token"), 0),
+        (Some(&viewer), 1),
+        (Some(&op), 2),
+        (Some(&admin), 3),
+    ];
+    for (method, path, body, need) in &routes {
+        for (tok, level) in &callers {
+            let (code, v) = http(port, method, path, *tok, *body);
+            let want = match (level, need) {
+                (0, _) => Some(401),
+                (l, n) if l < n => Some(403),
+                _ => None,
+            };
+            match want {
+                Some(w) => assert_eq!(code, w, "{method} {path} as level {level}: {v}"),
+                None => assert!(
+                    ![401, 403].contains(&code) && code < 500,
+                    "{method} {path} as level {level}: {code} {v}"
+                ),
+            }
+        }
+    }
+    let (code, _) = http(port, "GET", "/health", None, None);
+    assert_eq!(code, 200);
+
+    // The check is `rcops check --json`'s document (the CLI resolves -c NAME from the file).
+    let (code, api_check) = http(
+        port,
+        "GET",
+        "/api/v1/clusters/lab/check",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(code, 200);
+    let cli =
+        run(rcops(&["check", "-c", "lab", "--config", &cfg, "--json"]).env("LAB_PW", &password));
+    let want = if api_check["status"] == "ok" { 0 } else { 1 };
+    assert_eq!(cli.code, want, "{}", cli.stderr);
+    let cli = cli.json();
+    for k in ["status", "nodes", "masters", "slots_covered", "findings"] {
+        assert_eq!(api_check[k], cli[k], "{k}");
+    }
+
+    // Plan, confirm, run: a non-production cluster changes at once.
+    let set = |policy: &str, confirm: bool| json!({ "set": { "maxmemory-policy": policy }, "confirm": confirm });
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/lab/config",
+        Some(&op),
+        Some(&dry),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["changes"], 3, "{v}");
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/lab/config",
+        Some(&op),
+        Some(&set("allkeys-lru", false)),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(policies(&lab).iter().all(|p| p == "noeviction"));
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/lab/config",
+        Some(&op),
+        Some(&set("allkeys-lru", true)),
+    );
+    assert_eq!(code, 202, "{v}");
+    let j = wait_job(port, &viewer, v["job"].as_str().unwrap());
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert!(policies(&lab).iter().all(|p| p == "allkeys-lru"));
+
+    // Production: the request waits; its requester and a viewer cannot approve; another
+    // operator can, and the change runs.
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/prod/config",
+        Some(&op),
+        Some(&set("volatile-lru", true)),
+    );
+    assert_eq!(
+        (code, v["state"].as_str()),
+        (202, Some("waiting-approval")),
+        "{v}"
+    );
+    let id = v["job"].as_str().unwrap().to_string();
+    let (_, q) = http(port, "GET", "/api/v1/approvals", Some(&viewer), None);
+    assert_eq!(q["approvals"][0]["id"], id.as_str());
+    assert_eq!(
+        q["approvals"][0]["plan"]["nodes"].as_array().unwrap().len(),
+        3
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        policies(&lab).iter().all(|p| p == "allkeys-lru"),
+        "nothing before approval"
+    );
+    let approve = |tok: &str, id: &str| {
+        http(
+            port,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            Some(tok),
+            None,
+        )
+    };
+    let (code, v) = approve(&op, &id);
+    assert_eq!(code, 403, "self-approval: {v}");
+    assert!(v["error"].as_str().unwrap().contains("another person"));
+    let (code, _) = approve(&viewer, &id);
+    assert_eq!(code, 403);
+    let (code, v) = approve(&op2, &id);
+    assert_eq!(code, 200, "{v}");
+    let j = wait_job(port, &viewer, &id);
+    assert_eq!(
+        (j["state"].as_str(), j["approved_by"].as_str()),
+        (Some("succeeded"), Some("otto")),
+        "{j:#}"
+    );
+    assert!(policies(&lab).iter().all(|p| p == "volatile-lru"));
+
+    // Rejected: nothing changes. Changed under the plan: refused at approval, nothing
+    // applied. Expired: refused.
+    let request = |policy: &str| {
+        let (code, v) = http(
+            port,
+            "POST",
+            "/api/v1/clusters/prod/config",
+            Some(&op),
+            Some(&set(policy, true)),
+        );
+        assert_eq!(code, 202, "{v}");
+        v["job"].as_str().unwrap().to_string()
+    };
+    let id = request("allkeys-random");
+    let (code, _) = http(
+        port,
+        "POST",
+        &format!("/api/v1/approvals/{id}/reject"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(code, 200);
+    let (_, j) = http(
+        port,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(j["state"], "cancelled");
+    let id = request("allkeys-random");
+    lab.redis_cli(
+        lab.port + 1,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"],
+    );
+    let (code, _) = approve(&admin, &id);
+    assert_eq!(code, 200);
+    let j = wait_job(port, &viewer, &id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert!(
+        j["log"][1]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cluster changed")
+            || j.to_string().contains("cluster changed"),
+        "{j:#}"
+    );
+    assert_eq!(
+        policies(&lab),
+        ["volatile-lru", "volatile-ttl", "volatile-lru"]
+    );
+    let id = request("allkeys-random");
+    std::thread::sleep(Duration::from_millis(4500));
+    let (code, v) = approve(&admin, &id);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+
+    // The audit: who requested, who approved; filters; no secret anywhere.
+    let (_, a) = http(port, "GET", "/api/v1/audit?user=otto", Some(&viewer), None);
+    let recs = a["audit"].as_array().unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r["action"] == "approval: approve" && r["detail"]["requested_by"] == "oscar"),
+        "{a:#}"
+    );
+    assert!(recs.iter().all(|r| r["user"] == "otto"));
+    let (_, a) = http(port, "GET", "/api/v1/audit", Some(&viewer), None);
+    let all = a["audit"].as_array().unwrap();
+    assert!(all
+        .iter()
+        .any(|r| r["action"] == "login" && r["outcome"] == "refused"));
+    assert!(all
+        .iter()
+        .any(|r| r["action"] == "approval: self" && r["user"] == "oscar"));
+    drop(server);
+    let db = state.join("rcops-server.db");
+    for f in [&db, &log] {
+        let bytes = std::fs::read(f).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(
+            !hay.contains(&password),
+            "the password is in {}",
+            f.display()
+        );
+        for t in [&admin, &op, &op2, &viewer] {
+            assert!(!hay.contains(t.as_str()), "a token is in {}", f.display());
+        }
+    }
+
+    // An edited record, then a deleted one: `audit verify` names it (exit 2).
+    let verify = || run(&mut rcops(&["audit", "verify", "--config", &cfg]));
+    let r = verify();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let sql = |q: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
+                    db.display().to_string()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    sql("UPDATE audit SET outcome = 'approved' WHERE seq = 10");
+    let r = verify();
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("record 10 was changed"), "{}", r.stderr);
+    sql("DELETE FROM audit WHERE seq = 10");
+    let r = verify();
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("record 10 is missing"), "{}", r.stderr);
+}
