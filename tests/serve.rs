@@ -99,8 +99,172 @@ fn policies(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// Where the server's state lives in a run of the suite.
+trait StateDb {
+    /// The `state = …` line of rcops.toml (empty: the SQLite default).
+    fn setting(&self) -> String;
+    /// Files that hold the state (searched for secrets).
+    fn files(&self) -> Vec<std::path::PathBuf>;
+    /// Runs one SQL statement on it (to tamper with the audit log).
+    fn sql(&self, q: &str);
+}
+
+struct Sqlite(std::path::PathBuf);
+
+impl StateDb for Sqlite {
+    fn setting(&self) -> String {
+        String::new()
+    }
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        vec![self.0.clone()]
+    }
+    fn sql(&self, q: &str) {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
+                    self.0.display().to_string()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// A private PostgreSQL from Debian's package: initdb into a temporary folder (as the
+/// `postgres` user when running as root), a port of its own, stopped on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+fn as_postgres(bin: &std::path::Path, tool: &str, args: &[&str]) -> std::process::Output {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let exe = bin.join(tool).display().to_string();
+    let mut c = if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &exe]);
+        c
+    } else {
+        std::process::Command::new(&exe)
+    };
+    c.args(args).output().unwrap()
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").is_file())?;
+        let dir = tempfile::tempdir().unwrap();
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres", &dir.path().display().to_string()])
+            .output();
+        let data = dir.path().join("data").display().to_string();
+        let out = as_postgres(
+            &bin,
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        assert!(out.status.success(), "initdb: {out:?}");
+        let port = free_port_block();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("log").display().to_string();
+        let out = as_postgres(
+            &bin,
+            "pg_ctl",
+            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+        );
+        assert!(out.status.success(), "pg_ctl start: {out:?}");
+        Some(Postgres { dir, bin, port })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = as_postgres(
+            &self.bin,
+            "pg_ctl",
+            &["-D", &data, "-m", "immediate", "stop"],
+        );
+    }
+}
+
+impl StateDb for Postgres {
+    fn setting(&self) -> String {
+        format!(
+            "state = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+            self.port
+        )
+    }
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("data"), &mut out);
+        out
+    }
+    fn sql(&self, q: &str) {
+        let port = self.port.to_string();
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                q,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
 #[test]
-fn serve_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
+fn serve_on_sqlite_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
+    suite(|dir| Box::new(Sqlite(dir.join("state").join("rcops-server.db"))));
+}
+
+#[test]
+fn serve_on_postgresql_passes_the_same_suite() {
+    let Some(pg) = Postgres::start() else {
+        eprintln!(
+            "SKIPPED: no PostgreSQL server binaries (apt install postgresql; scripts/test does)"
+        );
+        return;
+    };
+    let pg = std::cell::RefCell::new(Some(pg));
+    suite(|_| Box::new(pg.borrow_mut().take().unwrap()));
+}
+
+fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     let lab = Lab::start(LabSpec {
         replicas: 0,
         requirepass: true,
@@ -115,12 +279,14 @@ fn serve_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rcops.toml");
     let state = dir.path().join("state");
+    let db = db(dir.path());
     std::fs::write(
         &config,
         format!(
-            "state_dir = {:?}\napproval_ttl = \"4s\"\n\n[clusters.lab]\nseeds = [\"{}\"]\n\
+            "{}state_dir = {:?}\napproval_ttl = \"4s\"\n\n[clusters.lab]\nseeds = [\"{}\"]\n\
              password_env = \"LAB_PW\"\n\n[clusters.prod]\nseeds = [\"{}\"]\n\
              password_env = \"LAB_PW\"\nproduction = true\n",
+            db.setting(),
             state.display(),
             lab.seed(),
             lab.seed()
@@ -371,9 +537,10 @@ fn serve_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
         .iter()
         .any(|r| r["action"] == "approval: self" && r["user"] == "oscar"));
     drop(server);
-    let db = state.join("rcops-server.db");
-    for f in [&db, &log] {
-        let bytes = std::fs::read(f).unwrap();
+    for f in db.files().iter().chain([&log]) {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
         let hay = String::from_utf8_lossy(&bytes);
         assert!(
             !hay.contains(&password),
@@ -389,19 +556,7 @@ fn serve_checks_every_route_by_role_runs_jobs_and_keeps_a_chained_audit() {
     let verify = || run(&mut rcops(&["audit", "verify", "--config", &cfg]));
     let r = verify();
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let sql = |q: &str| {
-        let out = std::process::Command::new("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import sqlite3; c = sqlite3.connect({:?}); c.execute({q:?}); c.commit()",
-                    db.display().to_string()
-                ),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
+    let sql = |q: &str| db.sql(q);
     sql("UPDATE audit SET outcome = 'approved' WHERE seq = 10");
     let r = verify();
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
