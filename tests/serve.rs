@@ -325,7 +325,15 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     let dry = json!({ "set": { "maxmemory-policy": "allkeys-lru" }, "dry_run": true });
     let routes: Vec<(&str, &str, Option<&Value>, u8)> = vec![
         ("GET", "/api/v1/clusters", None, 1),
+        ("GET", "/api/v1/openapi.json", None, 0),
         ("GET", "/api/v1/clusters/lab/check", None, 1),
+        ("GET", "/api/v1/clusters/lab/nodes", None, 1),
+        ("GET", "/api/v1/clusters/lab/slots", None, 1),
+        ("GET", "/api/v1/clusters/lab/info", None, 1),
+        ("GET", "/api/v1/clusters/lab/metrics", None, 1),
+        ("GET", "/api/v1/clusters/lab/slowlog", None, 1),
+        ("GET", "/api/v1/backups", None, 1),
+        ("GET", "/api/v1/jobs/j-none/events", None, 1),
         ("POST", "/api/v1/clusters/lab/config", Some(&dry), 2),
         ("GET", "/api/v1/jobs", None, 1),
         ("GET", "/api/v1/jobs/j-none", None, 1),
@@ -346,6 +354,7 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
         for (tok, level) in &callers {
             let (code, v) = http(port, method, path, *tok, *body);
             let want = match (level, need) {
+                (_, 0) => None,
                 (0, _) => Some(401),
                 (l, n) if l < n => Some(403),
                 _ => None,
@@ -408,9 +417,47 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
         Some(&set("allkeys-lru", true)),
     );
     assert_eq!(code, 202, "{v}");
-    let j = wait_job(port, &viewer, v["job"].as_str().unwrap());
+    let id = v["job"].as_str().unwrap().to_string();
+    let j = wait_job(port, &viewer, &id);
     assert_eq!(j["state"], "succeeded", "{j:#}");
     assert!(policies(&lab).iter().all(|p| p == "allkeys-lru"));
+    // Its events: the stream ends with the job's last state.
+    let (code, ev) = http(
+        port,
+        "GET",
+        &format!("/api/v1/jobs/{id}/events"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(
+        (code, ev["state"].as_str()),
+        (200, Some("succeeded")),
+        "{ev}"
+    );
+    // The read routes give the CLI's documents; the OpenAPI document lists every route.
+    let (_, slots) = http(
+        port,
+        "GET",
+        "/api/v1/clusters/lab/slots",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(slots["masters"].as_array().unwrap().len(), 3, "{slots}");
+    let (_, doc) = http(port, "GET", "/api/v1/openapi.json", None, None);
+    for (method, path, _, _) in &routes {
+        let templ: Vec<&str> = path.split('/').collect();
+        assert!(
+            doc["paths"].as_object().unwrap().iter().any(|(p, ops)| {
+                let t: Vec<&str> = p.split('/').collect();
+                t.len() == templ.len()
+                    && t.iter()
+                        .zip(&templ)
+                        .all(|(a, b)| a == b || a.starts_with('{'))
+                    && ops.get(method.to_ascii_lowercase()).is_some()
+            }),
+            "{method} {path} is not in the OpenAPI document"
+        );
+    }
 
     // Production: the request waits; its requester and a viewer cannot approve; another
     // operator can, and the change runs.

@@ -27,7 +27,14 @@ use rcops_formats::conf::Params;
 pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/health", None),
     ("GET", "/api/v1/clusters", Some(Role::Viewer)),
+    ("GET", "/api/v1/openapi.json", None),
     ("GET", "/api/v1/clusters/{name}/check", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/nodes", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/slots", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/info", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/metrics", Some(Role::Viewer)),
+    ("GET", "/api/v1/clusters/{name}/slowlog", Some(Role::Viewer)),
+    ("GET", "/api/v1/backups", Some(Role::Viewer)),
     (
         "POST",
         "/api/v1/clusters/{name}/config",
@@ -35,6 +42,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ),
     ("GET", "/api/v1/jobs", Some(Role::Viewer)),
     ("GET", "/api/v1/jobs/{id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/jobs/{id}/events", Some(Role::Viewer)),
     ("DELETE", "/api/v1/jobs/{id}", Some(Role::Operator)),
     ("GET", "/api/v1/approvals", Some(Role::Viewer)),
     (
@@ -140,10 +148,18 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/clusters/{name}/check", get(check))
+        .route("/api/v1/clusters/{name}/nodes", get(nodes))
+        .route("/api/v1/clusters/{name}/slots", get(slots))
+        .route("/api/v1/clusters/{name}/info", get(info))
+        .route("/api/v1/clusters/{name}/metrics", get(metrics))
+        .route("/api/v1/clusters/{name}/slowlog", get(slowlog))
+        .route("/api/v1/backups", get(backups))
         .route("/api/v1/clusters/{name}/config", post(config_set))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{id}", get(job).delete(cancel))
+        .route("/api/v1/jobs/{id}/events", get(events))
         .route("/api/v1/approvals", get(approvals))
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/reject", post(reject))
@@ -239,6 +255,156 @@ async fn check(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResu
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
     Ok(Json(report).into_response())
+}
+
+/// The cluster as discovery sees it (`light`: the seeds' views only, as the CLI's read
+/// commands do).
+async fn view_of(
+    api: &Api,
+    name: &str,
+    detail: Detail,
+    light: bool,
+) -> Result<(Executor, rcops_core::ClusterView), ApiError> {
+    let (exec, seeds) = api.executor(name)?;
+    let v = if light {
+        rcops_core::discover_light(&exec, &seeds, detail).await
+    } else {
+        rcops_core::discover(&exec, &seeds, detail).await
+    };
+    let v = v.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
+    Ok((exec, v))
+}
+
+/// `rcops nodes --json`.
+async fn nodes(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let (_, v) = view_of(&api, &name, Detail::Health, true).await?;
+    Ok(Json(rcops_core::ops::nodes::nodes(&v)).into_response())
+}
+
+/// `rcops slots --json`.
+async fn slots(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let (_, v) = view_of(&api, &name, Detail::Keyspace, false).await?;
+    Ok(Json(rcops_core::ops::slots::slots(&v)).into_response())
+}
+
+/// `rcops info --json` (the per-node summary).
+async fn info(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let (_, v) = view_of(&api, &name, Detail::Full, true).await?;
+    Ok(Json(rcops_core::ops::info::summary(&v, &[], false)).into_response())
+}
+
+/// `rcops metrics --json` (one snapshot).
+async fn metrics(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let (_, v) = view_of(&api, &name, Detail::Full, true).await?;
+    Ok(Json(rcops_core::ops::metrics::metrics(&v)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct SlowlogQuery {
+    count: Option<usize>,
+    top: Option<usize>,
+}
+
+/// `rcops slowlog --json` (arguments redacted as there).
+async fn slowlog(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Query(q): Query<SlowlogQuery>,
+) -> ApiResult {
+    let (exec, v) = view_of(&api, &name, Detail::Health, true).await?;
+    let opts = rcops_core::ops::slowlog::SlowlogOptions {
+        per_node: q.count.unwrap_or(128).clamp(1, 100_000),
+        since_unix: None,
+        top: q.top,
+    };
+    Ok(Json(rcops_core::ops::slowlog::slowlog(&exec, &v, &opts).await).into_response())
+}
+
+/// `rcops backup list --json`: the sets and chains in the server's backup folder.
+async fn backups(State(api): State<Arc<Api>>) -> ApiResult {
+    let dir = api.state_dir.join("backups");
+    let sets = rcops_core::ops::backup::list(&dir).map_err(internal)?;
+    let chains: Vec<rcops_core::ops::follow::ChainSummary> = rcops_core::ops::follow::chains(&dir)
+        .map_err(internal)?
+        .iter()
+        .rev()
+        .map(|(p, c)| rcops_core::ops::follow::ChainSummary::of(p, c))
+        .collect();
+    Ok(Json(json!({ "sets": sets, "chains": chains })).into_response())
+}
+
+/// The OpenAPI document, from [`ROUTES`]: every path and method, and the role it needs
+/// (`x-rcops-role`); bearer tokens.
+async fn openapi() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, role) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let mut op = json!({
+            "operationId": format!("{} {path}", method.to_ascii_lowercase()),
+            "parameters": params,
+            "responses": {
+                "200": { "description": "the result" },
+                "202": { "description": "a job was created: {\"job\", \"state\"}" },
+                "401": { "description": "no valid bearer token" },
+                "403": { "description": "the role is too low" },
+            },
+            "x-rcops-role": role.map_or("none", Role::as_str),
+        });
+        if role.is_some() {
+            op["security"] = json!([{ "bearer": [] }]);
+        }
+        paths
+            .entry(path.to_string())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|m| m.insert(method.to_ascii_lowercase(), op));
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": { "title": "rcops", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
+    }))
+}
+
+/// A job's state as Server-Sent Events: one `job` event whenever it changes, until it ends.
+async fn events(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if api.store.job(&id).await.map_err(internal)?.is_none() {
+        return Err(not_found(format!("no job {id}")));
+    }
+    let stream = futures::stream::unfold(
+        (api, id, String::new(), false),
+        |(api, id, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let j = api.store.job(&id).await.ok().flatten()?;
+                let text = serde_json::to_string(&j).unwrap_or_default();
+                let end =
+                    ["succeeded", "failed", "cancelled", "interrupted"].contains(&j.state.as_str());
+                if text != last {
+                    let ev = Event::default().event("job").data(text.clone());
+                    return Some((Ok(ev), (api, id, text, end)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, Deserialize)]
