@@ -456,8 +456,17 @@ async fn config_set(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(req): Json<ConfigRequest>,
+    body: axum::body::Bytes,
 ) -> ApiResult {
+    // JSON whatever the Content-Type says (curl -d sends a form type).
+    let req: ConfigRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not {{\"set\": {{PARAM: VALUE}}, \"confirm\"|\"dry_run\": true}}: {e}"
+            ),
+        )
+    })?;
     let production = api.cluster(&name)?.production;
     if req.set.is_empty() {
         return Err(ApiError(
