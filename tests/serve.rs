@@ -61,6 +61,34 @@ impl Drop for Server {
     }
 }
 
+/// `rcops serve` on `port` (its stderr into `log`), once it listens.
+fn start_server(cfg: &str, port: u16, password: &str, log: &std::path::Path) -> Server {
+    let child = rcops(&[
+        "serve",
+        "--config",
+        cfg,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("LAB_PW", password)
+    .stdout(Stdio::null())
+    .stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    )
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, port }
+}
+
 fn token(config: &str, user: &str, role: &str) -> String {
     let r = run(&mut rcops(&[
         "token", "create", "--config", config, "--user", user, "--role", role,
@@ -298,26 +326,8 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     let op = token(&cfg, "oscar", "operator");
     let op2 = token(&cfg, "otto", "operator");
     let viewer = token(&cfg, "vera", "viewer");
-    let port = free_port_block();
     let log = dir.path().join("serve.log");
-    let child = rcops(&[
-        "serve",
-        "--config",
-        &cfg,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .env("LAB_PW", &password)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = start_server(&cfg, free_port_block(), &password, &log);
     let port = server.port;
 
     // Every route × every role: 401 without a token, 403 below the route's role, otherwise
@@ -612,4 +622,69 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     let r = verify();
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("record 10 is missing"), "{}", r.stderr);
+}
+
+#[test]
+fn a_job_running_when_the_server_dies_is_interrupted_after_a_restart() {
+    let lab = Lab::start(LabSpec {
+        replicas: 0,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rcops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[clusters.lab]\nseeds = [\"{}\"]\n",
+            dir.path().join("state").display(),
+            lab.seed()
+        ),
+    )
+    .unwrap();
+    let cfg = config.display().to_string();
+    let op = token(&cfg, "oscar", "operator");
+    let log = dir.path().join("serve.log");
+    let port = free_port_block();
+    let mut server = start_server(&cfg, port, "", &log);
+    // One node at a time, 3 s apart: killed after the first node changed.
+    let body = json!({ "set": { "maxmemory-policy": "allkeys-lfu" }, "rolling": true, "settle": "3s", "confirm": true });
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/lab/config",
+        Some(&op),
+        Some(&body),
+    );
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !policies(&lab).iter().any(|p| p == "allkeys-lfu") {
+        assert!(Instant::now() < deadline, "no node changed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, j) = http(port, "GET", &format!("/api/v1/jobs/{id}"), Some(&op), None);
+    assert_eq!(j["state"], "running", "{j:#}");
+    assert_eq!(j["request"]["rolling"], true);
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    let changed = policies(&lab)
+        .iter()
+        .filter(|p| *p == "allkeys-lfu")
+        .count();
+    assert!(changed < 3, "the kill came too late to test anything");
+
+    // Restarted: the job says it was interrupted, with no report claiming an outcome.
+    let server = start_server(&cfg, port, "", &log);
+    let (_, j) = http(
+        server.port,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&op),
+        None,
+    );
+    assert_eq!(j["state"], "interrupted", "{j:#}");
+    assert!(j["report"].is_null(), "{j:#}");
+    assert!(j["log"].to_string().contains("server stopped"), "{j:#}");
+    let r = run(&mut rcops(&["audit", "verify", "--config", &cfg]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

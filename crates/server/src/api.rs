@@ -414,13 +414,36 @@ struct ConfigRequest {
     confirm: bool,
     #[serde(default)]
     dry_run: bool,
+    #[serde(flatten)]
+    how: Rollout,
+}
+
+/// How a change is applied, as `rcops config set --rolling --settle` does.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+struct Rollout {
+    /// One node at a time, each gated on the cluster's health.
+    #[serde(default)]
+    rolling: bool,
+    /// The pause after each node of a rolling change (`2s`).
+    #[serde(default)]
+    settle: Option<String>,
+}
+
+impl Rollout {
+    fn settle(&self) -> Result<std::time::Duration, ApiError> {
+        match &self.settle {
+            None => Ok(std::time::Duration::from_secs(1)),
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("settle {t:?}: {e}"))),
+        }
+    }
 }
 
 /// The request as stored and shown: secret values masked.
-fn masked_request(params: &BTreeMap<String, String>) -> Value {
+fn masked_request(params: &BTreeMap<String, String>, how: &Rollout) -> Value {
     let set: BTreeMap<&String, String> =
         params.iter().map(|(k, v)| (k, cfg::shown(k, v))).collect();
-    json!({ "set": set })
+    json!({ "set": set, "rolling": how.rolling, "settle": how.settle })
 }
 
 /// Plans setting `params` on every node of cluster `name`.
@@ -468,6 +491,7 @@ async fn config_set(
         )
     })?;
     let production = api.cluster(&name)?.production;
+    req.how.settle()?;
     if req.set.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -507,7 +531,7 @@ async fn config_set(
         .into(),
         requested_by: caller.user.clone(),
         approved_by: None,
-        request: masked_request(&req.set),
+        request: masked_request(&req.set, &req.how),
         plan,
         progress: json!({}),
         report: None,
@@ -528,7 +552,7 @@ async fn config_set(
         .await
         .map_err(internal)?;
     if !production {
-        start(api.clone(), job.clone(), req.set, None);
+        start(api.clone(), job.clone(), req.set, req.how, None);
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -539,7 +563,13 @@ async fn config_set(
 
 /// Runs a config job in the background: planned again, compared with `expected` (the plan
 /// approved), then applied through the same change flow as `rcops config set`.
-fn start(api: Arc<Api>, mut job: Job, params: BTreeMap<String, String>, expected: Option<Value>) {
+fn start(
+    api: Arc<Api>,
+    mut job: Job,
+    params: BTreeMap<String, String>,
+    how: Rollout,
+    expected: Option<Value>,
+) {
     let cancel = CancellationToken::new();
     if let Ok(mut r) = api.running.lock() {
         r.insert(job.id.clone(), cancel.clone());
@@ -547,7 +577,7 @@ fn start(api: Arc<Api>, mut job: Job, params: BTreeMap<String, String>, expected
     tokio::spawn(async move {
         job.state = "running".into();
         let _ = api.store.update_job(&job).await;
-        let outcome = run_config(&api, &job, &params, expected, cancel).await;
+        let outcome = run_config(&api, &job, &params, &how, expected, cancel).await;
         match outcome {
             Ok((report, ok)) => {
                 job.state = if ok { "succeeded" } else { "failed" }.into();
@@ -580,6 +610,7 @@ async fn run_config(
     api: &Api,
     job: &Job,
     params: &BTreeMap<String, String>,
+    how: &Rollout,
     expected: Option<Value>,
     cancel: CancellationToken,
 ) -> Result<(Value, bool), ApiError> {
@@ -598,10 +629,10 @@ async fn run_config(
     let h = History::open(&api.state_dir.join("config").join(cfg::cluster_key(&view)))
         .map_err(internal)?;
     let opts = change::ChangeOptions {
-        rolling: false,
+        rolling: how.rolling,
         batch: None,
         keep_going: false,
-        settle: std::time::Duration::from_secs(1),
+        settle: how.settle()?,
         no_rewrite: false,
         user: Some(
             job.approved_by
@@ -769,8 +800,9 @@ async fn approve(
         )
         .await
         .map_err(internal)?;
+    let how: Rollout = serde_json::from_value(j.request.clone()).unwrap_or_default();
     let expected = Some(j.plan.clone());
-    start(api.clone(), j.clone(), params, expected);
+    start(api.clone(), j.clone(), params, how, expected);
     Ok(Json(json!({ "job": id, "state": "queued" })).into_response())
 }
 
