@@ -333,6 +333,7 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     // Every route × every role: 401 without a token, 403 below the route's role, otherwise
     // through (a missing job is a 404, a plan a 200).
     let dry = json!({ "set": { "maxmemory-policy": "allkeys-lru" }, "dry_run": true });
+    let dry_plain = json!({ "dry_run": true });
     let routes: Vec<(&str, &str, Option<&Value>, u8)> = vec![
         ("GET", "/api/v1/clusters", None, 1),
         ("GET", "/api/v1/openapi.json", None, 0),
@@ -342,6 +343,12 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
         ("GET", "/api/v1/clusters/lab/info", None, 1),
         ("GET", "/api/v1/clusters/lab/metrics", None, 1),
         ("GET", "/api/v1/clusters/lab/slowlog", None, 1),
+        (
+            "POST",
+            "/api/v1/clusters/lab/slowlog/reset",
+            Some(&dry_plain),
+            2,
+        ),
         ("GET", "/api/v1/backups", None, 1),
         ("GET", "/api/v1/jobs/j-none/events", None, 1),
         ("POST", "/api/v1/clusters/lab/config", Some(&dry), 2),
@@ -576,6 +583,52 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     assert_eq!(code, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
 
+    // Another action through the same flow: a slow-log reset on production, approved.
+    let slow_len = |p: u16| {
+        lab.redis_cli(p, &["SLOWLOG", "LEN"])
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    for p in lab.port..lab.port + 3 {
+        lab.redis_cli(p, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+        lab.redis_cli(p, &["PING"]);
+        lab.redis_cli(p, &["CONFIG", "SET", "slowlog-log-slower-than", "1000000"]);
+        assert!(slow_len(p) > 0);
+    }
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/prod/slowlog/reset",
+        Some(&op),
+        Some(&json!({ "confirm": true })),
+    );
+    assert_eq!(
+        (code, v["state"].as_str()),
+        (202, Some("waiting-approval")),
+        "{v}"
+    );
+    let id = v["job"].as_str().unwrap().to_string();
+    let (code, _) = approve(&admin, &id);
+    assert_eq!(code, 200);
+    let j = wait_job(port, &viewer, &id);
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(j["report"]["reset"].as_array().unwrap().len(), 3, "{j:#}");
+    for p in lab.port..lab.port + 3 {
+        assert_eq!(slow_len(p), 0);
+    }
+    // A secret cannot wait for an approval (the request keeps none).
+    let secret = json!({ "set": { "requirepass": "s3cret-new" }, "confirm": true });
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/prod/config",
+        Some(&op),
+        Some(&secret),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("secret"), "{v}");
+
     // The audit: who requested, who approved; filters; no secret anywhere.
     let (_, a) = http(port, "GET", "/api/v1/audit?user=otto", Some(&viewer), None);
     let recs = a["audit"].as_array().unwrap();
@@ -602,6 +655,11 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
         assert!(
             !hay.contains(&password),
             "the password is in {}",
+            f.display()
+        );
+        assert!(
+            !hay.contains("s3cret-new"),
+            "a refused secret is in {}",
             f.display()
         );
         for t in [&admin, &op, &op2, &viewer] {

@@ -11,17 +11,16 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::actions::Action;
 use crate::settings::{ClusterSettings, Settings};
 use crate::store::{now_ms, AuditFilter, Job, Role, Store};
-use rcops_core::job::{CancellationToken, ErrorClass, JobCtx, JobError};
-use rcops_core::ops::config::{self as cfg, change, history::History};
+use rcops_core::job::{CancellationToken, ErrorClass, JobError};
 use rcops_core::topology::Detail;
 use rcops_core::{ConnectOptions, Executor};
-use rcops_formats::conf::Params;
 
 /// Every route and the least role it needs. `None`: no token needed.
 pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
@@ -34,6 +33,11 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/clusters/{name}/info", Some(Role::Viewer)),
     ("GET", "/api/v1/clusters/{name}/metrics", Some(Role::Viewer)),
     ("GET", "/api/v1/clusters/{name}/slowlog", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/clusters/{name}/slowlog/reset",
+        Some(Role::Operator),
+    ),
     ("GET", "/api/v1/backups", Some(Role::Viewer)),
     (
         "POST",
@@ -78,7 +82,7 @@ pub struct Caller {
 }
 
 /// An error answer: `{"error": …}` with the status its class maps to.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -98,7 +102,7 @@ impl From<JobError> for ApiError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -132,6 +136,24 @@ impl Api {
             .ok_or_else(|| not_found(format!("no cluster {name:?} in the configuration")))
     }
 
+    /// The cluster as discovery sees it (`light`: the seeds' views only, as the CLI's read
+    /// commands do).
+    pub(crate) async fn view(
+        &self,
+        name: &str,
+        detail: Detail,
+        light: bool,
+    ) -> Result<(Executor, rcops_core::ClusterView), ApiError> {
+        let (exec, seeds) = self.executor(name)?;
+        let v = if light {
+            rcops_core::discover_light(&exec, &seeds, detail).await
+        } else {
+            rcops_core::discover(&exec, &seeds, detail).await
+        };
+        let v = v.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
+        Ok((exec, v))
+    }
+
     /// An executor and the seeds for a configured cluster.
     fn executor(&self, name: &str) -> Result<(Executor, Vec<rcops_core::Addr>), ApiError> {
         let c = self.cluster(name)?;
@@ -155,6 +177,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/clusters/{name}/info", get(info))
         .route("/api/v1/clusters/{name}/metrics", get(metrics))
         .route("/api/v1/clusters/{name}/slowlog", get(slowlog))
+        .route("/api/v1/clusters/{name}/slowlog/reset", post(slowlog_reset))
         .route("/api/v1/backups", get(backups))
         .route("/api/v1/clusters/{name}/config", post(config_set))
         .route("/api/v1/jobs", get(jobs))
@@ -257,45 +280,27 @@ async fn check(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResu
     Ok(Json(report).into_response())
 }
 
-/// The cluster as discovery sees it (`light`: the seeds' views only, as the CLI's read
-/// commands do).
-async fn view_of(
-    api: &Api,
-    name: &str,
-    detail: Detail,
-    light: bool,
-) -> Result<(Executor, rcops_core::ClusterView), ApiError> {
-    let (exec, seeds) = api.executor(name)?;
-    let v = if light {
-        rcops_core::discover_light(&exec, &seeds, detail).await
-    } else {
-        rcops_core::discover(&exec, &seeds, detail).await
-    };
-    let v = v.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
-    Ok((exec, v))
-}
-
 /// `rcops nodes --json`.
 async fn nodes(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
-    let (_, v) = view_of(&api, &name, Detail::Health, true).await?;
+    let (_, v) = api.view(&name, Detail::Health, true).await?;
     Ok(Json(rcops_core::ops::nodes::nodes(&v)).into_response())
 }
 
 /// `rcops slots --json`.
 async fn slots(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
-    let (_, v) = view_of(&api, &name, Detail::Keyspace, false).await?;
+    let (_, v) = api.view(&name, Detail::Keyspace, false).await?;
     Ok(Json(rcops_core::ops::slots::slots(&v)).into_response())
 }
 
 /// `rcops info --json` (the per-node summary).
 async fn info(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
-    let (_, v) = view_of(&api, &name, Detail::Full, true).await?;
+    let (_, v) = api.view(&name, Detail::Full, true).await?;
     Ok(Json(rcops_core::ops::info::summary(&v, &[], false)).into_response())
 }
 
 /// `rcops metrics --json` (one snapshot).
 async fn metrics(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
-    let (_, v) = view_of(&api, &name, Detail::Full, true).await?;
+    let (_, v) = api.view(&name, Detail::Full, true).await?;
     Ok(Json(rcops_core::ops::metrics::metrics(&v)).into_response())
 }
 
@@ -311,7 +316,7 @@ async fn slowlog(
     Path(name): Path<String>,
     Query(q): Query<SlowlogQuery>,
 ) -> ApiResult {
-    let (exec, v) = view_of(&api, &name, Detail::Health, true).await?;
+    let (exec, v) = api.view(&name, Detail::Health, true).await?;
     let opts = rcops_core::ops::slowlog::SlowlogOptions {
         per_node: q.count.unwrap_or(128).clamp(1, 100_000),
         since_unix: None,
@@ -407,72 +412,28 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// The body of a request for an action: its own fields, and whether to plan or run.
 #[derive(Debug, Deserialize)]
-struct ConfigRequest {
-    set: BTreeMap<String, String>,
+struct Confirm {
     #[serde(default)]
     confirm: bool,
     #[serde(default)]
     dry_run: bool,
-    #[serde(flatten)]
-    how: Rollout,
 }
 
-/// How a change is applied, as `rcops config set --rolling --settle` does.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-struct Rollout {
-    /// One node at a time, each gated on the cluster's health.
-    #[serde(default)]
-    rolling: bool,
-    /// The pause after each node of a rolling change (`2s`).
-    #[serde(default)]
-    settle: Option<String>,
-}
-
-impl Rollout {
-    fn settle(&self) -> Result<std::time::Duration, ApiError> {
-        match &self.settle {
-            None => Ok(std::time::Duration::from_secs(1)),
-            Some(t) => humantime::parse_duration(t)
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("settle {t:?}: {e}"))),
-        }
-    }
-}
-
-/// The request as stored and shown: secret values masked.
-fn masked_request(params: &BTreeMap<String, String>, how: &Rollout) -> Value {
-    let set: BTreeMap<&String, String> =
-        params.iter().map(|(k, v)| (k, cfg::shown(k, v))).collect();
-    json!({ "set": set, "rolling": how.rolling, "settle": how.settle })
-}
-
-/// Plans setting `params` on every node of cluster `name`.
-async fn plan_config(
-    api: &Api,
-    name: &str,
-    params: &BTreeMap<String, String>,
-) -> Result<(Executor, rcops_core::ClusterView, change::Prepared), ApiError> {
-    let (exec, seeds) = api.executor(name)?;
-    let view = rcops_core::discover(&exec, &seeds, Detail::Health)
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{name}: {e}")))?;
-    let t = cfg::targets(&view, &cfg::Selection::default());
-    let desired = cfg::uniform(&t, &lowercase(params));
-    let prepared = change::prepare(&exec, &view, &t, desired, Vec::new()).await?;
-    Ok((exec, view, prepared))
-}
-
-/// Parameter names as `CONFIG SET` reports them (lower case).
-fn lowercase(params: &BTreeMap<String, String>) -> Params {
-    let mut p = Params::new();
-    for (k, v) in params {
-        p.insert(k.to_ascii_lowercase(), v.clone());
-    }
-    p
-}
-
-fn plan_json(plan: &cfg::Plan) -> Value {
-    serde_json::to_value(plan.masked()).unwrap_or(Value::Null)
+/// JSON whatever the Content-Type says (curl -d sends a form type).
+fn body_of<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {shape}: {e}"),
+        )
+    })
 }
 
 async fn config_set(
@@ -481,40 +442,58 @@ async fn config_set(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    // JSON whatever the Content-Type says (curl -d sends a form type).
-    let req: ConfigRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the body is not {{\"set\": {{PARAM: VALUE}}, \"confirm\"|\"dry_run\": true}}: {e}"
-            ),
-        )
-    })?;
+    let shape = "{\"set\": {PARAM: VALUE}, \"confirm\"|\"dry_run\": true}";
+    let action: Action = body_of::<crate::actions::ConfigBody>(&body, shape)?.into();
+    let c: Confirm = body_of(&body, shape)?;
+    request(api, caller, name, action, c).await
+}
+
+async fn slowlog_reset(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let c: Confirm = body_of(&body, "{\"confirm\"|\"dry_run\": true}")?;
+    request(api, caller, name, Action::SlowlogReset, c).await
+}
+
+/// Plans `action`; with `dry_run` answers the plan, without `confirm` refuses (400, with
+/// the plan); otherwise makes it a job — waiting for an approval on a production cluster,
+/// started at once elsewhere.
+async fn request(
+    api: Arc<Api>,
+    caller: Caller,
+    name: String,
+    action: Action,
+    c: Confirm,
+) -> ApiResult {
     let production = api.cluster(&name)?.production;
-    req.how.settle()?;
-    if req.set.is_empty() {
+    action.check()?;
+    if production && action.sets_secret() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "\"set\" names no parameter".into(),
+            "this change sets a secret, and a request waiting for its approval keeps no secret: \
+             set it with rcops config set"
+                .into(),
         ));
     }
-    let (_, _, prepared) = plan_config(&api, &name, &req.set).await?;
-    let plan = plan_json(&prepared.plan);
-    if prepared.plan.changes() == 0 {
+    let (plan, changes) = action.plan(&api, &name).await?;
+    if changes == 0 {
         return Ok(
             Json(json!({ "plan": plan, "changes": 0, "note": "nothing to change" }))
                 .into_response(),
         );
     }
-    if req.dry_run || !req.confirm {
-        let status = if req.dry_run {
+    if c.dry_run || !c.confirm {
+        let status = if c.dry_run {
             StatusCode::OK
         } else {
             StatusCode::BAD_REQUEST
         };
-        let mut body = json!({ "plan": plan, "changes": prepared.plan.changes() });
-        if !req.dry_run {
-            body["error"] = json!("pass \"confirm\": true to apply (or \"dry_run\": true)");
+        let mut body = json!({ "plan": plan, "changes": changes });
+        if !c.dry_run {
+            body["error"] = json!("pass \"confirm\": true to run it (or \"dry_run\": true)");
         }
         return Ok((status, Json(body)).into_response());
     }
@@ -522,7 +501,7 @@ async fn config_set(
     let job = Job {
         id: format!("j-{now:x}-{:04x}", rand::random::<u16>()),
         cluster: name.clone(),
-        action: "config set".into(),
+        action: action.name().into(),
         state: if production {
             "waiting-approval"
         } else {
@@ -531,7 +510,7 @@ async fn config_set(
         .into(),
         requested_by: caller.user.clone(),
         approved_by: None,
-        request: masked_request(&req.set, &req.how),
+        request: action.stored(),
         plan,
         progress: json!({}),
         report: None,
@@ -545,14 +524,15 @@ async fn config_set(
         .audit(
             &caller.user,
             &name,
-            "config set: requested",
+            &format!("{}: requested", job.action),
             json!({ "job": job.id, "request": job.request, "plan": job.plan }),
             &job.state,
         )
         .await
         .map_err(internal)?;
     if !production {
-        start(api.clone(), job.clone(), req.set, req.how, None);
+        let expected = job.plan.clone();
+        start(api.clone(), job.clone(), action, expected);
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -561,15 +541,9 @@ async fn config_set(
         .into_response())
 }
 
-/// Runs a config job in the background: planned again, compared with `expected` (the plan
-/// approved), then applied through the same change flow as `rcops config set`.
-fn start(
-    api: Arc<Api>,
-    mut job: Job,
-    params: BTreeMap<String, String>,
-    how: Rollout,
-    expected: Option<Value>,
-) {
+/// Runs a job in the background: planned again and compared with `expected` (the plan
+/// shown, or approved), then run through the same library function as the CLI.
+fn start(api: Arc<Api>, mut job: Job, action: Action, expected: Value) {
     let cancel = CancellationToken::new();
     if let Ok(mut r) = api.running.lock() {
         r.insert(job.id.clone(), cancel.clone());
@@ -577,8 +551,7 @@ fn start(
     tokio::spawn(async move {
         job.state = "running".into();
         let _ = api.store.update_job(&job).await;
-        let outcome = run_config(&api, &job, &params, &how, expected, cancel).await;
-        match outcome {
+        match action.run(&api, &job, &expected, cancel).await {
             Ok((report, ok)) => {
                 job.state = if ok { "succeeded" } else { "failed" }.into();
                 job.report = Some(report);
@@ -595,7 +568,7 @@ fn start(
             .audit(
                 job.approved_by.as_deref().unwrap_or(&job.requested_by),
                 &job.cluster,
-                "config set: finished",
+                &format!("{}: finished", job.action),
                 json!({ "job": job.id, "requested_by": job.requested_by, "approved_by": job.approved_by, "report": job.report }),
                 &job.state,
             )
@@ -604,56 +577,6 @@ fn start(
             r.remove(&job.id);
         }
     });
-}
-
-async fn run_config(
-    api: &Api,
-    job: &Job,
-    params: &BTreeMap<String, String>,
-    how: &Rollout,
-    expected: Option<Value>,
-    cancel: CancellationToken,
-) -> Result<(Value, bool), ApiError> {
-    let (exec, view, prepared) = plan_config(api, &job.cluster, params).await?;
-    if let Some(want) = expected {
-        let now = plan_json(&prepared.plan);
-        if now != want {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                "the cluster changed since the plan was approved: nothing applied; request \
-                 the change again"
-                    .into(),
-            ));
-        }
-    }
-    let h = History::open(&api.state_dir.join("config").join(cfg::cluster_key(&view)))
-        .map_err(internal)?;
-    let opts = change::ChangeOptions {
-        rolling: how.rolling,
-        batch: None,
-        keep_going: false,
-        settle: how.settle()?,
-        no_rewrite: false,
-        user: Some(
-            job.approved_by
-                .clone()
-                .map_or(job.requested_by.clone(), |a| {
-                    format!("{} (approved by {a})", job.requested_by)
-                }),
-        ),
-    };
-    let ctx = JobCtx {
-        cancel,
-        ..Default::default()
-    };
-    let desc = format!("config set via the API, job {}", job.id);
-    let r = change::run(&ctx, &exec, prepared, h, &desc, &opts).await?;
-    let ok = r.result.exit_code() == 0;
-    let masked = change::ChangeReport {
-        result: r.result.masked(),
-        ..r
-    };
-    Ok((serde_json::to_value(&masked).unwrap_or(Value::Null), ok))
 }
 
 #[derive(Debug, Deserialize)]
@@ -773,19 +696,7 @@ async fn approve(
             ),
         ));
     }
-    let params: BTreeMap<String, String> =
-        serde_json::from_value(j.request["set"].clone()).map_err(internal)?;
-    // The stored request is masked: a secret value cannot be applied from it.
-    if params
-        .values()
-        .any(|v| v.contains('*') && v.chars().all(|c| c == '*'))
-    {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "the request sets a secret, which is not kept: request it again and approve at once"
-                .into(),
-        ));
-    }
+    let action = Action::from_stored(&j.action, &j.request)?;
     j.approved_by = Some(caller.user.clone());
     j.state = "queued".into();
     j.log.push(format!("approved by {}", caller.user));
@@ -800,9 +711,8 @@ async fn approve(
         )
         .await
         .map_err(internal)?;
-    let how: Rollout = serde_json::from_value(j.request.clone()).unwrap_or_default();
-    let expected = Some(j.plan.clone());
-    start(api.clone(), j.clone(), params, how, expected);
+    let expected = j.plan.clone();
+    start(api.clone(), j.clone(), action, expected);
     Ok(Json(json!({ "job": id, "state": "queued" })).into_response())
 }
 

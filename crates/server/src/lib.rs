@@ -3,6 +3,7 @@
 //! Prometheus exporter (`/metrics`, `/health`) and the `backup follow` process's own
 //! `/metrics`. Handlers only call `rcops_core::ops` functions, like the CLI does.
 
+pub mod actions;
 pub mod api;
 pub mod settings;
 pub mod store;
