@@ -746,3 +746,99 @@ fn a_job_running_when_the_server_dies_is_interrupted_after_a_restart() {
     let r = run(&mut rcops(&["audit", "verify", "--config", &cfg]));
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// `GET path` over HTTPS, verifying the server with `ca` (Python's ssl: an independent
+/// client): the status, or the error.
+fn https_get(port: u16, path: &str, token: &str, ca: &std::path::Path) -> Result<u16, String> {
+    let script = format!(
+        "import ssl, http.client\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port}, context=ctx, timeout=20)\n\
+         c.request('GET', {path:?}, headers={{'Authorization': 'Bearer {token}'}})\n\
+         print(c.getresponse().status)\n",
+        ca = ca.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn serve_over_tls_to_a_tls_cluster() {
+    let lab = Lab::start(LabSpec {
+        masters: 3,
+        replicas: 0,
+        tls: true,
+        ..Default::default()
+    });
+    let tls = lab.path().join("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rcops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[clusters.lab]\nseeds = [\"{}\"]\ncacert = {:?}\n",
+            dir.path().join("state").display(),
+            lab.seed(),
+            tls.join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.display().to_string();
+    let viewer = token(&cfg, "vera", "viewer");
+    let port = free_port_block();
+    let (cert, key) = (tls.join("server.crt"), tls.join("server.key"));
+    let child = rcops(&[
+        "serve",
+        "--config",
+        &cfg,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &key.display().to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let _server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ca = tls.join("ca.crt");
+    assert_eq!(https_get(port, "/health", "", &ca), Ok(200));
+    assert_eq!(
+        https_get(port, "/api/v1/clusters/lab/check", &viewer, &ca),
+        Ok(200)
+    );
+    assert_eq!(
+        https_get(port, "/api/v1/clusters/lab/check", "bad", &ca),
+        Ok(401)
+    );
+    // Plain HTTP gets no answer; nor does a client that does not trust the certificate.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    let other = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other.path(), std::fs::read(tls.join("client.crt")).unwrap()).unwrap();
+    assert!(https_get(port, "/health", "", other.path()).is_err());
+    // The CLI reaches the TLS cluster by name with the file's CA.
+    let r = run(&mut rcops(&[
+        "check", "-c", "lab", "--config", &cfg, "--json",
+    ]));
+    assert!(r.code <= 1, "{}", r.stderr);
+}

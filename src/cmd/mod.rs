@@ -127,6 +127,17 @@ pub fn connect_options(g: &GlobalOpts) -> Result<ConnectOptions, Failure> {
         if opts.password.is_none() {
             opts.password = c.password().map_err(Failure::usage)?;
         }
+        let global_tls = g.tls || g.cacert.is_some() || g.cert.is_some() || g.insecure;
+        if !global_tls && (c.tls || c.cacert.is_some() || c.cert.is_some()) {
+            opts = opts
+                .with_tls(&TlsOptions {
+                    cacert: c.cacert.clone(),
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                    insecure: false,
+                })
+                .map_err(Failure::usage)?;
+        }
     }
     if g.tls || g.cacert.is_some() || g.cert.is_some() || g.insecure {
         opts = with_tls(g, opts)?;

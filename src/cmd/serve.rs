@@ -63,12 +63,31 @@ pub async fn serve(g: &GlobalOpts, a: &ServeArgs) -> CmdResult {
         g.concurrency as usize,
         dir,
     ));
+    let scheme = if a.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     output::note(format!(
-        "rcops serve: http://{local}/api/v1 ({clusters} cluster(s); Ctrl-C or SIGTERM stops)"
+        "rcops serve: {scheme}://{local}/api/v1 ({clusters} cluster(s); Ctrl-C or SIGTERM stops)"
     ));
-    rcops_server::api::serve(listener, api, super::exporter::shutdown_signal())
-        .await
-        .map_err(|e| Failure::failed(format!("the server on {local} failed: {e}")))?;
+    let failed = |e: String| Failure::failed(format!("the server on {local} failed: {e}"));
+    let stop = super::exporter::shutdown_signal();
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| Failure::usage(format!("{}: {e}", p.display())))
+            };
+            let tls = rcops_server::tls::TlsListener::new(listener, &read(cert)?, &read(key)?)
+                .map_err(Failure::usage)?;
+            rcops_server::api::serve(tls, api, stop)
+                .await
+                .map_err(failed)?;
+        }
+        _ => rcops_server::api::serve(listener, api, stop)
+            .await
+            .map_err(failed)?,
+    }
     Ok(EXIT_OK)
 }
 

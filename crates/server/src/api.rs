@@ -745,11 +745,15 @@ async fn audit(State(api): State<Arc<Api>>, Query(f): Query<AuditFilter>) -> Api
 
 /// Serves the API until `shutdown` resolves; jobs a previous run left queued or running are
 /// marked `interrupted` first.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     api: Arc<Api>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let left = api.store.interrupt_leftovers().await?;
     for id in left {
         tracing::warn!(job = %id, "interrupted by a server restart");

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod api;
 pub mod settings;
 pub mod store;
+pub mod tls;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

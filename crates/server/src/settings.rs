@@ -44,6 +44,17 @@ pub struct ClusterSettings {
     /// Dangerous actions (config changes, restores with replace, …) need a second person.
     #[serde(default)]
     pub production: bool,
+    /// TLS to the nodes (implied by `cacert`, `cert`).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificate (PEM) to verify the nodes with.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// `approval_ttl = "1h"` through humantime.
@@ -132,6 +143,14 @@ impl ClusterSettings {
         let mut o = base.clone();
         o.user = self.user.clone();
         o.password = self.password()?;
+        if self.tls || self.cacert.is_some() || self.cert.is_some() {
+            o = o.with_tls(&rcops_core::TlsOptions {
+                cacert: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                insecure: false,
+            })?;
+        }
         Ok(o)
     }
 }
