@@ -704,6 +704,44 @@ fn a_job_running_when_the_server_dies_is_interrupted_after_a_restart() {
     let log = dir.path().join("serve.log");
     let port = free_port_block();
     let mut server = start_server(&cfg, port, "", &log);
+    // Cancelled while it runs (one node at a time, 3 s apart): it stops before the rest.
+    let slow = json!({ "set": { "maxmemory-policy": "allkeys-random" }, "rolling": true, "settle": "3s", "confirm": true });
+    let (code, v) = http(
+        port,
+        "POST",
+        "/api/v1/clusters/lab/config",
+        Some(&op),
+        Some(&slow),
+    );
+    assert_eq!(code, 202, "{v}");
+    let id = v["job"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !policies(&lab).iter().any(|p| p == "allkeys-random") {
+        assert!(Instant::now() < deadline, "no node changed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, v) = http(
+        port,
+        "DELETE",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&op),
+        None,
+    );
+    assert_eq!(
+        (code, v["state"].as_str()),
+        (200, Some("cancelling")),
+        "{v}"
+    );
+    let j = wait_job(port, &op, &id);
+    assert_eq!(j["state"], "cancelled", "{j:#}");
+    let changed = policies(&lab)
+        .iter()
+        .filter(|p| *p == "allkeys-random")
+        .count();
+    assert!(
+        changed < 3,
+        "a cancelled rolling change went on: {changed} nodes"
+    );
     // One node at a time, 3 s apart: killed after the first node changed.
     let body = json!({ "set": { "maxmemory-policy": "allkeys-lfu" }, "rolling": true, "settle": "3s", "confirm": true });
     let (code, v) = http(

@@ -551,9 +551,16 @@ fn start(api: Arc<Api>, mut job: Job, action: Action, expected: Value) {
     tokio::spawn(async move {
         job.state = "running".into();
         let _ = api.store.update_job(&job).await;
-        match action.run(&api, &job, &expected, cancel).await {
+        match action.run(&api, &job, &expected, cancel.clone()).await {
             Ok((report, ok)) => {
-                job.state = if ok { "succeeded" } else { "failed" }.into();
+                job.state = if cancel.is_cancelled() {
+                    "cancelled"
+                } else if ok {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+                .into();
                 job.report = Some(report);
             }
             Err(e) => {
@@ -608,12 +615,27 @@ async fn cancel(
         .map_err(internal)?
         .ok_or_else(|| not_found(format!("no job {id}")))?;
     let token = api.running.lock().ok().and_then(|r| r.get(&id).cloned());
-    match (j.state.as_str(), token) {
-        (_, Some(t)) => t.cancel(),
-        ("waiting-approval" | "queued", None) => {
+    // A running job stops at its next safe point and says so in its state.
+    let state = match (j.state.clone().as_str(), token) {
+        (_, Some(t)) => {
+            t.cancel();
+            "cancelling"
+        }
+        (from @ ("waiting-approval" | "queued"), None) => {
             j.state = "cancelled".into();
             j.log.push(format!("cancelled by {}", caller.user));
-            api.store.update_job(&j).await.map_err(internal)?;
+            if !api
+                .store
+                .update_job_from(&j, from)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("job {id} changed meanwhile: look again"),
+                ));
+            }
+            "cancelled"
         }
         (st, None) => {
             return Err(ApiError(
@@ -621,18 +643,18 @@ async fn cancel(
                 format!("job {id} is {st}: nothing to cancel"),
             ))
         }
-    }
+    };
     api.store
         .audit(
             &caller.user,
             &j.cluster,
             "job: cancel",
             json!({ "job": id }),
-            "cancelled",
+            state,
         )
         .await
         .map_err(internal)?;
-    Ok(Json(json!({ "job": id, "state": "cancelled" })).into_response())
+    Ok(Json(json!({ "job": id, "state": state })).into_response())
 }
 
 async fn approvals(State(api): State<Arc<Api>>) -> ApiResult {
@@ -700,7 +722,17 @@ async fn approve(
     j.approved_by = Some(caller.user.clone());
     j.state = "queued".into();
     j.log.push(format!("approved by {}", caller.user));
-    api.store.update_job(&j).await.map_err(internal)?;
+    if !api
+        .store
+        .update_job_from(&j, "waiting-approval")
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job {id} was decided meanwhile by someone else"),
+        ));
+    }
     api.store
         .audit(
             &caller.user,
@@ -724,7 +756,17 @@ async fn reject(
     let mut j = waiting(&api, &id).await?;
     j.state = "cancelled".into();
     j.log.push(format!("rejected by {}", caller.user));
-    api.store.update_job(&j).await.map_err(internal)?;
+    if !api
+        .store
+        .update_job_from(&j, "waiting-approval")
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job {id} was decided meanwhile by someone else"),
+        ));
+    }
     api.store
         .audit(
             &caller.user,

@@ -271,6 +271,25 @@ impl Store {
         Ok(())
     }
 
+    /// Saves `j` only if its stored state is still `from`: one of two approvers (or of two
+    /// servers) wins, the other is told. Whether this one did.
+    pub async fn update_job_from(&self, j: &Job, from: &str) -> Result<bool, String> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = $1, approved_by = $2, log = $3, updated_ms = $4 WHERE id = $5 \
+             AND state = $6",
+        )
+        .bind(&j.state)
+        .bind(j.approved_by.clone())
+        .bind(serde_json::to_string(&j.log).unwrap_or_default())
+        .bind(now_ms())
+        .bind(&j.id)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(r.rows_affected() == 1)
+    }
+
     fn job_of(r: &AnyRow) -> Result<Job, String> {
         let json = |c: &str| -> Result<serde_json::Value, String> {
             let t: String = r.try_get(c).map_err(db)?;
