@@ -216,7 +216,7 @@ async fn plan_config(
     params: &BTreeMap<String, String>,
 ) -> Result<
     (
-        rcops_core::Executor,
+        std::sync::Arc<rcops_core::Executor>,
         rcops_core::ClusterView,
         change::Prepared,
     ),

@@ -72,6 +72,8 @@ pub struct Api {
     /// Where config history lives (`STATE/config/<cluster key>`, as for the CLI).
     pub state_dir: PathBuf,
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// One executor per cluster, so connections are reused across requests.
+    executors: Mutex<HashMap<String, Arc<Executor>>>,
 }
 
 /// Who is calling (set by the auth layer).
@@ -127,6 +129,7 @@ impl Api {
             concurrency,
             state_dir,
             running: Mutex::new(HashMap::new()),
+            executors: Mutex::new(HashMap::new()),
         }
     }
 
@@ -143,7 +146,7 @@ impl Api {
         name: &str,
         detail: Detail,
         light: bool,
-    ) -> Result<(Executor, rcops_core::ClusterView), ApiError> {
+    ) -> Result<(Arc<Executor>, rcops_core::ClusterView), ApiError> {
         let (exec, seeds) = self.executor(name)?;
         let v = if light {
             rcops_core::discover_light(&exec, &seeds, detail).await
@@ -155,13 +158,22 @@ impl Api {
     }
 
     /// An executor and the seeds for a configured cluster.
-    fn executor(&self, name: &str) -> Result<(Executor, Vec<rcops_core::Addr>), ApiError> {
+    fn executor(&self, name: &str) -> Result<(Arc<Executor>, Vec<rcops_core::Addr>), ApiError> {
         let c = self.cluster(name)?;
+        let seeds = c.seeds().map_err(internal)?;
+        let mut cache = self
+            .executors
+            .lock()
+            .map_err(|_| internal("a lock was poisoned"))?;
+        if let Some(e) = cache.get(name) {
+            return Ok((e.clone(), seeds));
+        }
         let opts = c
             .connect_options(&self.connect)
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}")))?;
-        let seeds = c.seeds().map_err(internal)?;
-        Ok((Executor::new(opts, self.concurrency), seeds))
+        let e = Arc::new(Executor::new(opts, self.concurrency));
+        cache.insert(name.to_string(), e.clone());
+        Ok((e, seeds))
     }
 }
 
