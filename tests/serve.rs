@@ -359,6 +359,7 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
         ("POST", "/api/v1/approvals/j-none/approve", None, 2),
         ("POST", "/api/v1/approvals/j-none/reject", None, 2),
         ("GET", "/api/v1/audit", None, 1),
+        ("GET", "/metrics", None, 1),
     ];
     let callers: [(Option<&str>, u8); 5] = [
         (None, 0),
@@ -646,6 +647,33 @@ fn suite(db: impl FnOnce(&std::path::Path) -> Box<dyn StateDb>) {
     assert!(all
         .iter()
         .any(|r| r["action"] == "approval: self" && r["user"] == "oscar"));
+    // The server's own series: jobs by state, requests by route and status.
+    let (code, m) = http(port, "GET", "/metrics", Some(&viewer), None);
+    assert_eq!(code, 200);
+    let m = m.as_str().unwrap_or_default().to_string();
+    let value = |prefix: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{m}"))
+    };
+    assert!(
+        value("rcops_server_jobs{state=\"succeeded\"} ") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        value("rcops_server_jobs{state=\"cancelled\"} ") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        value("rcops_server_requests_total{route=\"/api/v1/clusters/{name}/check\",code=\"200\"} ")
+            >= 4.0,
+        "{m}"
+    );
+    assert!(
+        value("rcops_server_requests_total{route=\"/api/v1/clusters\",code=\"401\"} ") >= 2.0,
+        "{m}"
+    );
     drop(server);
     for f in db.files().iter().chain([&log]) {
         let Ok(bytes) = std::fs::read(f) else {

@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         Some(Role::Operator),
     ),
     ("GET", "/api/v1/audit", Some(Role::Viewer)),
+    ("GET", "/metrics", Some(Role::Viewer)),
 ];
 
 /// What every request shares.
@@ -74,6 +75,8 @@ pub struct Api {
     running: Mutex<HashMap<String, CancellationToken>>,
     /// One executor per cluster, so connections are reused across requests.
     executors: Mutex<HashMap<String, Arc<Executor>>>,
+    /// Requests answered, by route and status, and their total seconds (for `/metrics`).
+    requests: Mutex<std::collections::BTreeMap<(String, u16), (u64, f64)>>,
 }
 
 /// Who is calling (set by the auth layer).
@@ -130,6 +133,7 @@ impl Api {
             state_dir,
             running: Mutex::new(HashMap::new()),
             executors: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Default::default()),
         }
     }
 
@@ -199,14 +203,31 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/reject", post(reject))
         .route("/api/v1/audit", get(audit))
+        .route("/metrics", get(server_metrics))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
 }
 
 /// The one layer that checks every route: the route's least role from [`ROUTES`], the
 /// bearer token's user and role from the store. 401 without a valid token (and an audit
-/// record of the failure), 403 when the role is too low.
-async fn auth(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+/// record of the failure), 403 when the role is too low. It also counts every answer.
+async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let res = guard(&api, req, next).await;
+    if let Ok(mut m) = api.requests.lock() {
+        let e = m.entry((route, res.status().as_u16())).or_default();
+        e.0 += 1;
+        e.1 += started.elapsed().as_secs_f64();
+    }
+    res
+}
+
+async fn guard(api: &Arc<Api>, mut req: Request, next: Next) -> Response {
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -790,6 +811,56 @@ async fn reject(
         .await
         .map_err(internal)?;
     Ok(Json(json!({ "job": id, "state": "cancelled" })).into_response())
+}
+
+/// The server's own series: jobs by state, requests by route and status (count, seconds).
+async fn server_metrics(State(api): State<Arc<Api>>) -> ApiResult {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type Labels = Vec<(&'static str, String)>;
+    let mut reg = prometheus_client::registry::Registry::default();
+    let jobs = Family::<Labels, Gauge>::default();
+    for st in [
+        "queued",
+        "running",
+        "waiting-approval",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "interrupted",
+    ] {
+        jobs.get_or_create(&vec![("state", st.to_string())]).set(0);
+    }
+    for j in api.store.jobs(None).await.map_err(internal)? {
+        jobs.get_or_create(&vec![("state", j.state.clone())]).inc();
+    }
+    reg.register("rcops_server_jobs", "Jobs by state", jobs);
+    let count = Family::<Labels, Counter>::default();
+    let secs = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    if let Ok(m) = api.requests.lock() {
+        for ((route, code), (n, s)) in m.iter() {
+            let l = vec![("route", route.clone()), ("code", code.to_string())];
+            count.get_or_create(&l).inc_by(*n);
+            secs.get_or_create(&l).inc_by(*s);
+        }
+    }
+    reg.register("rcops_server_requests", "API requests answered", count);
+    reg.register(
+        "rcops_server_request_seconds",
+        "Seconds spent answering API requests",
+        secs,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).map_err(internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn audit(State(api): State<Arc<Api>>, Query(f): Query<AuditFilter>) -> ApiResult {
