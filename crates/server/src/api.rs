@@ -726,6 +726,26 @@ async fn waiting(api: &Api, id: &str) -> Result<Job, ApiError> {
     Ok(j)
 }
 
+/// Moves a waiting job to `state` with a log line — only if it is still waiting: of two
+/// deciders (or two servers) one wins, the other gets a 409.
+async fn decide(api: &Api, j: &mut Job, state: &str, line: String) -> Result<(), ApiError> {
+    j.state = state.into();
+    j.log.push(line);
+    if api
+        .store
+        .update_job_from(j, "waiting-approval")
+        .await
+        .map_err(internal)?
+    {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("job {} was decided meanwhile by someone else", j.id),
+        ))
+    }
+}
+
 async fn approve(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
@@ -753,19 +773,13 @@ async fn approve(
     }
     let action = Action::from_stored(&j.action, &j.request)?;
     j.approved_by = Some(caller.user.clone());
-    j.state = "queued".into();
-    j.log.push(format!("approved by {}", caller.user));
-    if !api
-        .store
-        .update_job_from(&j, "waiting-approval")
-        .await
-        .map_err(internal)?
-    {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("job {id} was decided meanwhile by someone else"),
-        ));
-    }
+    decide(
+        &api,
+        &mut j,
+        "queued",
+        format!("approved by {}", caller.user),
+    )
+    .await?;
     api.store
         .audit(
             &caller.user,
@@ -787,19 +801,13 @@ async fn reject(
     Path(id): Path<String>,
 ) -> ApiResult {
     let mut j = waiting(&api, &id).await?;
-    j.state = "cancelled".into();
-    j.log.push(format!("rejected by {}", caller.user));
-    if !api
-        .store
-        .update_job_from(&j, "waiting-approval")
-        .await
-        .map_err(internal)?
-    {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("job {id} was decided meanwhile by someone else"),
-        ));
-    }
+    decide(
+        &api,
+        &mut j,
+        "cancelled",
+        format!("rejected by {}", caller.user),
+    )
+    .await?;
     api.store
         .audit(
             &caller.user,

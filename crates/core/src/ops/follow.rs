@@ -1303,8 +1303,16 @@ async fn keep_loop(sh: &Shared<'_>) {
         let open = sh.update_chain(|c| (c.id.clone(), trim(c, cutoff)));
         match open {
             Ok((id, gone)) => {
-                let n = remove_all(&sh.path, &gone);
-                let others = prune_closed(&sh.opts.dir, cutoff, &id);
+                // File removal and the other chains' JSON: off the async runtime.
+                let (path, dir, id2) = (sh.path.clone(), sh.opts.dir.clone(), id.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    (remove_all(&path, &gone), prune_closed(&dir, cutoff, &id2))
+                })
+                .await;
+                let (n, others) = match done {
+                    Ok(r) => r,
+                    Err(e) => ((0, 0), Err(e.to_string())),
+                };
                 let (chains, bytes) = match others {
                     Ok(p) => p,
                     Err(e) => {
